@@ -1,0 +1,142 @@
+"""Model checkpoints on disk: an orbax parameter tree plus the model config as JSON.
+
+Layout of a checkpoint directory::
+
+    DIR/model_config.json   the model config (``arch`` + constructor fields)
+    DIR/params/             orbax StandardCheckpointer tree (float32)
+    DIR/metadata.json       provenance: source file, hash, parameter count, ...
+
+Directories are written under a temporary name and renamed into place, so a
+checkpoint directory either exists complete or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+MODEL_CONFIG_FILE = "model_config.json"
+METADATA_FILE = "metadata.json"
+PARAMS_DIR = "params"
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that cannot be read, or written."""
+
+
+def _jsonable(value: Any) -> Any:
+  if isinstance(value, Mapping):
+    return {str(k): _jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_jsonable(v) for v in value]
+  if isinstance(value, np.generic):
+    return value.item()
+  return value
+
+
+def atomic_write_text(path: str, text: str) -> None:
+  """Writes ``text`` to ``path`` through a temporary file and a rename."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def save_model(
+    output_dir: str,
+    params: Any,
+    model_config: Any,
+    metadata: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> str:
+  """Writes a checkpoint directory atomically and returns its absolute path."""
+  import orbax.checkpoint as ocp
+  from discovery_jax import models
+
+  cfg = models.validate(model_config)  # refuse to write a config that cannot be loaded.
+  output_dir = os.path.abspath(output_dir)
+  if os.path.exists(output_dir) and not overwrite:
+    raise CheckpointError(f"{output_dir} already exists; pass overwrite=True (--overwrite) to replace it")
+  parent = os.path.dirname(output_dir)
+  os.makedirs(parent, exist_ok=True)
+  tmp = f"{output_dir}.tmp-{os.getpid()}-{int(time.time())}"
+  if os.path.exists(tmp):
+    shutil.rmtree(tmp)
+  os.makedirs(tmp)
+  try:
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(os.path.join(tmp, PARAMS_DIR), params)
+    checkpointer.wait_until_finished()
+    with open(os.path.join(tmp, MODEL_CONFIG_FILE), "w") as f:
+      json.dump(_jsonable(cfg), f, indent=1, sort_keys=True)
+    num_params = int(sum(np.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(params)))
+    meta = {"num_params": num_params, "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **_jsonable(dict(metadata or {}))}
+    with open(os.path.join(tmp, METADATA_FILE), "w") as f:
+      json.dump(meta, f, indent=1, sort_keys=True)
+    if os.path.exists(output_dir):
+      old = f"{output_dir}.old-{os.getpid()}"
+      os.replace(output_dir, old)
+      os.replace(tmp, output_dir)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.replace(tmp, output_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return output_dir
+
+
+def read_model_config(checkpoint_dir: str) -> dict:
+  path = os.path.join(checkpoint_dir, MODEL_CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise CheckpointError(
+        f"{checkpoint_dir} is not a discovery_jax checkpoint: {MODEL_CONFIG_FILE} is missing "
+        "(convert a PyTorch checkpoint with `python -m convert` first)")
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f"{path} is not valid JSON: {e}") from e
+
+
+def read_metadata(checkpoint_dir: str) -> dict:
+  path = os.path.join(checkpoint_dir, METADATA_FILE)
+  if not os.path.isfile(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def load_params(checkpoint_dir: str, module: Any) -> Any:
+  """Restores the parameter tree of ``module`` (checked against its shapes)."""
+  import orbax.checkpoint as ocp
+  from discovery_jax import models
+
+  path = os.path.join(os.path.abspath(checkpoint_dir), PARAMS_DIR)
+  if not os.path.isdir(path):
+    raise CheckpointError(f"{checkpoint_dir}: parameter folder {PARAMS_DIR}/ is missing")
+  abstract = models.param_shapes(module)
+  try:
+    return ocp.StandardCheckpointer().restore(path, abstract)
+  except Exception as e:  # orbax raises many types; name the folder and the cause.
+    raise CheckpointError(f"{checkpoint_dir}: cannot restore parameters: {e}") from e
+
+
+def load_model(checkpoint_dir: str, **overrides: Any):
+  """Returns ``(module, params)``; ``overrides`` replace model-config fields that
+  do not change the parameters (e.g. ``dtype='bfloat16'``)."""
+  from discovery_jax import models
+
+  cfg = read_model_config(checkpoint_dir)
+  cfg.update(overrides)
+  module = models.create_model(cfg)
+  return module, load_params(checkpoint_dir, module)

@@ -1,0 +1,125 @@
+"""Building blocks shared by the two UNet families.
+
+Every layer keeps its parameters in float32 and computes in ``dtype``; group
+normalisation and softmax always run in float32, as in the PyTorch originals
+(guided-diffusion's ``GroupNorm32``), so that a bfloat16 model stays close to the
+float32 one.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+Precision = Any
+
+PRECISIONS = {
+    "highest": jax.lax.Precision.HIGHEST,
+    "high": jax.lax.Precision.HIGH,
+    "default": jax.lax.Precision.DEFAULT,
+}
+
+
+def sinusoidal_embedding(
+    t: jax.Array, dim: int, *, flip_sin_to_cos: bool, freq_shift: float, max_period: float = 10000.0
+) -> jax.Array:
+  """Sinusoidal timestep embedding of both families, in float32.
+
+  DDPM: ``[sin, cos]`` with frequencies ``exp(-k ln(max_period) / (half - 1))``
+  (``flip_sin_to_cos=False, freq_shift=1``). iDDPM: ``[cos, sin]`` with
+  ``exp(-k ln(max_period) / half)`` (``flip_sin_to_cos=True, freq_shift=0``).
+  An odd ``dim`` gets one zero column at the end, as in both originals.
+  """
+  half = dim // 2
+  exponent = -math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - freq_shift)
+  freqs = jnp.exp(exponent)
+  args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None, :]
+  sin, cos = jnp.sin(args), jnp.cos(args)
+  emb = jnp.concatenate([cos, sin] if flip_sin_to_cos else [sin, cos], axis=-1)
+  if dim % 2:
+    emb = jnp.pad(emb, ((0, 0), (0, 1)))
+  return emb
+
+
+def group_norm(epsilon: float, name: str) -> nn.Module:
+  """A float32 GroupNorm whose parameters live at ``name/{scale,bias}``."""
+  return nn.GroupNorm(
+      num_groups=32,
+      epsilon=epsilon,
+      dtype=jnp.float32,
+      param_dtype=jnp.float32,
+      use_fast_variance=False,
+      name=name,
+  )
+
+
+def apply_norm(norm: nn.Module, x: jax.Array) -> jax.Array:
+  """Runs a float32 norm on ``x`` and returns the result in ``x``'s dtype."""
+  return norm(x.astype(jnp.float32)).astype(x.dtype)
+
+
+def conv(
+    features: int,
+    kernel: int,
+    *,
+    name: str,
+    dtype: Dtype,
+    precision: Precision,
+    stride: int = 1,
+    padding: Any = None,
+    zero_init: bool = False,
+) -> nn.Conv:
+  """A 2-D convolution in NHWC; 'same' padding for odd kernels unless given."""
+  if padding is None:
+    padding = ((kernel // 2, kernel // 2), (kernel // 2, kernel // 2))
+  extra = {"kernel_init": nn.initializers.zeros} if zero_init else {}
+  return nn.Conv(
+      features,
+      (kernel, kernel),
+      strides=(stride, stride),
+      padding=padding,
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      precision=precision,
+      name=name,
+      **extra,
+  )
+
+
+def dense(
+    features: int, *, name: str, dtype: Dtype, precision: Precision, zero_init: bool = False
+) -> nn.Dense:
+  extra = {"kernel_init": nn.initializers.zeros} if zero_init else {}
+  return nn.Dense(
+      features, dtype=dtype, param_dtype=jnp.float32, precision=precision, name=name, **extra
+  )
+
+
+def upsample_nearest(x: jax.Array) -> jax.Array:
+  """Nearest-neighbour 2x upsampling of NHWC (torch ``interpolate(mode='nearest')``)."""
+  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+def avg_pool2(x: jax.Array) -> jax.Array:
+  """2x2 average pooling with stride 2 (torch ``avg_pool2d(kernel_size=2, stride=2)``)."""
+  return nn.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+
+
+def multihead_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, *, precision: Precision
+) -> jax.Array:
+  """Softmax attention over tokens; q, k, v are (B, T, H, d); returns (B, T, H, d).
+
+  Logits are scaled by ``d ** -0.5`` and the softmax runs in float32.
+  """
+  scale = q.shape[-1] ** -0.5
+  logits = jnp.einsum(
+      "bqhd,bkhd->bhqk", q, k, precision=precision, preferred_element_type=jnp.float32
+  )
+  weights = jax.nn.softmax(logits * scale, axis=-1).astype(v.dtype)
+  return jnp.einsum("bhqk,bkhd->bqhd", weights, v, precision=precision)
