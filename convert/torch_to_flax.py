@@ -72,8 +72,9 @@ def load_torch_file(path: str) -> Any:
           "Only plain tensor state dicts are loaded (torch.load(weights_only=True)); re-save the "
           "weights with torch.save(model.state_dict(), path) from a trusted environment.") from None
     raise CheckpointError(f"{path} is not a PyTorch checkpoint ({msg.splitlines()[0]})") from None
-  except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as e:
-    raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {str(e).splitlines()[0]}") from None
+  except Exception as e:  # torch's unpickler raises anything from IndexError to RuntimeError.
+    detail = (str(e).splitlines() or [type(e).__name__])[0]
+    raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {detail})") from None
 
 
 def _is_tensor(value: Any) -> bool:

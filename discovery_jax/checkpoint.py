@@ -12,6 +12,7 @@ checkpoint directory either exists complete or not at all.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -38,6 +39,18 @@ def _jsonable(value: Any) -> Any:
   if isinstance(value, np.generic):
     return value.item()
   return value
+
+
+@contextlib.contextmanager
+def quiet_orbax():
+  """Orbax logs every step of a save at INFO through absl; keep WARNING and up."""
+  from absl import logging
+  old = logging.get_verbosity()
+  logging.set_verbosity(logging.WARNING)
+  try:
+    yield
+  finally:
+    logging.set_verbosity(old)
 
 
 def atomic_write_text(path: str, text: str) -> None:
@@ -72,9 +85,10 @@ def save_model(
     shutil.rmtree(tmp)
   os.makedirs(tmp)
   try:
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(os.path.join(tmp, PARAMS_DIR), params)
-    checkpointer.wait_until_finished()
+    with quiet_orbax():
+      checkpointer = ocp.StandardCheckpointer()
+      checkpointer.save(os.path.join(tmp, PARAMS_DIR), params)
+      checkpointer.wait_until_finished()
     with open(os.path.join(tmp, MODEL_CONFIG_FILE), "w") as f:
       json.dump(_jsonable(cfg), f, indent=1, sort_keys=True)
     num_params = int(sum(np.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(params)))
@@ -126,7 +140,8 @@ def load_params(checkpoint_dir: str, module: Any) -> Any:
     raise CheckpointError(f"{checkpoint_dir}: parameter folder {PARAMS_DIR}/ is missing")
   abstract = models.param_shapes(module)
   try:
-    return ocp.StandardCheckpointer().restore(path, abstract)
+    with quiet_orbax():
+      return ocp.StandardCheckpointer().restore(path, abstract)
   except Exception as e:  # orbax raises many types; name the folder and the cause.
     raise CheckpointError(f"{checkpoint_dir}: cannot restore parameters: {e}") from e
 
