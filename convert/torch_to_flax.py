@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import zipfile
 from typing import Any, Mapping
 
 import flax.traverse_util
@@ -50,6 +49,20 @@ def _torch():
   return torch
 
 
+def _return_freed_memory_to_os() -> None:
+  """Fixes glibc's mmap threshold at 1 MiB so that every tensor-sized buffer is its
+  own mapping and goes back to the OS when freed. With glibc's default dynamic
+  threshold, freed storages are recycled into the heap and the converter's peak
+  memory holds both the PyTorch and the converted copy. No-op off glibc."""
+  try:
+    import ctypes
+    libc = ctypes.CDLL("libc.so.6")
+    m_mmap_threshold = -3
+    libc.mallopt(m_mmap_threshold, 1 << 20)
+  except (OSError, AttributeError):
+    pass
+
+
 def load_torch_file(path: str) -> Any:
   """``torch.load`` with ``weights_only=True``; clear errors for anything else."""
   torch = _torch()
@@ -58,11 +71,11 @@ def load_torch_file(path: str) -> Any:
   if os.path.isdir(path):
     raise CheckpointError(f"{path} is a directory; pass a checkpoint file (or use --diffusers for a "
                           "diffusers model folder)")
-  is_zip = zipfile.is_zipfile(path)
+  _return_freed_memory_to_os()
   try:
-    # The zip format can be memory-mapped: tensors are read lazily, which keeps
-    # peak memory near one copy of the weights.
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+    # No mmap: memory-mapped pages would stay resident beside the converted
+    # arrays, while ordinary storages are freed one by one as they are converted.
+    return torch.load(path, map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as e:
     msg = str(e)
     if "Weights only load failed" in msg or "weights_only" in msg:

@@ -63,6 +63,25 @@ def atomic_write_text(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
+def _lean_checkpointer():
+  """A synchronous orbax checkpointer that writes host arrays without extra copies.
+
+  Orbax by default deep-copies every numpy array before an (async) write and
+  zstd-compresses it; float weights barely compress, and both copies would
+  triple the memory a save needs. The save below is synchronous, so nothing can
+  modify the arrays while they are written.
+  """
+  import orbax.checkpoint as ocp
+  from orbax.checkpoint import type_handlers
+
+  registry = type_handlers.create_type_handler_registry(
+      (np.ndarray, type_handlers.NumpyHandler(deepcopy_host_arrays=False)),
+      (jax.Array, type_handlers.ArrayHandler()),
+  )
+  handler = ocp.PyTreeCheckpointHandler(use_compression=False, type_handler_registry=registry)
+  return ocp.Checkpointer(handler)
+
+
 def save_model(
     output_dir: str,
     params: Any,
@@ -86,9 +105,7 @@ def save_model(
   os.makedirs(tmp)
   try:
     with quiet_orbax():
-      checkpointer = ocp.StandardCheckpointer()
-      checkpointer.save(os.path.join(tmp, PARAMS_DIR), params)
-      checkpointer.wait_until_finished()
+      _lean_checkpointer().save(os.path.join(tmp, PARAMS_DIR), args=ocp.args.PyTreeSave(params))
     with open(os.path.join(tmp, MODEL_CONFIG_FILE), "w") as f:
       json.dump(_jsonable(cfg), f, indent=1, sort_keys=True)
     num_params = int(sum(np.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(params)))
