@@ -28,4 +28,24 @@ def get_config():
   config.sampling.n_steps = 80
   config.sampling.eta = 0.0
   config.sampling.batch_size = 8
+
+  # Inputs. Target-domain configs set the folders.
+  config.data = ml_collections.ConfigDict()
+  config.data.ood_dir = ""       # the few-shot images of the new (out-of-domain) target domain
+  config.data.id_dir = ""        # optional in-domain reference images
+  config.data.eval_dir = ""      # optional held-out target images for evaluation
+  config.data.resize = "stretch"  # 'stretch' (official: whole image to a square) or 'center_crop'
+  config.data.resample = "lanczos"  # PIL filter (the official code uses LANCZOS/ANTIALIAS)
+  config.data.alpha = "black"    # transparent pixels over 'black' or 'white', or 'drop' alpha
+  config.data.on_bad_file = "skip"  # 'skip' (report and go on) or 'error' (stop at the first)
+  config.data.max_files = -1     # use only the first N files (-1: all)
+
+  # Reconstruction (python -m discovery_jax.reconstruct).
+  config.reconstruct = ml_collections.ConfigDict()
+  config.reconstruct.input_dir = ""  # default: data.ood_dir
+  config.reconstruct.grid_rows = 8    # images per grid file
+
+  # Devices: a data-parallel mesh over all local devices (see discovery_jax.parallel).
+  config.parallel = ml_collections.ConfigDict()
+  config.parallel.num_devices = -1
   return config

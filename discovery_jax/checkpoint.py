@@ -13,6 +13,7 @@ checkpoint directory either exists complete or not at all.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -110,7 +111,7 @@ def save_model(
       json.dump(_jsonable(cfg), f, indent=1, sort_keys=True)
     num_params = int(sum(np.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(params)))
     meta = {"num_params": num_params, "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            **_jsonable(dict(metadata or {}))}
+            "params_fingerprint": params_fingerprint(params), **_jsonable(dict(metadata or {}))}
     with open(os.path.join(tmp, METADATA_FILE), "w") as f:
       json.dump(meta, f, indent=1, sort_keys=True)
     if os.path.exists(output_dir):
@@ -124,6 +125,30 @@ def save_model(
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return output_dir
+
+
+def params_fingerprint(params: Any) -> str:
+  """sha256 over every parameter (path, shape and float32 bytes), in path order.
+
+  Identifies the model a latent bank was made with, whatever file it came from.
+  """
+  import flax.traverse_util
+  digest = hashlib.sha256()
+  for path, leaf in sorted(flax.traverse_util.flatten_dict(params).items()):
+    arr = np.ascontiguousarray(np.asarray(leaf, np.float32))
+    digest.update("/".join(path).encode() + str(arr.shape).encode())
+    digest.update(memoryview(arr).cast("B"))
+  return digest.hexdigest()[:32]
+
+
+def model_fingerprint(checkpoint_dir: str, params: Any = None) -> str:
+  """The stored fingerprint of a checkpoint (computed if an old one lacks it)."""
+  fp = read_metadata(checkpoint_dir).get("params_fingerprint")
+  if fp:
+    return fp
+  if params is None:
+    _, params = load_model(checkpoint_dir)
+  return params_fingerprint(params)
 
 
 def read_model_config(checkpoint_dir: str) -> dict:

@@ -1,0 +1,1 @@
+"""Data in and out: image (and scientific) inputs, latent banks, generated datasets."""

@@ -1,0 +1,165 @@
+"""Batched, sharded DDIM over folders: images -> latent banks, and back.
+
+``DDIMRunner`` runs the jitted kernels of ``diffusion`` at one fixed batch size
+(padding the last batch, so nothing recompiles) with batches sharded over the
+mesh's data axis and the weights replicated. ``invert_folder`` builds a latent
+bank from a folder, resumably.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from discovery_jax import diffusion, parallel
+from discovery_jax.data import images
+from discovery_jax.data.bank import Item, LatentBank
+from discovery_jax.progress import Progress
+
+
+@dataclasses.dataclass
+class DDIMRunner:
+  """Inversion / generation of any number of inputs in fixed-size batches."""
+
+  fn: diffusion.EpsFn
+  t_0: int = diffusion.DEFAULT_T0
+  n_steps: int = diffusion.DEFAULT_STEPS
+  schedule: diffusion.Schedule = diffusion.DEFAULT_SCHEDULE
+  batch_size: int = 8
+  mesh: Any = None
+
+  def __post_init__(self):
+    diffusion.check_ddim_args(self.t_0, self.n_steps, 0.0, self.schedule.num_timesteps)
+    self.batch_size = parallel.round_up(max(1, int(self.batch_size)), parallel.data_size(self.mesh))
+    self._params = parallel.replicate(self.fn.params, self.mesh)
+    self._alphas = jnp.asarray(self.schedule.alphas_cumprod, jnp.float32)
+    self._inv = diffusion.inversion_pairs(self.t_0, self.n_steps)
+    self._gen = diffusion.generation_pairs(self.t_0, self.n_steps)
+
+  def _loop(self, x: np.ndarray, pairs, eta: float = 0.0, keys=None, outputs=()) -> Any:
+    n = x.shape[0]
+    xb = parallel.shard_batch(parallel.pad_batch(x, self.batch_size), self.mesh)
+    if keys is not None:
+      keys = parallel.shard_batch(parallel.pad_batch(keys, self.batch_size), self.mesh)
+    out = diffusion._jit_loop(self.fn, self._params, xb, pairs[0], pairs[1], self._alphas, keys,
+                              eta=float(eta), outputs=tuple(outputs))
+    if outputs:
+      x_out, extra = out
+      return np.asarray(x_out)[:n], {k: np.asarray(v)[:, :n] for k, v in extra.items()}
+    return np.asarray(out)[:n]
+
+  def _batched(self, x: np.ndarray, run: Callable[[np.ndarray, slice], np.ndarray]) -> np.ndarray:
+    outs = [run(x[i:i + self.batch_size], slice(i, i + self.batch_size))
+            for i in range(0, x.shape[0], self.batch_size)]
+    return np.concatenate(outs, axis=0)
+
+  def invert(self, x0: np.ndarray) -> np.ndarray:
+    """Images (N, H, W, C) in [-1, 1] -> latents x_{t_0} (N, H, W, C)."""
+    return self._batched(np.asarray(x0, np.float32), lambda b, _: self._loop(b, self._inv))
+
+  def generate(self, x_t: np.ndarray, *, eta: float = 0.0, key: jax.Array | None = None,
+               sample_index: Sequence[int] | None = None) -> np.ndarray:
+    """Latents x_{t_0} -> images x_0; with eta > 0 sample i uses fold_in(key, sample_index[i])."""
+    x_t = np.asarray(x_t, np.float32)
+    diffusion.check_ddim_args(self.t_0, self.n_steps, eta, self.schedule.num_timesteps)
+    if eta > 0 and key is None:
+      raise ValueError("eta > 0 needs a random key")
+    index = np.arange(x_t.shape[0]) if sample_index is None else np.asarray(sample_index)
+    keys = _raw_keys(diffusion.sample_keys(key, index)) if eta > 0 else None
+    run = lambda b, sl: self._loop(b, self._gen, eta=eta, keys=None if keys is None else keys[sl])
+    return self._batched(x_t, run)
+
+
+def _raw_keys(keys: jax.Array) -> np.ndarray:
+  """Typed or raw PRNG keys -> raw uint32 key data (paddable, shardable numpy)."""
+  if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
+    keys = jax.random.key_data(keys)
+  return np.asarray(keys)
+
+
+# ---------------------------------------------------------------------------
+# Folders.
+
+
+def image_options(config: Any) -> images.ImageOptions:
+  """ImageOptions from ``config.model`` (size, channels) and ``config.data``."""
+  data = config.get("data", {}) if hasattr(config, "get") else {}
+  get = lambda k, d: data.get(k, d) if hasattr(data, "get") else d
+  return images.ImageOptions(
+      image_size=int(config.model.image_size), channels=int(config.model.in_channels),
+      resize=get("resize", "stretch"), resample=get("resample", "lanczos"), alpha=get("alpha", "black"))
+
+
+@dataclasses.dataclass
+class FolderScan:
+  """The usable files of a folder, and the ones skipped with why."""
+
+  paths: list[str]
+  items: list[Item]
+  skipped: list[dict]
+
+
+def scan_folder(folder: str, options: images.ImageOptions, *, on_bad_file: str = "skip",
+                max_files: int = -1) -> FolderScan:
+  """Lists, decodes (to validate) and hashes every input file of ``folder``.
+
+  A file that cannot be read is skipped and reported (``on_bad_file='skip'``) or
+  stops the run with its name (``'error'``). Names are paths relative to ``folder``.
+  """
+  if on_bad_file not in ("skip", "error"):
+    raise ValueError(f"data.on_bad_file must be 'skip' or 'error', got {on_bad_file!r}")
+  files = images.list_files(folder)
+  if max_files > 0:
+    files = files[:max_files]
+  paths, items, skipped = [], [], []
+  for path in files:
+    try:
+      images.load_image(path, options)
+    except images.InputError as e:
+      if on_bad_file == "error":
+        raise
+      logging.warning("skipping %s", e)
+      skipped.append({"path": path, "reason": str(e)})
+      continue
+    paths.append(path)
+    items.append(Item(os.path.relpath(path, folder), images.file_sha256(path)))
+  if not paths:
+    raise images.InputError(f"no readable input in {folder}: all {len(files)} files were skipped "
+                            f"(first: {skipped[0]['reason']})")
+  return FolderScan(paths, items, skipped)
+
+
+def load_batch(paths: Sequence[str], options: images.ImageOptions) -> np.ndarray:
+  return np.stack([images.load_image(p, options) for p in paths]).astype(np.float32)
+
+
+def invert_folder(folder: str, bank_dir: str, runner: DDIMRunner, options: images.ImageOptions, *,
+                  model_fingerprint: str, on_bad_file: str = "skip", max_files: int = -1,
+                  desc: str = "invert") -> tuple[LatentBank, FolderScan]:
+  """Inverts every image of ``folder`` into the bank at ``bank_dir`` (resumes)."""
+  scan = scan_folder(folder, options, on_bad_file=on_bad_file, max_files=max_files)
+  shape = (options.image_size, options.image_size, options.channels)
+  bank = LatentBank.create(
+      bank_dir, scan.items, shape, model_fingerprint=model_fingerprint, t_0=runner.t_0,
+      n_steps=runner.n_steps, extra={"source_folder": os.path.abspath(folder), "skipped": scan.skipped,
+                                     "image_options": dataclasses.asdict(options)})
+  pending = bank.pending_indices()
+  if not pending:
+    logging.info("%s: bank %s is already complete (%d latents)", desc, bank_dir, bank.count)
+    return bank, scan
+  logging.info("%s: %d images from %s -> %s (%d already done, %d skipped)", desc, bank.count, folder,
+               bank_dir, bank.count - len(pending), len(scan.skipped))
+  progress = Progress(bank.count, "images", desc, already_done=bank.count - len(pending))
+  for start in range(0, len(pending), runner.batch_size):
+    idx = pending[start:start + runner.batch_size]
+    latents = runner.invert(load_batch([scan.paths[i] for i in idx], options))
+    bank.write(idx, latents)
+    progress.update(len(idx))
+  bank.update_metadata(seconds=progress.summary()["seconds"])
+  return bank, scan
