@@ -45,6 +45,33 @@ def get_config():
   config.reconstruct.input_dir = ""  # default: data.ood_dir
   config.reconstruct.grid_rows = 8    # images per grid file
 
+  # Training from scratch (python -m discovery_jax.train).
+  config.train = ml_collections.ConfigDict()
+  config.train.data = ""            # a folder of images, or an .npz holding 'images'
+  config.train.steps = 10000
+  config.train.batch_size = 64
+  config.train.learning_rate = 2e-4
+  config.train.warmup_steps = 500
+  config.train.grad_clip = 1.0
+  config.train.ema_decay = 0.999
+  config.train.weight_decay = 0.0
+  config.train.hflip = False
+  config.train.seed = 0
+  config.train.log_every = 50
+  config.train.checkpoint_every = 500
+  config.train.keep_checkpoints = 2
+  config.train.num_preview = 16
+
+  # The vanilla fine-tuning baseline (python -m discovery_jax.finetune).
+  config.finetune = ml_collections.ConfigDict(config.train.to_dict())
+  config.finetune.data = ""         # default: data.ood_dir (the few-shot set)
+  config.finetune.steps = 1000
+  config.finetune.batch_size = 8
+  config.finetune.learning_rate = 2e-5
+  config.finetune.warmup_steps = 50
+  config.finetune.ema_decay = 0.99
+  config.finetune.checkpoint_every = 200
+
   # Devices: a data-parallel mesh over all local devices (see discovery_jax.parallel).
   config.parallel = ml_collections.ConfigDict()
   config.parallel.num_devices = -1

@@ -54,6 +54,14 @@ class DDIMRunner:
       return np.asarray(x_out)[:n], {k: np.asarray(v)[:, :n] for k, v in extra.items()}
     return np.asarray(out)[:n]
 
+  def generate_to(self, x_t: np.ndarray, t_stop: int) -> np.ndarray:
+    """Deterministic DDIM from x_{t_0} down to exactly x_{t_stop}: this runner's
+    grid steps above t_stop, the last one landing on t_stop."""
+    ts = self._gen[0]
+    ts = ts[ts > t_stop]
+    pairs = (ts, np.append(ts[1:], t_stop).astype(np.int32))
+    return self._batched(np.asarray(x_t, np.float32), lambda b, _: self._loop(b, pairs))
+
   def _batched(self, x: np.ndarray, run: Callable[[np.ndarray, slice], np.ndarray]) -> np.ndarray:
     outs = [run(x[i:i + self.batch_size], slice(i, i + self.batch_size))
             for i in range(0, x.shape[0], self.batch_size)]
@@ -163,3 +171,48 @@ def invert_folder(folder: str, bank_dir: str, runner: DDIMRunner, options: image
     progress.update(len(idx))
   bank.update_metadata(seconds=progress.summary()["seconds"])
   return bank, scan
+
+
+# ---------------------------------------------------------------------------
+# The model's own in-domain reference bank.
+
+ID_SOURCES = ("generate_invert", "trajectory")
+
+
+def model_id_bank(bank_dir: str, runner: DDIMRunner, count: int, key: jax.Array, *, model_fingerprint: str,
+                  source: str = "generate_invert", shape: Sequence[int]) -> LatentBank:
+  """ID reference latents at t_0 made by the frozen model itself (no ID images needed).
+
+  ``'generate_invert'`` (default): DDIM-generate ID images from pure noise
+  x_T ~ N(0, I) (t: T-1 -> 0), then invert them to t_0 exactly like the OOD
+  images. Both banks then come from the same inversion procedure, so a
+  difference between them reflects the domains, not the procedure.
+  ``'trajectory'``: the model's DDIM trajectory from pure noise stopped at t_0
+  (half the cost; latents of the generative direction, not of inversion).
+  Sample i draws its noise from ``fold_in(key, i)``: resumable and independent
+  of batch size and device count.
+  """
+  if source not in ID_SOURCES:
+    raise ValueError(f"discovery.id_source must be one of {ID_SOURCES}, got {source!r}")
+  if count < 2:
+    raise ValueError(f"discovery.num_id_latents must be >= 2, got {count}")
+  items = [Item(f"model_sample_{i:06d}", f"{source}:fold_in(key,{i})") for i in range(count)]
+  bank = LatentBank.create(bank_dir, items, shape, model_fingerprint=model_fingerprint, t_0=runner.t_0,
+                           n_steps=runner.n_steps, extra={"source": f"model:{source}"})
+  pending = bank.pending_indices()
+  if not pending:
+    return bank
+  T = runner.schedule.num_timesteps
+  top = DDIMRunner(runner.fn, T - 1, runner.n_steps, runner.schedule, runner.batch_size, runner.mesh)
+  progress = Progress(count, "latents", f"ID bank ({source})", already_done=count - len(pending))
+  for start in range(0, len(pending), runner.batch_size):
+    idx = np.asarray(pending[start:start + runner.batch_size])
+    noise = np.asarray(jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), tuple(shape)))(
+        jnp.asarray(idx, jnp.uint32)))
+    if source == "generate_invert":
+      latents = runner.invert(top.generate(noise))
+    else:
+      latents = top.generate_to(noise, runner.t_0)
+    bank.write(idx.tolist(), latents)
+    progress.update(len(idx))
+  return bank

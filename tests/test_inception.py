@@ -209,12 +209,12 @@ def test_expected_keys_are_the_state_dict_keys():
 
 def test_bilinear_resize_matches_torch():
   rng = np.random.default_rng(0)
-  for h, w in [(64, 64), (256, 256), (512, 400), (299, 299), (300, 298), (75, 90)]:
+  for h, w in [(64, 64), (256, 256), (512, 400), (299, 299), (300, 298), (75, 90), (1024, 1024)]:
     x = rng.standard_normal((2, h, w, 3)).astype(np.float32)
     ref = F.interpolate(torch.from_numpy(helpers.nchw(x)), size=(299, 299), mode="bilinear",
                         align_corners=False).numpy()
     got = np.asarray(features.resize_bilinear_torch(x, 299))
-    np.testing.assert_allclose(helpers.nchw(got), ref, atol=2e-5, err_msg=f"{h}x{w}")
+    np.testing.assert_allclose(helpers.nchw(got), ref, atol=2e-6, err_msg=f"{h}x{w}")
 
 
 def test_converted_features_match_torch(reference):
@@ -225,6 +225,7 @@ def test_converted_features_match_torch(reference):
   extractor = features.load_inception_extractor(out, batch_size=2)
   got = extractor(x, value_range=(0.0, 1.0), quantize=False)
   assert got.shape == (2, 2048) and ref.std() > 0.05  # features far from degenerate.
+  print("max |flax - torch| =", np.abs(got - ref).max(), "feature std", ref.std())
   np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-4)
   meta = json.load(open(os.path.join(out, "metadata.json")))
   assert meta["official_fid_weights"] is False and len(meta["source_sha256"]) == 64

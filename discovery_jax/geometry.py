@@ -1,0 +1,1231 @@
+"""Latent geometry and latent discovery (METHOD.md steps 4-7) as pure array code.
+
+A *bank* is an array of N latents of shape (N, H, W, C) (or already flat, (N, d));
+numpy memmaps are streamed in row blocks, never copied whole except where a
+jitted kernel needs the bank on the device (``discover``, ``compute_targets``,
+the right-hand side of ``gram``): one float32 copy per bank.
+
+Everything geometric is computed from inner products. A candidate ``c`` and its
+references ``r_j`` enter the three criteria only through ``|c|^2``, ``c . r_j``
+and the references' Gram matrix, so:
+
+* bank statistics come from (streamed) Gram matrices;
+* a slerp candidate ``c = rho (alpha u_hat + beta v_hat)`` between an OOD latent
+  ``u`` and a prior draw ``v`` has ``c . x = rho (alpha u.x/|u| + beta v.x/|v|)``:
+  scoring the 20 candidates of a path costs two rows of dot products with the
+  banks (one gemm row per path against the whole bank: per-candidate random
+  references cost nothing extra), never a materialised candidate;
+* the optimisation mode moves a candidate inside the span of
+  ``{u, v, its references, the guard direction}``: the gradient of any function
+  of those inner products lies in that span, so plain gradient flow never leaves
+  it and Adam runs on 2R+3 coefficients per candidate instead of d numbers.
+
+Keys: every random choice of candidate ``g`` (its prior draw, its references) is
+``fold_in`` of a named sub-key and its global index, and every matmul runs on
+fixed blocks of ``_ROW_BLOCK`` rows, so results never depend on chunk size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from typing import Any, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+CRITERIA = ("distance_id", "angle_origin", "angle_vertex")
+REJECTION_REASONS = CRITERIA + ("guard",)
+_ROW_BLOCK = 8  # rows per fixed-shape matmul: a row's result never depends on the batch.
+_STREAM_ROWS = 128  # rows per streamed block of a bank (100 MB at d = 196,608).
+_TINY = 1e-30
+
+# ---------------------------------------------------------------------------
+# Inputs.
+
+
+def as_rows(bank: Any) -> np.ndarray:
+  """(N, ...) -> (N, d) float32 view (a memmap stays a memmap; copies only to cast)."""
+  a = bank if isinstance(bank, np.ndarray) else np.asarray(bank)
+  if a.ndim < 2:
+    raise ValueError(f"a bank must have shape (N, ...) with at least 2 dimensions, got {a.shape}")
+  rows = a.reshape(a.shape[0], -1)
+  return rows if rows.dtype == np.float32 else rows.astype(np.float32)
+
+
+def _latent_shape(bank: Any) -> tuple[int, ...]:
+  return tuple(np.shape(bank)[1:])
+
+
+def check_banks(ood_bank: Any, id_bank: Any | None = None, *, num_refs: int | None = None) -> None:
+  """Raises ValueError for mismatched latent shapes or banks too small for ``num_refs``."""
+  if np.ndim(ood_bank) < 2:
+    raise ValueError(f"the OOD bank must have shape (N, ...), got {np.shape(ood_bank)}")
+  if id_bank is not None:
+    if np.ndim(id_bank) < 2:
+      raise ValueError(f"the ID bank must have shape (N, ...), got {np.shape(id_bank)}")
+    a, b = _latent_shape(ood_bank), _latent_shape(id_bank)
+    if int(np.prod(a)) != int(np.prod(b)) or (len(a) > 1 and len(b) > 1 and a != b):
+      raise ValueError(f"latent shapes differ: OOD bank latents have shape {a}, ID bank latents {b}")
+  if num_refs is not None:
+    if num_refs < 2:
+      raise ValueError(f"num_refs must be >= 2 (the vertex angle needs pairs of references), got {num_refs}")
+    n = np.shape(ood_bank)[0]
+    if n < num_refs + 1:
+      raise ValueError(f"the OOD bank has {n} latents; num_refs={num_refs} needs at least {num_refs + 1} "
+                       f"(each real latent is compared with {num_refs} OTHER latents, leave-one-out)")
+    if id_bank is not None and np.shape(id_bank)[0] < num_refs:
+      raise ValueError(f"the ID bank has {np.shape(id_bank)[0]} latents; num_refs={num_refs} needs at least "
+                       f"{num_refs}")
+
+
+def _blocks(rows: np.ndarray, block: int = _STREAM_ROWS) -> Iterator[tuple[int, np.ndarray]]:
+  for start in range(0, rows.shape[0], block):
+    yield start, np.asarray(rows[start:start + block], np.float32)
+
+
+def _pad_rows(x: np.ndarray | jax.Array, multiple: int) -> tuple[Any, int]:
+  n = x.shape[0]
+  pad = (-n) % multiple
+  if pad:
+    x = (jnp if isinstance(x, jax.Array) else np).concatenate(
+        [x, (jnp if isinstance(x, jax.Array) else np).zeros((pad,) + x.shape[1:], x.dtype)])
+  return x, n
+
+
+def _rowblock_matmul(x: jax.Array, y: jax.Array) -> jax.Array:
+  """``x @ y.T`` on fixed (_ROW_BLOCK, d) blocks of x (x's rows a multiple of it)."""
+  blocks = x.reshape(-1, _ROW_BLOCK, x.shape[-1])
+  return jax.lax.map(lambda b: b @ y.T, blocks).reshape(x.shape[0], y.shape[0])
+
+
+_matmul_t = jax.jit(_rowblock_matmul)
+
+# ---------------------------------------------------------------------------
+# Priors.
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["mean", "var"],
+                   meta_fields=["kind", "shape", "num_latents"])
+@dataclasses.dataclass(frozen=True)
+class GaussianPrior:
+  """N(mean, diag(var)) over flattened latents; ``var`` is a scalar (pooled) or (d,)."""
+
+  mean: jax.Array  # (d,)
+  var: jax.Array  # () for kind='pooled', (d,) for kind='diagonal'
+  kind: str
+  shape: tuple[int, ...]  # the latent shape, e.g. (256, 256, 3)
+  num_latents: int
+
+  @property
+  def dim(self) -> int:
+    return int(np.prod(self.shape))
+
+  @property
+  def sigma(self) -> float:
+    """The pooled standard deviation sqrt(mean_j var_j) (= sqrt(var) when pooled)."""
+    return float(np.sqrt(np.mean(np.asarray(self.var, np.float64))))
+
+  def shell_radius(self) -> float:
+    """sqrt(|mean|^2 + sum_j var_j): the radius the prior's norms concentrate at."""
+    m = np.asarray(self.mean, np.float64)
+    total_var = float(np.sum(np.broadcast_to(np.asarray(self.var, np.float64), m.shape)))
+    return float(np.sqrt(m @ m + total_var))
+
+  def summary(self) -> dict:
+    return {"kind": self.kind, "dim": self.dim, "num_latents": self.num_latents, "sigma": self.sigma,
+            "mean_norm": float(np.linalg.norm(np.asarray(self.mean, np.float64))),
+            "shell_radius": self.shell_radius()}
+
+
+def fit_prior(latents: Any, kind: str = "pooled") -> GaussianPrior:
+  """Per-dimension mean and unbiased variance, streamed in float64.
+
+  'pooled' (official): ONE variance, the mean over dimensions of the per-dimension
+  unbiased variances, ``sum_ij (x_ij - m_j)^2 / ((N - 1) d)``. (The official code's
+  ``np.var(flat)`` is the biased variance around ONE global scalar mean: it also
+  counts the spread of the per-dimension means.) 'diagonal': the (d,) variances.
+  """
+  if kind not in ("pooled", "diagonal"):
+    raise ValueError(f"kind must be 'pooled' or 'diagonal', got {kind!r}")
+  rows = as_rows(latents)
+  n = rows.shape[0]
+  if n < 2:
+    raise ValueError(f"fitting a variance needs at least 2 latents, got {n}")
+  total = np.zeros(rows.shape[1], np.float64)
+  for _, b in _blocks(rows):
+    total += b.sum(0, dtype=np.float64)
+  mean = total / n
+  sq = np.zeros_like(mean)
+  for _, b in _blocks(rows):
+    sq += np.square(b - mean).sum(0)
+  var = sq / (n - 1)
+  var = np.float32(var.mean()) if kind == "pooled" else var.astype(np.float32)
+  return GaussianPrior(jnp.asarray(mean, jnp.float32), jnp.asarray(var), kind, _latent_shape(latents), n)
+
+
+@jax.jit
+def _sample_prior(prior: GaussianPrior, key: jax.Array, index: jax.Array) -> jax.Array:
+  z = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (prior.dim,), jnp.float32))(index)
+  return prior.mean + jnp.sqrt(prior.var) * z
+
+
+def sample_prior(prior: GaussianPrior, key: jax.Array, sample_index: Any) -> jax.Array:
+  """Draws (n, d): draw i is ``mean + sqrt(var) * normal(fold_in(key, sample_index[i]))``,
+  so it never depends on which batch or device produced it."""
+  index = jnp.atleast_1d(jnp.asarray(sample_index, jnp.uint32))
+  return _sample_prior(prior, key, index)
+
+
+def gaussian_geometry(dim: int, sigma: float = 1.0) -> dict:
+  """What an isotropic N(0, sigma^2 I_d) predicts (METHOD.md step 5)."""
+  return {"dim": int(dim), "sigma": float(sigma), "shell_radius": math.sqrt(dim) * sigma,
+          "pairwise_distance": math.sqrt(2 * dim) * sigma, "angle_origin_deg": 90.0,
+          "angle_vertex_deg": 60.0, "angle_origin_std_deg": math.degrees(1 / math.sqrt(dim))}
+
+# ---------------------------------------------------------------------------
+# Bank statistics (streamed).
+
+
+def norms(bank: Any) -> np.ndarray:
+  """(N,) Euclidean norms, float64."""
+  rows = as_rows(bank)
+  out = np.empty(rows.shape[0], np.float64)
+  for s, b in _blocks(rows):
+    out[s:s + len(b)] = np.sqrt(np.square(b, dtype=np.float64).sum(1))
+  return out
+
+
+def bank_mean(bank: Any) -> np.ndarray:
+  """(d,) float64 mean, streamed."""
+  rows = as_rows(bank)
+  total = np.zeros(rows.shape[1], np.float64)
+  for _, b in _blocks(rows):
+    total += b.sum(0, dtype=np.float64)
+  return total / rows.shape[0]
+
+
+def gram(a: Any, b: Any | None = None) -> np.ndarray:
+  """``a @ b.T`` (float64 result of float32 products): a is streamed, b copied to
+  the device once (b = a when None)."""
+  ra = as_rows(a)
+  rb_dev = jnp.asarray(as_rows(a if b is None else b))
+  if ra.shape[1] != rb_dev.shape[1]:
+    raise ValueError(f"latent sizes differ: {ra.shape[1]} vs {rb_dev.shape[1]}")
+  out = np.empty((ra.shape[0], rb_dev.shape[0]), np.float64)
+  for s, blk in _blocks(ra):
+    padded, n = _pad_rows(blk, _ROW_BLOCK)
+    out[s:s + n] = np.asarray(_matmul_t(jnp.asarray(padded), rb_dev))[:n]
+  return out
+
+
+def _dist_from_gram(g: np.ndarray, na2: np.ndarray, nb2: np.ndarray) -> np.ndarray:
+  return np.sqrt(np.maximum(na2[:, None] + nb2[None, :] - 2 * g, 0.0))
+
+
+def _angle_from_gram(g: np.ndarray, na2: np.ndarray, nb2: np.ndarray) -> np.ndarray:
+  cos = g / np.sqrt(np.maximum(na2[:, None] * nb2[None, :], _TINY))
+  return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+
+
+def pairwise_distances(a: Any, b: Any | None = None) -> np.ndarray:
+  """(Na, Nb) Euclidean distances via the Gram matrix (zero diagonal when b is None)."""
+  g = gram(a, b)
+  na2 = norms(a) ** 2
+  out = _dist_from_gram(g, na2, na2 if b is None else norms(b) ** 2)
+  if b is None:
+    np.fill_diagonal(out, 0.0)
+  return out
+
+
+def angles_at_origin(a: Any, b: Any | None = None) -> np.ndarray:
+  """(Na, Nb) angles in degrees between latents seen from the origin."""
+  g = gram(a, b)
+  na2 = norms(a) ** 2
+  out = _angle_from_gram(g, na2, na2 if b is None else norms(b) ** 2)
+  if b is None:
+    np.fill_diagonal(out, 0.0)
+  return out
+
+
+def _vertex_from_gram(g: np.ndarray, triples: np.ndarray) -> np.ndarray:
+  i, j, k = triples[:, 0], triples[:, 1], triples[:, 2]
+  dot = g[j, k] - g[i, j] - g[i, k] + g[i, i]
+  nj = g[j, j] - 2 * g[i, j] + g[i, i]
+  nk = g[k, k] - 2 * g[i, k] + g[i, i]
+  cos = dot / np.sqrt(np.maximum(nj * nk, _TINY))
+  return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+
+
+def angles_at_vertex(bank: Any, triples: Any) -> np.ndarray:
+  """(T,) angles in degrees at latent i between latents j and k, for rows (i, j, k)."""
+  triples = np.asarray(triples, np.int64)
+  if triples.ndim != 2 or triples.shape[1] != 3:
+    raise ValueError(f"triples must have shape (T, 3), got {triples.shape}")
+  rows = as_rows(bank)
+  used, inverse = np.unique(triples, return_inverse=True)
+  g = gram(rows[used])
+  return _vertex_from_gram(g, inverse.reshape(triples.shape))
+
+
+def random_triples(n: int, num: int, seed: int = 0) -> np.ndarray:
+  """(num, 3) triples of distinct indices in [0, n)."""
+  if n < 3:
+    raise ValueError(f"triples need at least 3 latents, got {n}")
+  rng = np.random.default_rng(seed)
+  return np.stack([rng.choice(n, 3, replace=False) for _ in range(num)])
+
+
+def centre_distance(a: Any, b: Any) -> float:
+  """|mean(a) - mean(b)| (means streamed in float64; not debiased, see ``separability``)."""
+  check_banks(a, b)
+  return float(np.linalg.norm(bank_mean(a) - bank_mean(b)))
+
+
+def _mean_std(x: np.ndarray) -> dict:
+  x = np.asarray(x, np.float64)
+  return {"mean": float(x.mean()), "std": float(x.std())} if x.size else {"mean": float("nan"), "std": float("nan")}
+
+
+def _describe_from_gram(g: np.ndarray, num_triples: int, seed: int) -> dict:
+  n = g.shape[0]
+  n2 = np.diag(g).copy()
+  iu = np.triu_indices(n, 1)
+  out = {"num_latents": int(n), "norm": _mean_std(np.sqrt(np.maximum(n2, 0))),
+         "pairwise_distance": _mean_std(_dist_from_gram(g, n2, n2)[iu]),
+         "angle_origin_deg": _mean_std(_angle_from_gram(g, n2, n2)[iu])}
+  if n >= 3 and num_triples > 0:
+    out["angle_vertex_deg"] = _mean_std(_vertex_from_gram(g, random_triples(n, num_triples, seed)))
+  return out
+
+
+def describe_bank(bank: Any, *, num_triples: int = 2000, seed: int = 0) -> dict:
+  """Mean/std of norms, pairwise distances, angles at the origin and at a vertex
+  (``num_triples`` random triples), plus what an isotropic Gaussian with the
+  bank's pooled variance predicts."""
+  g = gram(bank)
+  out = _describe_from_gram(g, num_triples, seed)
+  out["dim"] = int(as_rows(bank).shape[1])
+  prior = fit_prior(bank) if out["num_latents"] >= 2 else None
+  if prior is not None:
+    out["isotropic_prediction"] = gaussian_geometry(out["dim"], prior.sigma)
+  return out
+
+
+def norm_vs_chi(bank: Any, prior: GaussianPrior | None = None, *, prior_from_bank: bool = True) -> dict:
+  """Standardised residual norms ``|(x - mean) / sqrt(var)|`` against chi(d).
+
+  When the prior's mean was estimated from these same N latents the residuals have
+  variance (N-1)/N per dimension, so the norms are rescaled by sqrt(N/(N-1))
+  (``prior_from_bank``). Returns the KS test against chi(d) and observed vs
+  predicted mean/std of the norms, and the raw norms vs the prior's shell radius.
+  """
+  from scipy import stats as sps
+
+  rows = as_rows(bank)
+  prior = prior or fit_prior(rows)
+  if prior.dim != rows.shape[1]:
+    raise ValueError(f"prior dimension {prior.dim} != latent size {rows.shape[1]}")
+  n, d = rows.shape
+  mean = np.asarray(prior.mean, np.float64)
+  inv_std = 1.0 / np.sqrt(np.asarray(prior.var, np.float64))
+  r = np.empty(n, np.float64)
+  for s, b in _blocks(rows):
+    r[s:s + len(b)] = np.sqrt(np.square((b - mean) * inv_std).sum(1))
+  if prior_from_bank:
+    r *= math.sqrt(n / (n - 1))
+  chi = sps.chi(df=d)
+  ks = sps.kstest(r, chi.cdf)
+  raw = norms(rows)
+  return {"num_latents": int(n), "dim": int(d), "ks_statistic": float(ks.statistic), "ks_pvalue": float(ks.pvalue),
+          "observed_mean": float(r.mean()), "observed_std": float(r.std(ddof=1)) if n > 1 else float("nan"),
+          "chi_mean": float(chi.mean()), "chi_std": float(chi.std()),
+          "raw_norm_mean": float(raw.mean()), "prior_shell_radius": prior.shell_radius()}
+
+# ---------------------------------------------------------------------------
+# Claims of the paper (METHOD.md step 4).
+
+
+def gaussianity(bank: Any, *, num_dims: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
+  """Per-dimension normality tests on ``num_dims`` random dimensions (seeded).
+
+  D'Agostino-Pearson (scipy ``normaltest``) when N >= 20, Shapiro-Wilk below.
+  Under Gaussianity about ``alpha`` of the dimensions reject; ``binomial_pvalue``
+  is the one-sided probability of at least that many rejections.
+  """
+  from scipy import stats as sps
+
+  rows = as_rows(bank)
+  n, d = rows.shape
+  if n < 3:
+    raise ValueError(f"normality tests need at least 3 latents, got {n}")
+  dims = np.sort(np.random.default_rng(seed).choice(d, min(num_dims, d), replace=False))
+  x = np.asarray(rows[:, dims], np.float64)
+  if n >= 20:
+    name, p = "normaltest", sps.normaltest(x, axis=0).pvalue
+  else:
+    name, p = "shapiro", np.array([sps.shapiro(x[:, j]).pvalue for j in range(x.shape[1])])
+  k = int(np.sum(p < alpha))
+  return {"test": name, "num_latents": int(n), "num_dims": int(len(dims)), "alpha": float(alpha),
+          "fraction_rejected": k / len(dims), "expected_fraction": float(alpha),
+          "binomial_pvalue": float(sps.binomtest(k, len(dims), alpha, alternative="greater").pvalue),
+          "median_pvalue": float(np.median(p)),
+          "mean_skew": float(np.mean(sps.skew(x, axis=0))),
+          "mean_excess_kurtosis": float(np.mean(sps.kurtosis(x, axis=0)))}
+
+
+def _stacked_gram(ro: np.ndarray, ri: np.ndarray) -> np.ndarray:
+  """Gram matrix of [ood; id] without concatenating the banks."""
+  g_oi = gram(ro, ri)
+  return np.block([[gram(ro), g_oi], [g_oi.T, gram(ri)]])
+
+
+def _span_features(g: np.ndarray, train: np.ndarray, rel_eps: float = 1e-7) -> tuple[np.ndarray, np.ndarray]:
+  """Coordinates of every point in an orthonormal basis of span(x_train), from the
+  Gram matrix alone: K_TT = U S U^T, f(x) = S^-1/2 U^T (X_T x). Also returns the
+  map U S^-1/2 (basis vectors as combinations of training points)."""
+  s, u = np.linalg.eigh(g[np.ix_(train, train)])
+  keep = s > rel_eps * s.max()
+  m = u[:, keep] / np.sqrt(s[keep])
+  return g[:, train] @ m, m
+
+
+def separability(ood_bank: Any, id_bank: Any, *, num_folds: int = 5, seed: int = 0, C: float = 1.0) -> dict:
+  """Centre distance vs the d^(1/4) scale, and held-out linear-classifier accuracy.
+
+  Centre distance: |m_ood - m_id|^2 is biased up by tr(S_ood)/N_ood + tr(S_id)/N_id
+  (the noise of the two sample means); ``centre_distance_debiased`` removes it.
+  Scale: for two N(mu_k, sigma^2 I_d), |x - y|^2 between domains exceeds the
+  within-domain value 2 d sigma^2 by D^2, while |x - y|^2 fluctuates with std
+  sqrt(8 d) sigma^2; pairs are told apart by distance once D^2 > sqrt(8 d) sigma^2,
+  i.e. D > 8^(1/4) d^(1/4) sigma (the d^(1/4) law). Reported: ``d_quarter_ratio`` =
+  D / (sigma d^(1/4)) and ``distance_gap_z`` = D^2 / (sqrt(8 d) sigma^2), with sigma^2
+  the mean of the two pooled variances.
+
+  Classifier: L2 logistic regression, stratified k-fold. By the representer theorem
+  its weight vector lies in the span of the training latents, so it is fitted
+  EXACTLY on coordinates in that span (from the Gram matrix), not on a lossy random
+  projection. Also the held-out accuracy of the nearest class mean.
+  """
+  from sklearn.linear_model import LogisticRegression
+  from sklearn.model_selection import StratifiedKFold
+
+  check_banks(ood_bank, id_bank)
+  ro, ri = as_rows(ood_bank), as_rows(id_bank)
+  no, ni, d = ro.shape[0], ri.shape[0], ro.shape[1]
+  if min(no, ni) < max(2, num_folds):
+    raise ValueError(f"separability with num_folds={num_folds} needs at least {max(2, num_folds)} latents per "
+                     f"bank, got OOD {no}, ID {ni}")
+  po, pi = fit_prior(ro), fit_prior(ri)
+  dist = float(np.linalg.norm(np.asarray(po.mean, np.float64) - np.asarray(pi.mean, np.float64)))
+  var_o, var_i = po.sigma ** 2, pi.sigma ** 2
+  d2_unbiased = dist ** 2 - d * var_o / no - d * var_i / ni
+  sigma = math.sqrt((var_o + var_i) / 2)
+  debiased = math.sqrt(max(d2_unbiased, 0.0))
+
+  g = _stacked_gram(ro, ri)
+  g = g / np.mean(np.diag(g))
+  y = np.r_[np.ones(no, int), np.zeros(ni, int)]
+  folds = StratifiedKFold(n_splits=num_folds, shuffle=True, random_state=seed)
+  acc, acc_centroid = [], []
+  for train, test in folds.split(np.zeros(len(y)), y):
+    f, _ = _span_features(g, train)
+    clf = LogisticRegression(C=C, max_iter=2000).fit(f[train], y[train])
+    acc.append(clf.score(f[test], y[test]))
+    # Nearest class mean: |x - m_k|^2 = |x|^2 - 2 x.m_k + |m_k|^2, all from the Gram matrix.
+    to, ti = train[y[train] == 1], train[y[train] == 0]
+    score = lambda idx: -2 * g[:, idx].mean(1) + g[np.ix_(idx, idx)].mean()
+    pred = (score(to) < score(ti)).astype(int)
+    acc_centroid.append(float(np.mean(pred[test] == y[test])))
+  return {"dim": int(d), "num_ood": int(no), "num_id": int(ni), "sigma_ood": po.sigma, "sigma_id": pi.sigma,
+          "centre_distance": dist, "centre_distance_sq_unbiased": float(d2_unbiased),
+          "centre_distance_debiased": debiased, "d_quarter_scale": sigma * d ** 0.25,
+          "d_quarter_ratio": debiased / (sigma * d ** 0.25),
+          "distance_gap_z": float(d2_unbiased / (math.sqrt(8 * d) * sigma ** 2)),
+          "classifier": "logistic regression (L2, C=%g) on exact span-of-training coordinates" % C,
+          "num_folds": int(num_folds), "heldout_accuracy": float(np.mean(acc)),
+          "heldout_accuracy_std": float(np.std(acc)), "nearest_mean_accuracy": float(np.mean(acc_centroid)),
+          "chance_accuracy": max(no, ni) / (no + ni)}
+
+# ---------------------------------------------------------------------------
+# Mode-interference guard (METHOD.md step 7).
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["w", "b", "scale"], meta_fields=["kind"])
+@dataclasses.dataclass(frozen=True)
+class LinearGuard:
+  """logit(x) = w . x + b: > 0 on the OOD side. ``scale``: std of the OOD bank's logits."""
+
+  w: jax.Array  # (d,)
+  b: jax.Array  # ()
+  scale: jax.Array  # ()
+  kind: str
+
+
+def guard_logits(guard: LinearGuard, x: jax.Array) -> jax.Array:
+  """(n,) logits of flattened latents (n, d); pure, usable under jit."""
+  return jnp.asarray(x, jnp.float32).reshape(x.shape[0], -1) @ guard.w + guard.b
+
+
+def _project(rows: np.ndarray, w: np.ndarray) -> np.ndarray:
+  out = np.empty(rows.shape[0], np.float64)
+  for s, b in _blocks(rows):
+    out[s:s + len(b)] = b.astype(np.float64) @ w
+  return out
+
+
+def fit_guard(ood_bank: Any, id_bank: Any, *, kind: str = "mean_diff", C: float = 1.0) -> LinearGuard:
+  """A linear ID-vs-OOD classifier used to reject candidates landing on the ID side.
+
+  'mean_diff': w = unit(m_ood - m_id), threshold at the midpoint of the two means
+  (Fisher's discriminant under the method's own isotropic pooled-variance model).
+  'logistic': L2 logistic regression fitted exactly in the span of the bank
+  latents (see ``separability``); w is that combination of latents.
+  """
+  check_banks(ood_bank, id_bank)
+  ro, ri = as_rows(ood_bank), as_rows(id_bank)
+  if kind == "mean_diff":
+    mo, mi = bank_mean(ro), bank_mean(ri)
+    diff = mo - mi
+    nrm = np.linalg.norm(diff)
+    if not nrm > 0:
+      raise ValueError("the OOD and ID bank means coincide: no mean-difference direction")
+    w = diff / nrm
+    b = -w @ (mo + mi) / 2
+  elif kind == "logistic":
+    from sklearn.linear_model import LogisticRegression
+
+    no = ro.shape[0]
+    g = _stacked_gram(ro, ri)
+    scale = np.mean(np.diag(g))
+    f, m = _span_features(g / scale, np.arange(g.shape[0]))
+    y = np.r_[np.ones(no, int), np.zeros(ri.shape[0], int)]
+    clf = LogisticRegression(C=C, max_iter=2000).fit(f, y)
+    alpha = (m @ clf.coef_[0]) / math.sqrt(scale)  # w = X^T alpha in the unscaled space.
+    w = np.zeros(ro.shape[1], np.float64)
+    for rows, a in ((ro, alpha[:no]), (ri, alpha[no:])):
+      for s, blk in _blocks(rows):
+        w += a[s:s + len(blk)] @ blk.astype(np.float64)
+    b = float(clf.intercept_[0])
+  else:
+    raise ValueError(f"guard kind must be 'mean_diff' or 'logistic', got {kind!r}")
+  scale = float(np.std(_project(ro, w) + b)) or 1.0
+  return LinearGuard(jnp.asarray(w, jnp.float32), jnp.asarray(b, jnp.float32), jnp.asarray(scale, jnp.float32), kind)
+
+# ---------------------------------------------------------------------------
+# Slerp and the three criteria.
+
+
+def slerp(x0: Any, x1: Any, t: Any) -> jax.Array:
+  """Unit directions slerped, norm interpolated linearly: (..., d), (..., d), (K,) -> (..., K, d)."""
+  x0 = jnp.asarray(x0, jnp.float32)
+  x1 = jnp.asarray(x1, jnp.float32)
+  t = jnp.asarray(t, jnp.float32)
+  n0 = jnp.linalg.norm(x0, axis=-1)
+  n1 = jnp.linalg.norm(x1, axis=-1)
+  u, v = x0 / n0[..., None], x1 / n1[..., None]
+  alpha, beta, nd = _slerp_coefficients(jnp.sum(u * v, -1), t)  # (..., K)
+  rho = (1 - t) * n0[..., None] + t * n1[..., None]
+  return (rho * alpha / nd)[..., None] * u[..., None, :] + (rho * beta / nd)[..., None] * v[..., None, :]
+
+
+def _slerp_coefficients(cos: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(..., K) alpha, beta, nd: the slerp direction is (alpha u + beta v) / nd for unit
+  u, v with u.v = cos (...,). The explicit renormalisation nd (= 1 in exact
+  arithmetic) keeps directions unit, also where sin(omega) -> 0 and the weights
+  fall back to linear ones."""
+  cos = jnp.clip(cos, -1.0, 1.0)[..., None]
+  omega = jnp.arccos(cos)
+  sin = jnp.sin(omega)
+  safe = sin > 1e-6
+  sin = jnp.where(safe, sin, 1.0)
+  alpha = jnp.where(safe, jnp.sin((1 - t) * omega) / sin, 1 - t)
+  beta = jnp.where(safe, jnp.sin(t * omega) / sin, t)
+  nd = jnp.sqrt(jnp.maximum(alpha ** 2 + beta ** 2 + 2 * alpha * beta * cos, _TINY))
+  return alpha, beta, nd
+
+
+def _criteria(cc: jax.Array, c_id: jax.Array, id_sq: jax.Array, c_ood: jax.Array, g_ood: jax.Array) -> jax.Array:
+  """(3,) criteria of one candidate from inner products only.
+
+  cc = |c|^2; c_id, id_sq: c.r and |r|^2 of the R ID references; c_ood (R,) and
+  g_ood (R, R): c.r and the Gram matrix of the R OOD references. Returns the mean
+  distance to the ID references, the mean angle at the origin to the OOD
+  references, and the mean angle at c over all R(R-1)/2 pairs of OOD references
+  (degrees). (r_j - c).(r_k - c) = G_jk - c.r_j - c.r_k + |c|^2.
+  """
+  r = c_ood.shape[-1]
+  dist = jnp.mean(jnp.sqrt(jnp.maximum(cc + id_sq - 2 * c_id, 0.0)))
+  ood_sq = jnp.diagonal(g_ood)
+  cos0 = c_ood / jnp.sqrt(jnp.maximum(cc * ood_sq, _TINY))
+  ang0 = jnp.mean(jnp.degrees(jnp.arccos(jnp.clip(cos0, -1.0, 1.0))))
+  m = g_ood - c_ood[:, None] - c_ood[None, :] + cc
+  nv = jnp.sqrt(jnp.maximum(jnp.diagonal(m), _TINY))
+  iu, ju = np.triu_indices(r, 1)
+  cosv = m[iu, ju] / (nv[iu] * nv[ju])
+  angv = jnp.mean(jnp.degrees(jnp.arccos(jnp.clip(cosv, -1.0, 1.0))))
+  return jnp.stack([dist, ang0, angv])
+
+
+def criteria_numpy(candidate: np.ndarray, id_refs: np.ndarray, ood_refs: np.ndarray) -> np.ndarray:
+  """The three criteria computed directly in float64 (reference implementation)."""
+  c = np.asarray(candidate, np.float64).ravel()
+  idr = np.asarray(id_refs, np.float64).reshape(len(id_refs), -1)
+  oor = np.asarray(ood_refs, np.float64).reshape(len(ood_refs), -1)
+  ang = lambda a, b: math.degrees(math.acos(max(-1.0, min(1.0, a @ b / (np.linalg.norm(a) * np.linalg.norm(b))))))
+  dist = np.mean([np.linalg.norm(c - r) for r in idr])
+  ang0 = np.mean([ang(c, r) for r in oor])
+  vecs = oor - c
+  angv = np.mean([ang(vecs[j], vecs[k]) for j in range(len(oor)) for k in range(j + 1, len(oor))])
+  return np.array([dist, ang0, angv])
+
+# ---------------------------------------------------------------------------
+# Targets.
+
+
+@dataclasses.dataclass(frozen=True)
+class Targets:
+  """Target value and tolerance of each criterion, computed from the banks."""
+
+  values: tuple[float, float, float]
+  tolerances: tuple[float, float, float]
+  stds: tuple[float, float, float]
+  num_refs: int
+  tolerance_scale: float
+  num_samples: int
+  self_acceptance: float
+  method: str = ("value = mean of the criterion over real OOD latents, each against num_refs random ID latents "
+                 "and num_refs random OTHER OOD latents (leave-one-out), draws_per_latent draws each; "
+                 "tolerance = tolerance_scale * std of those samples")
+  names: tuple[str, str, str] = CRITERIA
+
+  def to_dict(self) -> dict:
+    d = dataclasses.asdict(self)
+    d["values"], d["tolerances"], d["stds"], d["names"] = (list(map(float, self.values)),
+                                                           list(map(float, self.tolerances)),
+                                                           list(map(float, self.stds)), list(self.names))
+    return d
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "Targets":
+    d = dict(d)
+    for k in ("values", "tolerances", "stds", "names"):
+      if k in d:
+        d[k] = tuple(d[k])
+    return cls(**d)
+
+  def arrays(self) -> tuple[jax.Array, jax.Array]:
+    return jnp.asarray(self.values, jnp.float32), jnp.asarray(self.tolerances, jnp.float32)
+
+
+def _choose(key: jax.Array, n: int, r: int) -> jax.Array:
+  return jax.random.choice(key, n, (r,), replace=False).astype(jnp.int32)
+
+
+def reference_indices(key: jax.Array, candidate_index: Any, num_id: int, num_ood: int,
+                      num_refs: int) -> tuple[np.ndarray, np.ndarray]:
+  """(ID, OOD) reference indices (n, R) of candidates, as ``discover``/``score_paths`` draw
+  them: ``choice(fold_in(fold_in(key, 2 or 3), g), N, R, replace=False)``."""
+  g = jnp.atleast_1d(jnp.asarray(candidate_index, jnp.uint32))
+  kid, kood = jax.random.fold_in(key, 2), jax.random.fold_in(key, 3)
+  idx_id = jax.vmap(lambda i: _choose(jax.random.fold_in(kid, i), num_id, num_refs))(g)
+  idx_ood = jax.vmap(lambda i: _choose(jax.random.fold_in(kood, i), num_ood, num_refs))(g)
+  return np.asarray(idx_id), np.asarray(idx_ood)
+
+
+@dataclasses.dataclass
+class _BankGeometry:
+  """Both banks on the device and their Gram matrices (the only O(N^2 d) setup cost)."""
+
+  ood: jax.Array  # (No, d)
+  idb: jax.Array  # (Ni, d)
+  g_oo: jax.Array  # (No, No)
+  g_oi: jax.Array  # (No, Ni)
+  g_ii: jax.Array  # (Ni, Ni); only its diagonal is valid unless full_id_gram
+  full_id_gram: bool
+  seconds: float
+
+  @classmethod
+  def build(cls, ood_bank: Any, id_bank: Any, full_id_gram: bool) -> "_BankGeometry":
+    start = time.perf_counter()
+    ood = jnp.asarray(as_rows(ood_bank))
+    idb = jnp.asarray(as_rows(id_bank))
+    mm = lambda a, b: _matmul_t(_pad_rows(a, _ROW_BLOCK)[0], b)[: a.shape[0]]
+    g_oo, g_oi = mm(ood, ood), mm(ood, idb)
+    g_ii = mm(idb, idb) if full_id_gram else jnp.diag(jnp.sum(idb * idb, -1))
+    jax.block_until_ready((g_oo, g_oi, g_ii))
+    return cls(ood, idb, g_oo, g_oi, g_ii, full_id_gram, time.perf_counter() - start)
+
+  @property
+  def num_ood(self) -> int:
+    return int(self.ood.shape[0])
+
+  @property
+  def num_id(self) -> int:
+    return int(self.idb.shape[0])
+
+  def g_all(self) -> jax.Array:
+    return jnp.block([[self.g_oo, self.g_oi], [self.g_oi.T, self.g_ii]])
+
+
+@functools.partial(jax.jit, static_argnames=("num_refs", "draws"))
+def _target_samples(g_oo, g_oi, id_sq, key, *, num_refs, draws):
+  no, ni = g_oo.shape[0], g_oi.shape[1]
+  kid, kood = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
+
+  def one(i, j):
+    s = i * draws + j
+    idx_id = _choose(jax.random.fold_in(kid, s), ni, num_refs)
+    idx = _choose(jax.random.fold_in(kood, s), no - 1, num_refs)
+    idx = idx + (idx >= i)  # leave-one-out: never the latent itself.
+    return _criteria(g_oo[i, i], g_oi[i, idx_id], id_sq[idx_id], g_oo[i, idx], g_oo[idx][:, idx])
+
+  ii, jj = jnp.meshgrid(jnp.arange(no), jnp.arange(draws), indexing="ij")
+  return jax.vmap(one)(ii.ravel(), jj.ravel())
+
+
+def _targets_from_geometry(geom: _BankGeometry, *, num_refs: int, tolerance_scale: float, key: jax.Array,
+                           draws_per_latent: int) -> Targets:
+  samples = np.asarray(_target_samples(geom.g_oo, geom.g_oi, jnp.diagonal(geom.g_ii), key, num_refs=num_refs,
+                                       draws=draws_per_latent), np.float64)
+  values, stds = samples.mean(0), samples.std(0, ddof=1)
+  tol = tolerance_scale * stds
+  inside = np.all(np.abs(samples - values) <= tol, axis=1)
+  return Targets(tuple(map(float, values)), tuple(map(float, tol)), tuple(map(float, stds)), int(num_refs),
+                 float(tolerance_scale), int(samples.shape[0]), float(inside.mean()))
+
+
+def compute_targets(ood_bank: Any, id_bank: Any, *, num_refs: int = 10, tolerance_scale: float = 1.0,
+                    key: jax.Array, draws_per_latent: int = 4) -> Targets:
+  """Targets and tolerances of the three criteria from the banks in use.
+
+  For each real OOD latent i and draw j (keys ``fold_in(key, i * draws + j)``), the
+  criteria are evaluated with i as the candidate against ``num_refs`` random ID
+  latents and ``num_refs`` random OOD latents other than i. value = mean over all
+  samples, tolerance = ``tolerance_scale`` * their std; ``self_acceptance`` is the
+  fraction of those real samples inside all three tolerances (a calibration number:
+  the rate a perfect sampler could reach).
+  """
+  check_banks(ood_bank, id_bank, num_refs=num_refs)
+  if not tolerance_scale > 0:
+    raise ValueError(f"tolerance_scale must be > 0, got {tolerance_scale}")
+  geom = _BankGeometry.build(ood_bank, id_bank, full_id_gram=False)
+  return _targets_from_geometry(geom, num_refs=num_refs, tolerance_scale=tolerance_scale, key=key,
+                                draws_per_latent=draws_per_latent)
+
+# ---------------------------------------------------------------------------
+# Scoring materialised candidates.
+
+
+def _accept(stats, logit, values, tols, guard_margin):
+  passed = jnp.concatenate([jnp.abs(stats - values) <= tols, (logit >= guard_margin)[..., None]], -1)
+  return passed, jnp.all(passed, -1)
+
+
+@functools.partial(jax.jit, static_argnames=("shared", "has_guard"))
+def _score_block(c, id_refs, ood_refs, values, tols, w, b, guard_margin, *, shared, has_guard):
+  if shared:
+    c_id = _rowblock_matmul(c, id_refs)
+    c_ood = _rowblock_matmul(c, ood_refs)
+    id_sq = jnp.broadcast_to(jnp.sum(id_refs * id_refs, -1), c_id.shape)
+    g_ood = jnp.broadcast_to(ood_refs @ ood_refs.T, (c.shape[0],) + (ood_refs.shape[0],) * 2)
+  else:
+    c_id = jnp.einsum("bd,brd->br", c, id_refs)
+    c_ood = jnp.einsum("bd,brd->br", c, ood_refs)
+    id_sq = jnp.sum(id_refs * id_refs, -1)
+    g_ood = jnp.einsum("brd,bsd->brs", ood_refs, ood_refs)
+  cc = jnp.sum(c * c, -1)
+  stats = jax.vmap(_criteria)(cc, c_id, id_sq, c_ood, g_ood)
+  logit = (_rowblock_matmul(c, w[None])[:, 0] + b) if has_guard else jnp.full(c.shape[:1], jnp.inf)
+  passed, accepted = _accept(stats, logit, values, tols, guard_margin)
+  return stats, logit, passed, accepted
+
+
+def score_candidates(candidates: Any, id_refs: Any, ood_refs: Any, targets: Targets, *,
+                     guard: LinearGuard | None = None, guard_margin: float = 0.0, chunk_size: int = 64) -> dict:
+  """Scores materialised candidates (B, ...) against references.
+
+  ``id_refs``/``ood_refs``: (R, ...) shared by every candidate, or (B, R, ...) one
+  set per candidate. Processed in jitted chunks of ``chunk_size`` (results do not
+  depend on it). Returns numpy arrays: stats (B, 3), deviation = stats - target
+  (B, 3), normalised = deviation / tolerance, passed (B, 4: the criteria then the
+  guard), guard_logit (B,), accepted (B,).
+  """
+  c = as_rows(candidates)
+  b_total, d = c.shape
+  cand_ndim = np.ndim(candidates)
+  id_refs, ood_refs = np.asarray(id_refs, np.float32), np.asarray(ood_refs, np.float32)
+  if id_refs.ndim != ood_refs.ndim or id_refs.ndim not in (cand_ndim, cand_ndim + 1):
+    raise ValueError(f"references must be (R, ...) shared or (B, R, ...) per candidate for candidates "
+                     f"{np.shape(candidates)}; got ID {id_refs.shape}, OOD {ood_refs.shape}")
+  shared = id_refs.ndim == cand_ndim
+  if shared:
+    id_refs, ood_refs = id_refs.reshape(id_refs.shape[0], -1), ood_refs.reshape(ood_refs.shape[0], -1)
+  else:
+    if id_refs.shape[0] != b_total or ood_refs.shape[0] != b_total:
+      raise ValueError(f"per-candidate references need {b_total} sets, got {id_refs.shape[0]}, {ood_refs.shape[0]}")
+    id_refs = id_refs.reshape(b_total, id_refs.shape[1], -1)
+    ood_refs = ood_refs.reshape(b_total, ood_refs.shape[1], -1)
+  if id_refs.shape[-1] != d or ood_refs.shape[-1] != d:
+    raise ValueError(f"candidate size {d} differs from reference sizes {id_refs.shape[-1]}, {ood_refs.shape[-1]}")
+  if ood_refs.shape[-2] < 2:
+    raise ValueError("the vertex angle needs at least 2 OOD references")
+  values, tols = targets.arrays()
+  w = guard.w if guard is not None else jnp.zeros((d,), jnp.float32)
+  gb = guard.b if guard is not None else jnp.zeros((), jnp.float32)
+  chunk = max(_ROW_BLOCK, -(-int(chunk_size) // _ROW_BLOCK) * _ROW_BLOCK)
+  outs = []
+  ir, orf = (jnp.asarray(id_refs), jnp.asarray(ood_refs)) if shared else (None, None)
+  for s in range(0, b_total, chunk):
+    blk, n = _pad_rows(np.asarray(c[s:s + chunk]), chunk)
+    if not shared:
+      ir, _ = _pad_rows(id_refs[s:s + chunk], chunk)
+      orf, _ = _pad_rows(ood_refs[s:s + chunk], chunk)
+      ir, orf = jnp.asarray(ir), jnp.asarray(orf)
+    out = _score_block(jnp.asarray(blk), ir, orf, values, tols, w, gb, jnp.float32(guard_margin), shared=shared,
+                       has_guard=guard is not None)
+    outs.append([np.asarray(o)[:n] for o in out])
+  stats, logit, passed, accepted = (np.concatenate(x) for x in zip(*outs))
+  dev = stats - np.asarray(targets.values)
+  return {"stats": stats, "deviation": dev, "normalised": dev / np.asarray(targets.tolerances),
+          "passed": passed, "guard_logit": logit, "accepted": accepted}
+
+# ---------------------------------------------------------------------------
+# The discovery kernel: paths of slerp candidates, scored (and optimised) from inner products.
+
+
+@dataclasses.dataclass(frozen=True)
+class _KernelConfig:
+  num_interior: int
+  num_refs: int
+  opt_steps: int
+  opt_lr: float
+  has_guard: bool
+  guard_margin: float
+
+
+def _candidate_dots(a: jax.Array, gb: jax.Array, rho: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Candidate c = rho * unit(sum_j a_j b_j / |b_j|): returns (c . b_j for all j, basis norms)."""
+  nb = jnp.sqrt(jnp.maximum(jnp.diagonal(gb), _TINY))
+  gn = gb / (nb[:, None] * nb[None, :])
+  q = gn @ a
+  scale = rho / jnp.sqrt(jnp.maximum(a @ q, _TINY))
+  return scale * q * nb, nb
+
+
+def _stats_from_coefficients(a, gb, rho, r, has_guard, guard_b):
+  """Criteria and guard logit of one candidate in its basis [u, v, id refs, ood refs, (w)]."""
+  dots, _ = _candidate_dots(a, gb, rho)
+  ids, oods = slice(2, 2 + r), slice(2 + r, 2 + 2 * r)
+  stats = _criteria(rho ** 2, dots[ids], jnp.diagonal(gb)[ids], dots[oods], gb[oods, oods])
+  logit = dots[-1] + guard_b if has_guard else jnp.inf
+  return stats, logit
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _path_kernel(ood, idb, g_oo, g_oi, g_ii, wo, wi, shell, prior, keys, sources, paths, values, tols, w, guard_b,
+                 guard_scale, *, cfg: _KernelConfig):
+  """One chunk of paths (a multiple of _ROW_BLOCK): prior draws, slerp candidates,
+  their references, optional optimisation, criteria. Every per-candidate quantity
+  depends only on the candidate's global index (fixed-shape matmuls, per-index keys).
+
+  Candidate c is represented by coefficients a over its basis
+  B = [u, v, id refs (R), ood refs (R), w] and the Gram matrix of B, assembled from
+  the banks' precomputed Gram matrices and one gemm row per path (v . banks).
+  """
+  k_prior, k_id, k_ood = keys
+  kk, r = cfg.num_interior, cfg.num_refs
+  no, ni = ood.shape[0], idb.shape[0]
+  z = _sample_prior(prior, k_prior, paths.astype(jnp.uint32))  # (P, d) = sample_prior(prior, k_prior, p)
+  zo = _rowblock_matmul(z, ood)  # (P, No)
+  zi = _rowblock_matmul(z, idb)  # (P, Ni)
+  zz = jnp.sum(z * z, -1)
+  zw = z @ w
+  ww = jnp.sum(w * w)
+  t = (jnp.arange(kk, dtype=jnp.float32) + 1) / (kk + 1)
+  src = sources[paths % no]
+
+  def per_path(p, s, zo_p, zi_p, zz_p, zw_p):
+    nu, nv = jnp.sqrt(g_oo[s, s]), jnp.sqrt(zz_p)
+    alpha, beta, nd = _slerp_coefficients(zo_p[s] / (nu * nv), t)
+    rho = (1 - t) * nu + t * nv
+
+    def per_candidate(k, al, be, nd_k):
+      g = (p * kk + k).astype(jnp.uint32)
+      idx_id = _choose(jax.random.fold_in(k_id, g), ni, r)
+      idx_ood = _choose(jax.random.fold_in(k_ood, g), no, r)
+      u_row = jnp.concatenate([g_oo[s, s][None], zo_p[s][None], g_oi[s, idx_id], g_oo[s, idx_ood], wo[s][None]])
+      v_row = jnp.concatenate([zo_p[s][None], zz_p[None], zi_p[idx_id], zo_p[idx_ood], zw_p[None]])
+      w_refs = jnp.concatenate([wi[idx_id], wo[idx_ood]])
+      w_row = jnp.concatenate([wo[s][None], zw_p[None], w_refs, ww[None]])
+      io = g_oi[idx_ood][:, idx_id].T  # (R id, R ood)
+      refs = jnp.block([[g_ii[idx_id][:, idx_id], io], [io.T, g_oo[idx_ood][:, idx_ood]]])
+      top = jnp.stack([u_row, v_row])  # (2, M)
+      mid = jnp.concatenate([top[:, 2:2 + 2 * r].T, refs, w_refs[:, None]], 1)  # (2R, M)
+      gb = jnp.concatenate([top, mid, w_row[None]], 0)  # (M, M), M = 2R + 3
+      a0 = jnp.zeros(gb.shape[0], jnp.float32).at[0].set(al / nd_k).at[1].set(be / nd_k)
+      if not cfg.has_guard:
+        gb, a0 = gb[:-1, :-1], a0[:-1]
+      return a0, gb, idx_id, idx_ood
+
+    a0, gb, idx_id, idx_ood = jax.vmap(per_candidate)(jnp.arange(kk), alpha, beta, nd)
+    return a0, gb, rho, idx_id, idx_ood
+
+  a0, gb, rho, idx_id, idx_ood = jax.vmap(per_path)(paths, src, zo, zi, zz, zw)
+  flat = lambda x: x.reshape((-1,) + x.shape[2:])
+  a0, gb, rho = flat(a0), flat(gb), flat(rho)
+  stats_fn = jax.vmap(lambda a, g, rh: _stats_from_coefficients(a, g, rh, r, cfg.has_guard, guard_b))
+  a = a0
+  if cfg.opt_steps:
+    a, rho = _optimise(a0, gb, rho, shell, values, tols, guard_scale, cfg, stats_fn, z.shape[1])
+  stats, logit = stats_fn(a, gb, rho)
+  passed, accepted = _accept(stats, logit, values, tols, cfg.guard_margin)
+  unflat = lambda x: x.reshape((paths.shape[0], kk) + x.shape[1:])
+  return {"z": z, "source": src, "coef": unflat(a), "gram": unflat(gb), "rho": unflat(rho), "stats": unflat(stats),
+          "logit": unflat(logit), "passed": unflat(passed), "accepted": unflat(accepted), "id_refs": idx_id,
+          "ood_refs": idx_ood}
+
+
+def _optimise(a0, gb, rho0, shell, values, tols, guard_scale, cfg: _KernelConfig, stats_fn, dim: int):
+  """Adam on every candidate at once (the loss is a sum of per-candidate terms and
+  Adam is per-coordinate, so candidates stay independent). Returns (coefficients, norms).
+
+  Parameters: the basis coefficients a (direction c / |c| = unit(sum_j a_j b_j / |b_j|))
+  and the norm, kept on the OOD shell: rho = centre + band * tanh(s) with centre, band
+  the mean and std of the real OOD norms (the initial interpolated norm is first
+  clipped into that band). With the norm frozen the two angle criteria are tied to
+  each other (both are functions of the same c . r_j), so the norm must move.
+  Loss: squared tolerance-normalised deviations, plus a squared hinge pushing the
+  guard logit above margin + one OOD-bank std. Step size for a: ``opt_lr / sqrt(d)``
+  (angles between independent latents scatter by 1/sqrt(d) radians), for s:
+  ``opt_lr / 10``; both with cosine decay to 1%.
+  """
+  centre, band = shell
+  s0 = jnp.arctanh(jnp.clip((rho0 - centre) / band, -0.95, 0.95))
+
+  def loss(params):
+    rho = centre + band * jnp.tanh(params["s"])
+    stats, logit = stats_fn(params["a"], gb, rho)
+    total = jnp.sum(((stats - values) / tols) ** 2)
+    if cfg.has_guard:
+      total += jnp.sum(jax.nn.relu((cfg.guard_margin + guard_scale - logit) / guard_scale) ** 2)
+    return total
+
+  sched = lambda lr: optax.cosine_decay_schedule(lr, cfg.opt_steps, alpha=0.01)
+  opt = optax.partition({"a": optax.adam(sched(cfg.opt_lr / math.sqrt(dim))), "s": optax.adam(sched(cfg.opt_lr / 10))},
+                        {"a": "a", "s": "s"})
+  params = {"a": a0, "s": s0}
+
+  def step(carry, _):
+    params, state = carry
+    updates, state = opt.update(jax.grad(loss)(params), state, params)
+    return (optax.apply_updates(params, updates), state), None
+
+  (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), None, length=cfg.opt_steps)
+  return params["a"], centre + band * jnp.tanh(params["s"])
+
+
+@functools.partial(jax.jit, static_argnames=("with_refs",))
+def _materialise(ood, idb, w, z_rows, src, idx_id, idx_ood, coef, gb, rho, *, with_refs):
+  """Latents c = rho * unit(sum_j a_j b_j / |b_j|) for a fixed block of candidates
+  (references gathered only when the coefficients use them: optimisation mode)."""
+
+  def one(zr, s, ii, oi, a, g, rh):
+    nb = jnp.sqrt(jnp.maximum(jnp.diagonal(g), _TINY))
+    scale = rh / jnp.sqrt(jnp.maximum(a @ ((g / (nb[:, None] * nb[None, :])) @ a), _TINY))
+    wt = a / nb
+    r = ii.shape[0]
+    c = wt[0] * ood[s] + wt[1] * zr
+    if with_refs:
+      c = c + wt[2:2 + r] @ idb[ii] + wt[2 + r:2 + 2 * r] @ ood[oi]
+      if a.shape[0] > 2 + 2 * r:
+        c = c + wt[-1] * w
+    return scale * c
+
+  return jax.vmap(one)(z_rows, src, idx_id, idx_ood, coef, gb, rho)
+
+# ---------------------------------------------------------------------------
+# discover().
+
+
+@dataclasses.dataclass
+class DiscoveryResult:
+  """Accepted latents and everything needed to reproduce and judge them."""
+
+  latents: np.ndarray  # (n, *latent_shape) float32
+  candidate_index: np.ndarray  # (n,) global candidate index g = path * num_interior + k
+  path_index: np.ndarray  # (n,) the prior draw is sample_prior(prior, fold_in(key, 0), path)
+  source_index: np.ndarray  # (n,) the OOD latent the path starts from
+  t: np.ndarray  # (n,) slerp position in (0, 1)
+  id_ref_index: np.ndarray  # (n, R)
+  ood_ref_index: np.ndarray  # (n, R)
+  stats: np.ndarray  # (n, 3) criteria of the accepted latents
+  guard_logit: np.ndarray  # (n,)
+  num_candidates: int  # candidates examined (up to the last accepted one when num_samples was reached)
+  num_scored: int  # candidates actually computed (>= num_candidates: a chunk may overshoot)
+  acceptance_rate: float
+  candidates_per_second: float
+  seconds: float
+  setup_seconds: float
+  rejections: dict  # criterion -> candidates failing it (a candidate may fail several)
+  sole_rejections: dict  # criterion -> candidates failing ONLY it
+  most_rejecting: str | None
+  targets: Targets
+  prior: dict
+  mode: str
+  config: dict
+  comparison: dict | None = None
+
+  @property
+  def num_accepted(self) -> int:
+    return int(self.latents.shape[0])
+
+  def summary(self) -> dict:
+    """JSON-ready: everything but the arrays."""
+    keys = ("num_candidates", "num_scored", "acceptance_rate", "candidates_per_second", "seconds", "setup_seconds",
+            "rejections", "sole_rejections", "most_rejecting", "prior", "mode", "config", "comparison")
+    out = {k: getattr(self, k) for k in keys}
+    out["num_accepted"] = self.num_accepted
+    out["targets"] = self.targets.to_dict()
+    return out
+
+
+def _resolve_guard(guard, ood_bank, id_bank):
+  if guard is None or isinstance(guard, LinearGuard):
+    return guard
+  if isinstance(guard, str):
+    return fit_guard(ood_bank, id_bank, kind=guard)
+  raise ValueError(f"guard must be None, 'mean_diff', 'logistic' or a LinearGuard, got {guard!r}")
+
+
+def discover(ood_bank: Any, id_bank: Any, *, num_samples: int, key: jax.Array, mode: str = "rejection",
+             max_candidates: int | None = None, num_interior: int = 20, num_refs: int = 10,
+             tolerance_scale: float = 1.0, targets: Targets | None = None, prior: GaussianPrior | None = None,
+             prior_kind: str = "pooled", guard: LinearGuard | str | None = "mean_diff", guard_margin: float = 0.0,
+             opt_steps: int = 100, opt_lr: float = 0.3, chunk_paths: int = 8, draws_per_latent: int = 4,
+             out: np.ndarray | None = None, compare: bool = True) -> DiscoveryResult:
+  """Latent discovery (METHOD.md step 6): slerp candidates between OOD latents and
+  prior draws, kept when they meet the three geometric criteria and the guard.
+
+  Path p starts at OOD latent ``perm[p % N_ood]`` (perm from ``fold_in(key, 1)``)
+  and ends at the prior draw ``sample_prior(prior, fold_in(key, 0), p)``; its
+  ``num_interior`` interior points are candidates g = p * num_interior + k at
+  t = (k+1)/(num_interior+1). Candidate g compares with ``num_refs`` ID and OOD
+  references from ``reference_indices(key, g, ...)``. mode='optimize' first moves
+  every candidate onto the criteria (``opt_steps`` Adam steps) and accepts with the
+  same test. Stops after ``num_samples`` acceptances (the first ones in global
+  order) or ``max_candidates`` candidates (default 1000 * num_samples). Targets
+  default to ``compute_targets`` with ``fold_in(key, 5)``; the prior to
+  ``fit_prior(ood_bank, prior_kind)``. ``out``: optional (num_samples, ...)
+  array (e.g. a memmap) to write accepted latents into.
+  """
+  if mode not in ("rejection", "optimize"):
+    raise ValueError(f"mode must be 'rejection' or 'optimize', got {mode!r}")
+  check_banks(ood_bank, id_bank, num_refs=num_refs)
+  if num_samples < 1 or num_interior < 1 or chunk_paths < 1:
+    raise ValueError(f"num_samples, num_interior and chunk_paths must be >= 1, got {num_samples}, {num_interior}, "
+                     f"{chunk_paths}")
+  if targets is not None and targets.num_refs != num_refs:
+    raise ValueError(f"targets were computed with num_refs={targets.num_refs}, discover got num_refs={num_refs}")
+  max_candidates = int(max_candidates or 1000 * num_samples)
+  shape = _latent_shape(ood_bank)
+  start = time.perf_counter()
+  geom = _BankGeometry.build(ood_bank, id_bank, full_id_gram=mode == "optimize")
+  if targets is None:
+    targets = _targets_from_geometry(geom, num_refs=num_refs, tolerance_scale=tolerance_scale,
+                                     key=jax.random.fold_in(key, 5), draws_per_latent=draws_per_latent)
+  prior = prior or fit_prior(ood_bank, prior_kind)
+  if prior.dim != geom.ood.shape[1]:
+    raise ValueError(f"prior dimension {prior.dim} != latent size {geom.ood.shape[1]}")
+  guard = _resolve_guard(guard, ood_bank, id_bank)
+  setup_seconds = time.perf_counter() - start
+
+  d = int(geom.ood.shape[1])
+  cfg = _KernelConfig(int(num_interior), int(num_refs), int(opt_steps) if mode == "optimize" else 0,
+                      float(opt_lr), guard is not None, float(guard_margin))
+  keys = (jax.random.fold_in(key, 0), jax.random.fold_in(key, 2), jax.random.fold_in(key, 3))
+  sources = jax.random.permutation(jax.random.fold_in(key, 1), geom.num_ood).astype(jnp.int32)
+  values, tols = targets.arrays()
+  w = guard.w if guard is not None else jnp.zeros((d,), jnp.float32)
+  gbias = guard.b if guard is not None else jnp.zeros((), jnp.float32)
+  gscale = guard.scale if guard is not None else jnp.ones((), jnp.float32)
+  wrow = _pad_rows(w[None], _ROW_BLOCK)[0]
+  wo = _matmul_t(wrow, geom.ood)[0]
+  wi = _matmul_t(wrow, geom.idb)[0]
+  ood_norms = jnp.sqrt(jnp.diagonal(geom.g_oo))
+  shell = (jnp.mean(ood_norms), jnp.maximum(jnp.std(ood_norms), 1e-6 * jnp.mean(ood_norms)))
+  chunk = -(-int(chunk_paths) // _ROW_BLOCK) * _ROW_BLOCK
+  num_paths = -(-max_candidates // num_interior)
+  if out is not None and (out.shape[0] < num_samples or tuple(out.shape[1:]) != shape):
+    raise ValueError(f"out must have shape ({num_samples}, {', '.join(map(str, shape))}), got {out.shape}")
+  blocks_out: list[np.ndarray] = []
+  rec = {k: [] for k in ("candidate_index", "path_index", "source_index", "t", "id_ref_index", "ood_ref_index",
+                         "stats", "guard_logit")}
+  fails = np.zeros(4, np.int64)
+  sole = np.zeros(4, np.int64)
+  n_acc = examined = scored = 0
+  loop_start = time.perf_counter()
+  p0 = 0
+  while p0 < num_paths and n_acc < num_samples:
+    paths = jnp.arange(p0, p0 + chunk, dtype=jnp.int32)
+    res = _path_kernel(geom.ood, geom.idb, geom.g_oo, geom.g_oi, geom.g_ii, wo, wi, shell, prior, keys, sources, paths, values,
+                       tols, w, gbias, gscale, cfg=cfg)
+    host = {k: np.asarray(v) for k, v in res.items() if k != "z"}
+    g = (np.arange(p0, p0 + chunk)[:, None] * num_interior + np.arange(num_interior)[None]).ravel()
+    valid = g < max_candidates
+    scored += int(valid.sum())
+    acc = host["accepted"].ravel() & valid
+    hits = np.flatnonzero(acc)
+    need = num_samples - n_acc
+    if len(hits) >= need:
+      hits = hits[:need]
+      valid &= g <= g[hits[-1]]
+    examined += int(valid.sum())
+    failed = ~host["passed"].reshape(-1, 4)[valid]
+    fails += failed.sum(0)
+    sole += (failed & (failed.sum(1, keepdims=True) == 1)).sum(0)
+    if len(hits):
+      pi, ki = np.divmod(hits, num_interior)
+      blocks = []
+      for s in range(0, len(hits), _ROW_BLOCK):
+        sel_p, sel_k = pi[s:s + _ROW_BLOCK], ki[s:s + _ROW_BLOCK]
+        pad = _ROW_BLOCK - len(sel_p)
+        sel_p, sel_k = np.r_[sel_p, np.zeros(pad, int)], np.r_[sel_k, np.zeros(pad, int)]
+        m = _materialise(geom.ood, geom.idb, w, res["z"][sel_p], jnp.asarray(host["source"][sel_p]),
+                         jnp.asarray(host["id_refs"][sel_p, sel_k]), jnp.asarray(host["ood_refs"][sel_p, sel_k]),
+                         jnp.asarray(host["coef"][sel_p, sel_k]), jnp.asarray(host["gram"][sel_p, sel_k]),
+                         jnp.asarray(host["rho"][sel_p, sel_k]), with_refs=cfg.opt_steps > 0)
+        blocks.append(np.asarray(m)[:_ROW_BLOCK - pad])
+      mat = np.concatenate(blocks).reshape((len(hits),) + shape)
+      if out is not None:
+        out[n_acc:n_acc + len(hits)] = mat
+      else:
+        blocks_out.append(mat)
+      rec["candidate_index"].append(g[hits])
+      rec["path_index"].append(p0 + pi)
+      rec["source_index"].append(host["source"][pi])
+      rec["t"].append((ki + 1) / (num_interior + 1))
+      rec["id_ref_index"].append(host["id_refs"][pi, ki])
+      rec["ood_ref_index"].append(host["ood_refs"][pi, ki])
+      rec["stats"].append(host["stats"][pi, ki])
+      rec["guard_logit"].append(host["logit"][pi, ki])
+      n_acc += len(hits)
+    p0 += chunk
+  seconds = time.perf_counter() - loop_start
+  cat = lambda k, tail, dt: (np.concatenate(rec[k]) if rec[k] else np.zeros((0,) + tail, dt))
+  r = num_refs
+  rejections = {name: int(v) for name, v in zip(REJECTION_REASONS, fails)}
+  considered = rejections if guard is not None else {k: v for k, v in rejections.items() if k != "guard"}
+  result = DiscoveryResult(
+      latents=(out[:n_acc] if out is not None else
+               np.concatenate(blocks_out) if blocks_out else np.zeros((0,) + shape, np.float32)),
+      candidate_index=cat("candidate_index", (), np.int64),
+      path_index=cat("path_index", (), np.int64), source_index=cat("source_index", (), np.int64),
+      t=cat("t", (), np.float64), id_ref_index=cat("id_ref_index", (r,), np.int32),
+      ood_ref_index=cat("ood_ref_index", (r,), np.int32), stats=cat("stats", (3,), np.float32),
+      guard_logit=cat("guard_logit", (), np.float32), num_candidates=examined, num_scored=scored,
+      acceptance_rate=n_acc / max(examined, 1), candidates_per_second=scored / max(seconds, 1e-9), seconds=seconds,
+      setup_seconds=setup_seconds, rejections=rejections,
+      sole_rejections={name: int(v) for name, v in zip(REJECTION_REASONS, sole)},
+      most_rejecting=(max(considered, key=considered.get) if any(considered.values()) else None),
+      targets=targets, prior=prior.summary(), mode=mode,
+      config={"num_samples": num_samples, "max_candidates": max_candidates, "num_interior": num_interior,
+              "num_refs": num_refs, "tolerance_scale": targets.tolerance_scale, "guard": guard.kind if guard else None,
+              "guard_margin": guard_margin, "opt_steps": cfg.opt_steps, "opt_lr": opt_lr, "chunk_paths": chunk_paths,
+              "dim": d})
+  if compare and n_acc:
+    result.comparison = compare_to_bank(result.latents, ood_bank, id_bank, targets=targets, guard=guard,
+                                        key=jax.random.fold_in(key, 4))
+  return result
+
+# ---------------------------------------------------------------------------
+# Judging samples; baselines.
+
+
+def compare_to_bank(latents: Any, ood_bank: Any, id_bank: Any, *, targets: Targets | None = None,
+                    guard: LinearGuard | None = None, key: jax.Array | None = None, max_latents: int = 500,
+                    num_triples: int = 2000) -> dict:
+  """Statistics of generated latents next to the real OOD bank (JSON-ready).
+
+  Same descriptive statistics for both; nearest-neighbour distance of each
+  generated latent to the OOD bank vs the leave-one-out nearest-neighbour distance
+  among real OOD latents (a memorisation indicator: ratio << 1 means copies); the
+  criteria re-evaluated with FRESH random references (did selection over-fit its
+  own references?); the fraction on the ID side of the guard. Uses the first
+  ``max_latents`` latents.
+  """
+  check_banks(latents, ood_bank)
+  check_banks(ood_bank, id_bank)
+  x = as_rows(latents)[:max_latents]
+  ro, ri = as_rows(ood_bank), as_rows(id_bank)
+  g_xx, g_xo, g_oo = gram(x), gram(x, ro), gram(ro)
+  x2, o2 = np.diag(g_xx).copy(), np.diag(g_oo).copy()
+  nn = _dist_from_gram(g_xo, x2, o2).min(1)
+  d_oo = _dist_from_gram(g_oo, o2, o2)
+  np.fill_diagonal(d_oo, np.inf)
+  out = {"num_compared": int(len(x)), "generated": _describe_from_gram(g_xx, num_triples, 0),
+         "ood_bank": _describe_from_gram(g_oo, num_triples, 0),
+         "nn_distance_to_ood": _mean_std(nn), "ood_loo_nn_distance": _mean_std(d_oo.min(1))}
+  out["nn_ratio"] = out["nn_distance_to_ood"]["mean"] / out["ood_loo_nn_distance"]["mean"]
+  if targets is not None:
+    r = targets.num_refs
+    if ro.shape[0] < r or ri.shape[0] < r:
+      raise ValueError(f"fresh references need {r} latents per bank")
+    key = key if key is not None else jax.random.key(0)
+    idx_id, idx_ood = reference_indices(key, np.arange(len(x)), ri.shape[0], ro.shape[0], r)
+    g_xi = gram(x, ri)
+    i2 = norms(ri) ** 2
+    rows_n = np.arange(len(x))[:, None]
+    f32 = lambda a: jnp.asarray(a, jnp.float32)
+    stats = np.asarray(jax.vmap(_criteria)(
+        f32(x2), f32(g_xi[rows_n, idx_id]), f32(i2[idx_id]), f32(g_xo[rows_n, idx_ood]),
+        f32(g_oo[idx_ood[:, :, None], idx_ood[:, None, :]])), np.float64)
+    inside = np.abs(stats - np.asarray(targets.values)) <= np.asarray(targets.tolerances)
+    out["fresh_refs"] = {"pass_rate": {n: float(v) for n, v in zip(CRITERIA, inside.mean(0))},
+                         "pass_rate_all": float(inside.all(1).mean()),
+                         "mean_normalised_deviation": {
+                             n: float(v) for n, v in zip(CRITERIA, (np.abs(stats - np.asarray(targets.values))
+                                                                    / np.asarray(targets.tolerances)).mean(0))},
+                         "real_ood_self_acceptance": targets.self_acceptance}
+  if guard is not None:
+    logits = _project(x, np.asarray(guard.w, np.float64)) + float(guard.b)
+    out["id_side_fraction"] = float(np.mean(logits < 0))
+  return out
+
+
+def sample_gaussian_baseline(prior: GaussianPrior, n: int, key: jax.Array, *, chunk: int = 64) -> np.ndarray:
+  """n latents straight from the fitted prior (draw i from ``fold_in(key, i)``)."""
+  out = np.empty((n,) + prior.shape, np.float32)
+  for s in range(0, n, chunk):
+    idx = np.arange(s, min(n, s + chunk))
+    out[s:s + len(idx)] = np.asarray(sample_prior(prior, key, idx)).reshape((len(idx),) + prior.shape)
+  return out
+
+
+def renoise_baseline(ood_bank: Any, n: int, key: jax.Array, strength: float, *,
+                     prior: GaussianPrior | None = None) -> np.ndarray:
+  """'Copy with noise': x_i = m + sqrt(1 - s^2) (x_src - m) + s sqrt(var) eps_i.
+
+  src = i mod N; eps_i from ``fold_in(key, i)``; m, var from ``prior`` (default: the
+  pooled prior of the bank). Variance-preserving about the prior mean: s = 0 copies
+  the few-shot latents, s = 1 is a fresh prior draw, and if x_src ~ N(m, var) so is x_i.
+  """
+  if not 0.0 <= strength <= 1.0:
+    raise ValueError(f"strength must lie in [0, 1], got {strength}")
+  rows = as_rows(ood_bank)
+  prior = prior or fit_prior(rows)
+  mean = np.asarray(prior.mean)
+  std = np.sqrt(np.asarray(prior.var))
+  unit = dataclasses.replace(prior, mean=jnp.zeros_like(prior.mean), var=jnp.ones_like(prior.var))
+  out = np.empty((n,) + _latent_shape(ood_bank), np.float32)
+  keep = math.sqrt(1.0 - strength ** 2)
+  for s in range(0, n, 64):
+    idx = np.arange(s, min(n, s + 64))
+    eps = np.asarray(sample_prior(unit, key, idx))
+    src = np.asarray(rows[idx % rows.shape[0]])
+    out[s:s + len(idx)] = (mean + keep * (src - mean) + strength * std * eps).reshape((len(idx),) + out.shape[1:])
+  return out
