@@ -155,7 +155,7 @@ def convert_inception(source: Any, output: str, *, overwrite: bool = False) -> d
   os.makedirs(tmp)
   try:
     with checkpoint.quiet_orbax():
-      checkpoint._lean_checkpointer().save(  # synchronous, no host copies.
+      checkpoint.lean_checkpointer().save(  # synchronous, no host copies.
           os.path.join(tmp, features.INCEPTION_VARIABLES_DIR), args=ocp.args.PyTreeSave(variables))
     checkpoint.atomic_write_text(os.path.join(tmp, features.INCEPTION_METADATA_FILE),
                                  json.dumps(meta, indent=1, sort_keys=True))

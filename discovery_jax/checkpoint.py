@@ -64,7 +64,7 @@ def atomic_write_text(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
-def _lean_checkpointer():
+def lean_checkpointer():
   """A synchronous orbax checkpointer that writes host arrays without extra copies.
 
   Orbax by default deep-copies every numpy array before an (async) write and
@@ -106,7 +106,7 @@ def save_model(
   os.makedirs(tmp)
   try:
     with quiet_orbax():
-      _lean_checkpointer().save(os.path.join(tmp, PARAMS_DIR), args=ocp.args.PyTreeSave(params))
+      lean_checkpointer().save(os.path.join(tmp, PARAMS_DIR), args=ocp.args.PyTreeSave(params))
     with open(os.path.join(tmp, MODEL_CONFIG_FILE), "w") as f:
       json.dump(_jsonable(cfg), f, indent=1, sort_keys=True)
     num_params = int(sum(np.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(params)))

@@ -40,7 +40,8 @@ import optax
 
 CRITERIA = ("distance_id", "angle_origin", "angle_vertex")
 REJECTION_REASONS = CRITERIA + ("guard",)
-_ROW_BLOCK = 8  # rows per fixed-shape matmul: a row's result never depends on the batch.
+_ROW_BLOCK = 32  # rows per fixed-shape matmul: a row's result never depends on the batch.
+_MAT_BLOCK = 8  # accepted latents materialised per call.
 _STREAM_ROWS = 128  # rows per streamed block of a bank (100 MB at d = 196,608).
 _TINY = 1e-30
 
@@ -97,13 +98,23 @@ def _pad_rows(x: np.ndarray | jax.Array, multiple: int) -> tuple[Any, int]:
   return x, n
 
 
-def _rowblock_matmul(x: jax.Array, y: jax.Array) -> jax.Array:
-  """``x @ y.T`` on fixed (_ROW_BLOCK, d) blocks of x (x's rows a multiple of it)."""
+def _rowblock_matmul(x: jax.Array, yt: jax.Array) -> jax.Array:
+  """``x @ yt`` for yt of shape (d, N), on fixed (_ROW_BLOCK, d) blocks of x (its
+  rows a multiple of _ROW_BLOCK). XLA's gemm result for a row changes bitwise with
+  the number of rows, and ``x @ y.T`` re-transposes y on every call (4x slower on
+  CPU): callers keep banks transposed once (``_transpose``)."""
   blocks = x.reshape(-1, _ROW_BLOCK, x.shape[-1])
-  return jax.lax.map(lambda b: b @ y.T, blocks).reshape(x.shape[0], y.shape[0])
+  return jax.lax.map(lambda b: b @ yt, blocks).reshape(x.shape[0], yt.shape[1])
 
 
-_matmul_t = jax.jit(_rowblock_matmul)
+_matmul = jax.jit(_rowblock_matmul)
+_transpose = jax.jit(lambda y: y.T)
+
+
+def _matmul_rows(x: jax.Array | np.ndarray, yt: jax.Array) -> jax.Array:
+  """``x @ yt`` for any number of rows (padded to whole blocks)."""
+  padded, n = _pad_rows(x, _ROW_BLOCK)
+  return _matmul(jnp.asarray(padded), yt)[:n]
 
 # ---------------------------------------------------------------------------
 # Priors.
@@ -213,13 +224,12 @@ def gram(a: Any, b: Any | None = None) -> np.ndarray:
   """``a @ b.T`` (float64 result of float32 products): a is streamed, b copied to
   the device once (b = a when None)."""
   ra = as_rows(a)
-  rb_dev = jnp.asarray(as_rows(a if b is None else b))
-  if ra.shape[1] != rb_dev.shape[1]:
-    raise ValueError(f"latent sizes differ: {ra.shape[1]} vs {rb_dev.shape[1]}")
-  out = np.empty((ra.shape[0], rb_dev.shape[0]), np.float64)
+  rb_t = _transpose(jnp.asarray(as_rows(a if b is None else b)))
+  if ra.shape[1] != rb_t.shape[0]:
+    raise ValueError(f"latent sizes differ: {ra.shape[1]} vs {rb_t.shape[0]}")
+  out = np.empty((ra.shape[0], rb_t.shape[1]), np.float64)
   for s, blk in _blocks(ra):
-    padded, n = _pad_rows(blk, _ROW_BLOCK)
-    out[s:s + n] = np.asarray(_matmul_t(jnp.asarray(padded), rb_dev))[:n]
+    out[s:s + len(blk)] = np.asarray(_matmul_rows(blk, rb_t))
   return out
 
 
@@ -639,37 +649,41 @@ def reference_indices(key: jax.Array, candidate_index: Any, num_id: int, num_ood
 
 @dataclasses.dataclass
 class _BankGeometry:
-  """Both banks on the device and their Gram matrices (the only O(N^2 d) setup cost)."""
+  """Both banks on the device (rows, and transposed with the guard direction as a
+  last column) and their Gram matrices: the only O(N^2 d) setup cost."""
 
   ood: jax.Array  # (No, d)
   idb: jax.Array  # (Ni, d)
+  all_t: jax.Array  # (d, No + Ni + 1): [ood; id; w]^T
   g_oo: jax.Array  # (No, No)
   g_oi: jax.Array  # (No, Ni)
   g_ii: jax.Array  # (Ni, Ni); only its diagonal is valid unless full_id_gram
-  full_id_gram: bool
+  wo: jax.Array  # (No,) w . ood
+  wi: jax.Array  # (Ni,) w . id
   seconds: float
 
   @classmethod
-  def build(cls, ood_bank: Any, id_bank: Any, full_id_gram: bool) -> "_BankGeometry":
+  def build(cls, ood_bank: Any, id_bank: Any, *, w: jax.Array | None = None,
+            full_id_gram: bool = False) -> "_BankGeometry":
     start = time.perf_counter()
-    ood = jnp.asarray(as_rows(ood_bank))
-    idb = jnp.asarray(as_rows(id_bank))
-    mm = lambda a, b: _matmul_t(_pad_rows(a, _ROW_BLOCK)[0], b)[: a.shape[0]]
-    g_oo, g_oi = mm(ood, ood), mm(ood, idb)
-    g_ii = mm(idb, idb) if full_id_gram else jnp.diag(jnp.sum(idb * idb, -1))
-    jax.block_until_ready((g_oo, g_oi, g_ii))
-    return cls(ood, idb, g_oo, g_oi, g_ii, full_id_gram, time.perf_counter() - start)
+    ro, ri = as_rows(ood_bank), as_rows(id_bank)
+    no, ni = ro.shape[0], ri.shape[0]
+    ood, idb = jnp.asarray(ro), jnp.asarray(ri)
+    w = jnp.zeros((ro.shape[1],), jnp.float32) if w is None else jnp.asarray(w, jnp.float32)
+    all_t = _transpose(jnp.concatenate([ood, idb, w[None]]))
+    o_rows = _matmul_rows(ood, all_t)
+    g_oo, g_oi, wo = o_rows[:, :no], o_rows[:, no:no + ni], o_rows[:, -1]
+    if full_id_gram:
+      i_rows = _matmul_rows(idb, all_t)
+      g_ii, wi = i_rows[:, no:no + ni], i_rows[:, -1]
+    else:
+      g_ii, wi = jnp.diag(jnp.sum(idb * idb, -1)), jnp.asarray(_project(ri, np.asarray(w, np.float64)), jnp.float32)
+    jax.block_until_ready((g_oo, g_ii, wi))
+    return cls(ood, idb, all_t, g_oo, g_oi, g_ii, wo, wi, time.perf_counter() - start)
 
   @property
   def num_ood(self) -> int:
     return int(self.ood.shape[0])
-
-  @property
-  def num_id(self) -> int:
-    return int(self.idb.shape[0])
-
-  def g_all(self) -> jax.Array:
-    return jnp.block([[self.g_oo, self.g_oi], [self.g_oi.T, self.g_ii]])
 
 
 @functools.partial(jax.jit, static_argnames=("num_refs", "draws"))
@@ -713,7 +727,7 @@ def compute_targets(ood_bank: Any, id_bank: Any, *, num_refs: int = 10, toleranc
   check_banks(ood_bank, id_bank, num_refs=num_refs)
   if not tolerance_scale > 0:
     raise ValueError(f"tolerance_scale must be > 0, got {tolerance_scale}")
-  geom = _BankGeometry.build(ood_bank, id_bank, full_id_gram=False)
+  geom = _BankGeometry.build(ood_bank, id_bank)
   return _targets_from_geometry(geom, num_refs=num_refs, tolerance_scale=tolerance_scale, key=key,
                                 draws_per_latent=draws_per_latent)
 
@@ -728,11 +742,11 @@ def _accept(stats, logit, values, tols, guard_margin):
 
 @functools.partial(jax.jit, static_argnames=("shared", "has_guard"))
 def _score_block(c, id_refs, ood_refs, values, tols, w, b, guard_margin, *, shared, has_guard):
-  if shared:
+  if shared:  # id_refs, ood_refs arrive transposed: (d, R)
     c_id = _rowblock_matmul(c, id_refs)
     c_ood = _rowblock_matmul(c, ood_refs)
-    id_sq = jnp.broadcast_to(jnp.sum(id_refs * id_refs, -1), c_id.shape)
-    g_ood = jnp.broadcast_to(ood_refs @ ood_refs.T, (c.shape[0],) + (ood_refs.shape[0],) * 2)
+    id_sq = jnp.broadcast_to(jnp.sum(id_refs * id_refs, 0), c_id.shape)
+    g_ood = jnp.broadcast_to(ood_refs.T @ ood_refs, (c.shape[0],) + (ood_refs.shape[1],) * 2)
   else:
     c_id = jnp.einsum("bd,brd->br", c, id_refs)
     c_ood = jnp.einsum("bd,brd->br", c, ood_refs)
@@ -740,7 +754,7 @@ def _score_block(c, id_refs, ood_refs, values, tols, w, b, guard_margin, *, shar
     g_ood = jnp.einsum("brd,bsd->brs", ood_refs, ood_refs)
   cc = jnp.sum(c * c, -1)
   stats = jax.vmap(_criteria)(cc, c_id, id_sq, c_ood, g_ood)
-  logit = (_rowblock_matmul(c, w[None])[:, 0] + b) if has_guard else jnp.full(c.shape[:1], jnp.inf)
+  logit = (jnp.sum(c * w, -1) + b) if has_guard else jnp.full(c.shape[:1], jnp.inf)
   passed, accepted = _accept(stats, logit, values, tols, guard_margin)
   return stats, logit, passed, accepted
 
@@ -779,7 +793,7 @@ def score_candidates(candidates: Any, id_refs: Any, ood_refs: Any, targets: Targ
   gb = guard.b if guard is not None else jnp.zeros((), jnp.float32)
   chunk = max(_ROW_BLOCK, -(-int(chunk_size) // _ROW_BLOCK) * _ROW_BLOCK)
   outs = []
-  ir, orf = (jnp.asarray(id_refs), jnp.asarray(ood_refs)) if shared else (None, None)
+  ir, orf = (_transpose(jnp.asarray(id_refs)), _transpose(jnp.asarray(ood_refs))) if shared else (None, None)
   for s in range(0, b_total, chunk):
     blk, n = _pad_rows(np.asarray(c[s:s + chunk]), chunk)
     if not shared:
@@ -827,7 +841,7 @@ def _stats_from_coefficients(a, gb, rho, r, has_guard, guard_b):
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _path_kernel(ood, idb, g_oo, g_oi, g_ii, wo, wi, shell, prior, keys, sources, paths, values, tols, w, guard_b,
+def _path_kernel(all_t, g_oo, g_oi, g_ii, wo, wi, shell, prior, keys, sources, paths, values, tols, guard_b,
                  guard_scale, *, cfg: _KernelConfig):
   """One chunk of paths (a multiple of _ROW_BLOCK): prior draws, slerp candidates,
   their references, optional optimisation, criteria. Every per-candidate quantity
@@ -839,13 +853,12 @@ def _path_kernel(ood, idb, g_oo, g_oi, g_ii, wo, wi, shell, prior, keys, sources
   """
   k_prior, k_id, k_ood = keys
   kk, r = cfg.num_interior, cfg.num_refs
-  no, ni = ood.shape[0], idb.shape[0]
+  no, ni = g_oi.shape
   z = _sample_prior(prior, k_prior, paths.astype(jnp.uint32))  # (P, d) = sample_prior(prior, k_prior, p)
-  zo = _rowblock_matmul(z, ood)  # (P, No)
-  zi = _rowblock_matmul(z, idb)  # (P, Ni)
+  z_all = _rowblock_matmul(z, all_t)  # (P, No + Ni + 1): one gemm row per path
+  zo, zi, zw = z_all[:, :no], z_all[:, no:no + ni], z_all[:, -1]
   zz = jnp.sum(z * z, -1)
-  zw = z @ w
-  ww = jnp.sum(w * w)
+  ww = jnp.sum(all_t[:, -1] ** 2)
   t = (jnp.arange(kk, dtype=jnp.float32) + 1) / (kk + 1)
   src = sources[paths % no]
 
@@ -931,22 +944,29 @@ def _optimise(a0, gb, rho0, shell, values, tols, guard_scale, cfg: _KernelConfig
 
 @functools.partial(jax.jit, static_argnames=("with_refs",))
 def _materialise(ood, idb, w, z_rows, src, idx_id, idx_ood, coef, gb, rho, *, with_refs):
-  """Latents c = rho * unit(sum_j a_j b_j / |b_j|) for a fixed block of candidates
-  (references gathered only when the coefficients use them: optimisation mode)."""
+  """Latents c = rho * unit(sum_j a_j b_j / |b_j|) for a fixed block of candidates.
 
-  def one(zr, s, ii, oi, a, g, rh):
-    nb = jnp.sqrt(jnp.maximum(jnp.diagonal(g), _TINY))
-    scale = rh / jnp.sqrt(jnp.maximum(a @ ((g / (nb[:, None] * nb[None, :])) @ a), _TINY))
-    wt = a / nb
-    r = ii.shape[0]
-    c = wt[0] * ood[s] + wt[1] * zr
-    if with_refs:
-      c = c + wt[2:2 + r] @ idb[ii] + wt[2 + r:2 + 2 * r] @ ood[oi]
-      if a.shape[0] > 2 + 2 * r:
-        c = c + wt[-1] * w
-    return scale * c
+  Rejection mode (``with_refs`` False) needs only u and v. With references the
+  weights are scattered into dense (block, N) matrices and applied as one gemm per
+  bank (cheaper on CPU than gathering 2R rows of d numbers per candidate).
+  """
+  nb = jnp.sqrt(jnp.maximum(jnp.diagonal(gb, axis1=1, axis2=2), _TINY))  # (B, M)
+  gn = gb / (nb[:, :, None] * nb[:, None, :])
+  scale = rho / jnp.sqrt(jnp.maximum(jnp.einsum("bi,bij,bj->b", coef, gn, coef), _TINY))
+  wt = coef / nb
+  r = idx_id.shape[1]
+  c = wt[:, 1:2] * z_rows
+  if not with_refs:
+    return scale[:, None] * (c + wt[:, 0:1] * ood[src])
+  rows = jnp.arange(src.shape[0])[:, None]
+  w_ood = jnp.zeros((src.shape[0], ood.shape[0]), jnp.float32).at[rows[:, 0], src].add(wt[:, 0])
+  w_ood = w_ood.at[rows, idx_ood].add(wt[:, 2 + r:2 + 2 * r])
+  w_id = jnp.zeros((src.shape[0], idb.shape[0]), jnp.float32).at[rows, idx_id].add(wt[:, 2:2 + r])
+  c = c + w_ood @ ood + w_id @ idb
+  if coef.shape[1] > 2 + 2 * r:
+    c = c + wt[:, -1:] * w[None]
+  return scale[:, None] * c
 
-  return jax.vmap(one)(z_rows, src, idx_id, idx_ood, coef, gb, rho)
 
 # ---------------------------------------------------------------------------
 # discover().
@@ -1006,7 +1026,7 @@ def discover(ood_bank: Any, id_bank: Any, *, num_samples: int, key: jax.Array, m
              max_candidates: int | None = None, num_interior: int = 20, num_refs: int = 10,
              tolerance_scale: float = 1.0, targets: Targets | None = None, prior: GaussianPrior | None = None,
              prior_kind: str = "pooled", guard: LinearGuard | str | None = "mean_diff", guard_margin: float = 0.0,
-             opt_steps: int = 100, opt_lr: float = 0.3, chunk_paths: int = 8, draws_per_latent: int = 4,
+             opt_steps: int = 200, opt_lr: float = 1.0, chunk_paths: int = 32, draws_per_latent: int = 4,
              out: np.ndarray | None = None, compare: bool = True) -> DiscoveryResult:
   """Latent discovery (METHOD.md step 6): slerp candidates between OOD latents and
   prior draws, kept when they meet the three geometric criteria and the guard.
@@ -1034,14 +1054,15 @@ def discover(ood_bank: Any, id_bank: Any, *, num_samples: int, key: jax.Array, m
   max_candidates = int(max_candidates or 1000 * num_samples)
   shape = _latent_shape(ood_bank)
   start = time.perf_counter()
-  geom = _BankGeometry.build(ood_bank, id_bank, full_id_gram=mode == "optimize")
+  guard = _resolve_guard(guard, ood_bank, id_bank)
+  geom = _BankGeometry.build(ood_bank, id_bank, w=None if guard is None else guard.w,
+                             full_id_gram=mode == "optimize")
   if targets is None:
     targets = _targets_from_geometry(geom, num_refs=num_refs, tolerance_scale=tolerance_scale,
                                      key=jax.random.fold_in(key, 5), draws_per_latent=draws_per_latent)
   prior = prior or fit_prior(ood_bank, prior_kind)
   if prior.dim != geom.ood.shape[1]:
     raise ValueError(f"prior dimension {prior.dim} != latent size {geom.ood.shape[1]}")
-  guard = _resolve_guard(guard, ood_bank, id_bank)
   setup_seconds = time.perf_counter() - start
 
   d = int(geom.ood.shape[1])
@@ -1053,9 +1074,6 @@ def discover(ood_bank: Any, id_bank: Any, *, num_samples: int, key: jax.Array, m
   w = guard.w if guard is not None else jnp.zeros((d,), jnp.float32)
   gbias = guard.b if guard is not None else jnp.zeros((), jnp.float32)
   gscale = guard.scale if guard is not None else jnp.ones((), jnp.float32)
-  wrow = _pad_rows(w[None], _ROW_BLOCK)[0]
-  wo = _matmul_t(wrow, geom.ood)[0]
-  wi = _matmul_t(wrow, geom.idb)[0]
   ood_norms = jnp.sqrt(jnp.diagonal(geom.g_oo))
   shell = (jnp.mean(ood_norms), jnp.maximum(jnp.std(ood_norms), 1e-6 * jnp.mean(ood_norms)))
   chunk = -(-int(chunk_paths) // _ROW_BLOCK) * _ROW_BLOCK
@@ -1072,8 +1090,8 @@ def discover(ood_bank: Any, id_bank: Any, *, num_samples: int, key: jax.Array, m
   p0 = 0
   while p0 < num_paths and n_acc < num_samples:
     paths = jnp.arange(p0, p0 + chunk, dtype=jnp.int32)
-    res = _path_kernel(geom.ood, geom.idb, geom.g_oo, geom.g_oi, geom.g_ii, wo, wi, shell, prior, keys, sources, paths, values,
-                       tols, w, gbias, gscale, cfg=cfg)
+    res = _path_kernel(geom.all_t, geom.g_oo, geom.g_oi, geom.g_ii, geom.wo, geom.wi, shell, prior, keys, sources,
+                       paths, values, tols, gbias, gscale, cfg=cfg)
     host = {k: np.asarray(v) for k, v in res.items() if k != "z"}
     g = (np.arange(p0, p0 + chunk)[:, None] * num_interior + np.arange(num_interior)[None]).ravel()
     valid = g < max_candidates
@@ -1091,15 +1109,15 @@ def discover(ood_bank: Any, id_bank: Any, *, num_samples: int, key: jax.Array, m
     if len(hits):
       pi, ki = np.divmod(hits, num_interior)
       blocks = []
-      for s in range(0, len(hits), _ROW_BLOCK):
-        sel_p, sel_k = pi[s:s + _ROW_BLOCK], ki[s:s + _ROW_BLOCK]
-        pad = _ROW_BLOCK - len(sel_p)
+      for s in range(0, len(hits), _MAT_BLOCK):
+        sel_p, sel_k = pi[s:s + _MAT_BLOCK], ki[s:s + _MAT_BLOCK]
+        pad = _MAT_BLOCK - len(sel_p)
         sel_p, sel_k = np.r_[sel_p, np.zeros(pad, int)], np.r_[sel_k, np.zeros(pad, int)]
         m = _materialise(geom.ood, geom.idb, w, res["z"][sel_p], jnp.asarray(host["source"][sel_p]),
                          jnp.asarray(host["id_refs"][sel_p, sel_k]), jnp.asarray(host["ood_refs"][sel_p, sel_k]),
                          jnp.asarray(host["coef"][sel_p, sel_k]), jnp.asarray(host["gram"][sel_p, sel_k]),
                          jnp.asarray(host["rho"][sel_p, sel_k]), with_refs=cfg.opt_steps > 0)
-        blocks.append(np.asarray(m)[:_ROW_BLOCK - pad])
+        blocks.append(np.asarray(m)[:_MAT_BLOCK - pad])
       mat = np.concatenate(blocks).reshape((len(hits),) + shape)
       if out is not None:
         out[n_acc:n_acc + len(hits)] = mat

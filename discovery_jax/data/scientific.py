@@ -72,6 +72,10 @@ class ScientificInputError(InputError):
   """A scientific file that cannot be used as input; the message names it."""
 
 
+def _none_if_empty(value: Any) -> Any:
+  return None if value in (None, "", (), []) else value
+
+
 @dataclasses.dataclass(frozen=True)
 class ScientificOptions:
   """How scientific files become fields (``config.data`` fields of the same names)."""
@@ -99,7 +103,11 @@ class ScientificOptions:
     if self.resample not in RESAMPLE_METHODS:
       raise ScientificInputError(f"data.resample must be one of {', '.join(RESAMPLE_METHODS)}, got {self.resample!r}")
     if isinstance(self.fill, str) and self.fill not in FILLS:
-      raise ScientificInputError(f"data.fill must be one of {', '.join(FILLS)} or a number, got {self.fill!r}")
+      try:  # a number given as text (command-line flags).
+        object.__setattr__(self, "fill", float(self.fill))
+      except ValueError:
+        raise ScientificInputError(f"data.fill must be one of {', '.join(FILLS)} or a number, "
+                                   f"got {self.fill!r}") from None
     if not isinstance(self.fill, str) and not np.isfinite(float(self.fill)):
       raise ScientificInputError(f"data.fill must be finite, got {self.fill!r}")
     if self.cube_slices is not None and self.cube_channels is not None:
@@ -130,6 +138,24 @@ class Field:
   @property
   def name(self) -> str:
     return self.info["name"]
+
+
+def options_from_config(config: Any) -> ScientificOptions:
+  """ScientificOptions from ``config.model`` (image_size, in_channels) and ``config.data``.
+
+  Empty strings/tuples in the config mean "not set" (ml_collections cannot hold None
+  for a field that is sometimes a tuple).
+  """
+  data = config.get("data", {}) if hasattr(config, "get") else {}
+  get = lambda k, d: data.get(k, d) if hasattr(data, "get") else d
+  keep = get("keep_cards", KEEP_CARDS)
+  return ScientificOptions(
+      image_size=int(config.model.image_size), channels=int(config.model.in_channels),
+      resize=get("resize", "stretch"), resample=get("scientific_resample", "auto"),
+      hdu=_none_if_empty(get("hdu", None)), cube_axis=_none_if_empty(get("cube_axis", None)),
+      cube_slices=_none_if_empty(get("cube_slices", None)), cube_channels=_none_if_empty(get("cube_channels", None)),
+      npz_key=_none_if_empty(get("npz_key", None)), fill=get("fill", "median"),
+      keep_cards=keep if isinstance(keep, str) else tuple(keep), same_size=bool(get("same_size", True)))
 
 
 def list_scientific_files(folder: str) -> list[str]:
@@ -169,13 +195,12 @@ def _kept_cards(header: Any, keep: str | tuple[str, ...]) -> dict:
 
 
 def _hdu_label(i: int, hdu: Any) -> str:
-  name = hdu.name or ""
-  kind = type(hdu).__name__
-  empty = hdu.is_image and (hdu.header.get("NAXIS", 0) == 0 if kind != "CompImageHDU" else False)
-  return f"{i}:{name or '-'} ({kind}{', empty' if empty else ''})"
+  """'1:SCI (ImageHDU)' / '0:PRIMARY (PrimaryHDU, empty)' for error messages."""
+  empty = hdu.is_image and (hdu.data is None or hdu.data.size == 0)
+  return f"{i}:{hdu.name or '-'} ({type(hdu).__name__}{', empty' if empty else ''})"
 
 
-def _read_fits(path: str, options: ScientificOptions) -> tuple[np.ndarray, dict, np.ndarray | None]:
+def _read_fits(path: str, options: ScientificOptions) -> tuple[np.ndarray, dict]:
   from astropy.io import fits  # noqa: WPS433 (heavy import, only when FITS is used)
   try:
     with warnings.catch_warnings():
@@ -233,7 +258,8 @@ def _read_numpy(path: str, options: ScientificOptions) -> tuple[np.ndarray, dict
         keys = list(z.files)
         if options.npz_key is not None:
           if options.npz_key not in keys:
-            raise ScientificInputError(f"{path}: npz has no array {options.npz_key!r} (keys: {', '.join(keys) or 'none'})")
+            raise ScientificInputError(f"{path}: npz has no array {options.npz_key!r} "
+                                       f"(keys: {', '.join(keys) or 'none'})")
           key = options.npz_key
         elif len(keys) == 1:
           key = keys[0]
@@ -261,9 +287,7 @@ def _select_planes(path: str, arr: np.ndarray, options: ScientificOptions,
   """An N-D array -> [(H, W, C) array, plane indices or None], one per sample."""
   if arr.ndim > 3:
     arr = arr.reshape([s for s in arr.shape if s != 1] or [1])
-  if arr.ndim == 2:
-    if options.cube_slices is not None or options.cube_channels is not None:
-      pass  # a 2-D image with cube options is still the image itself.
+  if arr.ndim == 2:  # cube options do not apply to a 2-D image: it is one sample.
     return [(arr[..., None], None)]
   if arr.ndim != 3:
     raise ScientificInputError(f"{path}: data has {arr.ndim} dimensions (shape {arr.shape}); expected a 2-D image "
@@ -311,10 +335,14 @@ def fill_nonfinite(data: np.ndarray, fill: str | float = "median",
     ok = finite[..., c]
     if not ok.any():
       raise ScientificInputError(f"{path}: all {ok.size} pixels of channel {c} are NaN/Inf; nothing to fill from")
-    good = data[..., c][ok]
-    value = {"median": lambda: float(np.median(good)), "zero": lambda: 0.0,
-             "min": lambda: float(good.min())}.get(fill, lambda: float(fill)) if isinstance(fill, str) else float(fill)
-    value = value() if callable(value) else value
+    if fill == "median":
+      value = float(np.median(data[..., c][ok]))
+    elif fill == "min":
+      value = float(data[..., c][ok].min())
+    elif fill == "zero":
+      value = 0.0
+    else:
+      value = float(fill)
     data[..., c][~ok] = value
     values.append(value)
   info["fill_value"] = values
@@ -337,12 +365,13 @@ def read_fields(path: str, options: ScientificOptions = ScientificOptions()) -> 
   info = {"source": path, "shape_file": list(arr.shape), **info}
   fields = []
   for data, planes in _select_planes(path, arr, options, default_axis):
+    sliced = options.cube_slices is not None and planes is not None
+    label = f"{path}[plane {planes[0]}]" if sliced else path
     if data.shape[0] < 2 or data.shape[1] < 2:
-      raise ScientificInputError(f"{path}: image is {data.shape[1]}x{data.shape[0]} pixels, too small")
-    label = path if planes is None or options.cube_slices is None else f"{path}[plane {planes[0]}]"
+      raise ScientificInputError(f"{label}: image is {data.shape[1]}x{data.shape[0]} pixels, too small")
     filled, mask, counts = fill_nonfinite(data, options.fill, label)
-    name = os.path.basename(path) if options.cube_slices is None else f"{os.path.basename(path)}[{planes[0]}]"
-    field_info = {**info, "name": name, "planes": planes, "shape": list(filled.shape), **counts}
+    name = f"{os.path.basename(path)}[{planes[0]}]" if sliced else os.path.basename(path)
+    field_info = {**info, "name": name, "label": label, "planes": planes, "shape": list(filled.shape), **counts}
     fields.append(Field(filled, field_info, mask))
   return fields
 
@@ -374,13 +403,11 @@ def load_field_set(paths: Sequence[str], options: ScientificOptions) -> list[Fie
   fields = [f for p in paths for f in read_fields(p, options)]
   if not fields:
     raise ScientificInputError("no input files given")
+  labels = [f.info["label"] for f in fields]
   if options.same_size:
-    check_same_shape([f.data for f in fields], [f.info["source"] + ("" if f.info["planes"] is None or
-                                                                   options.cube_slices is None else
-                                                                   f"[plane {f.info['planes'][0]}]")
-                                                for f in fields])
+    check_same_shape([f.data for f in fields], labels)
   else:
-    check_same_shape([f.data[:1, :1] for f in fields], [f.info["source"] for f in fields])  # channels only.
+    check_same_shape([f.data[:1, :1] for f in fields], labels)  # the channel count must still agree.
   if options.image_size is not None:
     for f in fields:
       f.data = resize_field(f.data, int(options.image_size), resample=options.resample, resize=options.resize)
@@ -452,10 +479,11 @@ def resize_field(data: np.ndarray, size: int | tuple[int, int], *, resample: str
                           mode="nearest", grid_mode=True)
   else:
     wy, wx = _axis_matrix(h, out_h, resample), _axis_matrix(w, out_w, resample)
-    if wy is not None:
-      data = np.einsum("ih,hwc->iwc", wy, data)
+    c = data.shape[-1]
+    if wy is not None:  # (out_h, H) @ (H, W*C): a BLAS matmul, fast for large inputs too.
+      data = (wy @ data.reshape(h, -1)).reshape(out_h, w, c)
     if wx is not None:
-      data = np.einsum("jw,hwc->hjc", wx, data)
+      data = np.moveaxis((wx @ np.moveaxis(data, 1, 0).reshape(w, -1)).reshape(out_w, out_h, c), 0, 1)
   return data[..., 0] if squeeze else np.ascontiguousarray(data)
 
 

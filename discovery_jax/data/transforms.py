@@ -169,7 +169,8 @@ class Transform:
   @classmethod
   def from_dict(cls, d: dict) -> "Transform":
     if not isinstance(d, dict) or d.get("format") != FORMAT:
-      raise TransformError(f"not a stored intensity transform (format {d.get('format') if isinstance(d, dict) else d!r})")
+      found = d.get("format") if isinstance(d, dict) else type(d).__name__
+      raise TransformError(f"not a stored intensity transform (format {found!r}, expected {FORMAT!r})")
     if int(d.get("version", -1)) > VERSION:
       raise TransformError(f"intensity transform version {d['version']} is newer than this code ({VERSION})")
     cp = d.get("clip_percentiles")
@@ -217,15 +218,15 @@ def _stretch(kind: str, x: np.ndarray, offset, floor, softening) -> np.ndarray:
 def _pooled(arrays: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
   """The few-shot set as one (pixels, C) float64 matrix; all arrays need the same C."""
   if isinstance(arrays, np.ndarray):
-    arrays = [arrays] if arrays.ndim <= 3 else list(arrays)
+    arrays = [arrays]
   arrays = [np.asarray(a, np.float64) for a in arrays]
   if not arrays:
     raise TransformError("cannot fit a transform on an empty set")
   arrays = [a[..., None] if a.ndim == 2 else a for a in arrays]
   channels = {a.shape[-1] for a in arrays}
-  if any(a.ndim != 3 for a in arrays) or len(channels) != 1:
-    raise TransformError(f"transforms are fitted on (H, W, C) arrays with one channel count; got shapes "
-                         f"{sorted({a.shape for a in arrays})}")
+  if any(a.ndim not in (3, 4) for a in arrays) or len(channels) != 1:
+    raise TransformError("transforms are fitted on (H, W, C) or (N, H, W, C) arrays with one channel count; got "
+                         f"shapes {sorted({a.shape for a in arrays})}")
   pooled = np.concatenate([a.reshape(-1, a.shape[-1]) for a in arrays], axis=0)
   if not np.isfinite(pooled).all():
     raise TransformError("cannot fit a transform on data with NaN/Inf (fill them when reading)")
@@ -237,7 +238,7 @@ def fit_transform(kind: str, arrays: Sequence[np.ndarray] | np.ndarray, *, per_c
                   softening: float | Sequence[float] | None = None) -> Transform:
   """Fits ``kind`` ('linear', 'log', 'asinh') on the few-shot set.
 
-  ``arrays``: (H, W, C) arrays (or one (N, H, W, C) array), physical, finite.
+  ``arrays``: (H, W, C) or (N, H, W, C) arrays (or a list of them), physical, finite.
   ``clip_percentiles=(p_lo, p_hi)``: clip first (e.g. (0.5, 99.5) against hot
   pixels/cosmic rays); the only lossy step, its fraction goes to fit_info.
   ``offset`` ('log'): added before log10. Default: 0 when all values are > 0,
