@@ -39,6 +39,24 @@ def get_config():
   config.data.alpha = "black"    # transparent pixels over 'black' or 'white', or 'drop' alpha
   config.data.on_bad_file = "skip"  # 'skip' (report and go on) or 'error' (stop at the first)
   config.data.max_files = -1     # use only the first N files (-1: all)
+  config.data.format = "auto"    # 'auto' (by extension), 'image' or 'scientific' (FITS/.npy/.npz)
+  # Scientific inputs (see discovery_jax.data.scientific): which HDU / cube planes,
+  # how NaN/Inf pixels are filled, and the intensity transform fitted on the
+  # few-shot set and inverted on generated samples (physical units back).
+  config.data.hdu = ""           # index or EXTNAME; "": the first HDU with image data
+  config.data.cube_axis = ""     # "": FITS NAXIS3 / the last .npy axis
+  config.data.cube_slices = ""   # "all" or a tuple of plane indices: one sample per plane
+  config.data.cube_channels = ""  # a tuple of 1 or 3 plane indices: one multi-channel sample
+  config.data.npz_key = ""
+  config.data.fill = "median"    # NaN/Inf fill: 'median', 'zero', 'min' or a number
+  config.data.same_size = True   # refuse sets whose files differ in size
+  config.data.scientific_resample = "auto"  # area-average down, bilinear up
+  config.data.transform = ml_collections.ConfigDict()
+  config.data.transform.kind = "asinh"  # 'linear' (min-max), 'log' (log10 + offset) or 'asinh'
+  config.data.transform.per_channel = False
+  config.data.transform.clip_percentiles = ()  # e.g. (0.5, 99.5); the one lossy step
+  config.data.transform.offset = ml_collections.config_dict.placeholder(float)   # log: None = automatic
+  config.data.transform.softening = ml_collections.config_dict.placeholder(float)  # asinh: None = 1.4826 MAD
 
   # Reconstruction (python -m discovery_jax.reconstruct).
   config.reconstruct = ml_collections.ConfigDict()

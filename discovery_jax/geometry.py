@@ -581,6 +581,9 @@ def _criteria(cc: jax.Array, c_id: jax.Array, id_sq: jax.Array, c_ood: jax.Array
   return jnp.stack([dist, ang0, angv])
 
 
+_criteria_batch = jax.jit(jax.vmap(_criteria))
+
+
 def criteria_numpy(candidate: np.ndarray, id_refs: np.ndarray, ood_refs: np.ndarray) -> np.ndarray:
   """The three criteria computed directly in float64 (reference implementation)."""
   c = np.asarray(candidate, np.float64).ravel()
@@ -633,13 +636,14 @@ class Targets:
 
 
 def _choose(key: jax.Array, n: int, r: int) -> jax.Array:
-  return jax.random.choice(key, n, (r,), replace=False).astype(jnp.int32)
+  """r distinct indices in [0, n), uniformly: the r largest of n uniforms."""
+  return jax.lax.top_k(jax.random.uniform(key, (n,)), r)[1].astype(jnp.int32)
 
 
 def reference_indices(key: jax.Array, candidate_index: Any, num_id: int, num_ood: int,
                       num_refs: int) -> tuple[np.ndarray, np.ndarray]:
   """(ID, OOD) reference indices (n, R) of candidates, as ``discover``/``score_paths`` draw
-  them: ``choice(fold_in(fold_in(key, 2 or 3), g), N, R, replace=False)``."""
+  them: the R largest of N uniforms from ``fold_in(fold_in(key, 2 or 3), g)``."""
   g = jnp.atleast_1d(jnp.asarray(candidate_index, jnp.uint32))
   kid, kood = jax.random.fold_in(key, 2), jax.random.fold_in(key, 3)
   idx_id = jax.vmap(lambda i: _choose(jax.random.fold_in(kid, i), num_id, num_refs))(g)
@@ -649,17 +653,14 @@ def reference_indices(key: jax.Array, candidate_index: Any, num_id: int, num_ood
 
 @dataclasses.dataclass
 class _BankGeometry:
-  """Both banks on the device (rows, and transposed with the guard direction as a
-  last column) and their Gram matrices: the only O(N^2 d) setup cost."""
+  """Both banks on the device and the Gram matrix of the stacked set
+  S = [ood (No); id (Ni); w]: the only O(N^2 d) setup cost. ``all_t`` is S^T
+  (d, No + Ni + 1), laid out for one gemm row per prior draw."""
 
   ood: jax.Array  # (No, d)
   idb: jax.Array  # (Ni, d)
-  all_t: jax.Array  # (d, No + Ni + 1): [ood; id; w]^T
-  g_oo: jax.Array  # (No, No)
-  g_oi: jax.Array  # (No, Ni)
-  g_ii: jax.Array  # (Ni, Ni); only its diagonal is valid unless full_id_gram
-  wo: jax.Array  # (No,) w . ood
-  wi: jax.Array  # (Ni,) w . id
+  all_t: jax.Array  # (d, No + Ni + 1)
+  g_all: jax.Array  # (No + Ni + 1,) * 2; the ID-ID block holds only its diagonal unless full_id_gram
   seconds: float
 
   @classmethod
@@ -671,32 +672,37 @@ class _BankGeometry:
     ood, idb = jnp.asarray(ro), jnp.asarray(ri)
     w = jnp.zeros((ro.shape[1],), jnp.float32) if w is None else jnp.asarray(w, jnp.float32)
     all_t = _transpose(jnp.concatenate([ood, idb, w[None]]))
-    o_rows = _matmul_rows(ood, all_t)
-    g_oo, g_oi, wo = o_rows[:, :no], o_rows[:, no:no + ni], o_rows[:, -1]
+    o_rows = _matmul_rows(jnp.concatenate([ood, w[None]]), all_t)  # rows of ood and w
     if full_id_gram:
       i_rows = _matmul_rows(idb, all_t)
-      g_ii, wi = i_rows[:, no:no + ni], i_rows[:, -1]
-    else:
-      g_ii, wi = jnp.diag(jnp.sum(idb * idb, -1)), jnp.asarray(_project(ri, np.asarray(w, np.float64)), jnp.float32)
-    jax.block_until_ready((g_oo, g_ii, wi))
-    return cls(ood, idb, all_t, g_oo, g_oi, g_ii, wo, wi, time.perf_counter() - start)
+    else:  # rejection needs only |r|^2 of ID references (their other products meet zero coefficients)
+      i_rows = jnp.zeros((ni, no + ni + 1), jnp.float32).at[:, :no].set(o_rows[:no, no:no + ni].T)
+      i_rows = i_rows.at[:, -1].set(o_rows[-1, no:no + ni])
+      i_rows = i_rows.at[jnp.arange(ni), no + jnp.arange(ni)].set(jnp.sum(idb * idb, -1))
+    g_all = jnp.concatenate([o_rows[:no], i_rows, o_rows[no:]])
+    jax.block_until_ready(g_all)
+    return cls(ood, idb, all_t, g_all, time.perf_counter() - start)
 
   @property
   def num_ood(self) -> int:
     return int(self.ood.shape[0])
 
+  @property
+  def num_id(self) -> int:
+    return int(self.idb.shape[0])
 
-@functools.partial(jax.jit, static_argnames=("num_refs", "draws"))
-def _target_samples(g_oo, g_oi, id_sq, key, *, num_refs, draws):
-  no, ni = g_oo.shape[0], g_oi.shape[1]
+
+@functools.partial(jax.jit, static_argnames=("num_ood", "num_refs", "draws"))
+def _target_samples(g_all, key, *, num_ood, num_refs, draws):
+  no, ni = num_ood, g_all.shape[0] - num_ood - 1
   kid, kood = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
 
   def one(i, j):
-    s = i * draws + j
-    idx_id = _choose(jax.random.fold_in(kid, s), ni, num_refs)
+    s = (i * draws + j).astype(jnp.uint32)
+    idx_id = no + _choose(jax.random.fold_in(kid, s), ni, num_refs)
     idx = _choose(jax.random.fold_in(kood, s), no - 1, num_refs)
     idx = idx + (idx >= i)  # leave-one-out: never the latent itself.
-    return _criteria(g_oo[i, i], g_oi[i, idx_id], id_sq[idx_id], g_oo[i, idx], g_oo[idx][:, idx])
+    return _criteria(g_all[i, i], g_all[i, idx_id], g_all[idx_id, idx_id], g_all[i, idx], g_all[idx][:, idx])
 
   ii, jj = jnp.meshgrid(jnp.arange(no), jnp.arange(draws), indexing="ij")
   return jax.vmap(one)(ii.ravel(), jj.ravel())
@@ -704,7 +710,7 @@ def _target_samples(g_oo, g_oi, id_sq, key, *, num_refs, draws):
 
 def _targets_from_geometry(geom: _BankGeometry, *, num_refs: int, tolerance_scale: float, key: jax.Array,
                            draws_per_latent: int) -> Targets:
-  samples = np.asarray(_target_samples(geom.g_oo, geom.g_oi, jnp.diagonal(geom.g_ii), key, num_refs=num_refs,
+  samples = np.asarray(_target_samples(geom.g_all, key, num_ood=geom.num_ood, num_refs=num_refs,
                                        draws=draws_per_latent), np.float64)
   values, stds = samples.mean(0), samples.std(0, ddof=1)
   tol = tolerance_scale * stds
@@ -814,6 +820,7 @@ def score_candidates(candidates: Any, id_refs: Any, ood_refs: Any, targets: Targ
 
 @dataclasses.dataclass(frozen=True)
 class _KernelConfig:
+  num_ood: int
   num_interior: int
   num_refs: int
   opt_steps: int
@@ -832,7 +839,7 @@ def _candidate_dots(a: jax.Array, gb: jax.Array, rho: jax.Array) -> tuple[jax.Ar
 
 
 def _stats_from_coefficients(a, gb, rho, r, has_guard, guard_b):
-  """Criteria and guard logit of one candidate in its basis [u, v, id refs, ood refs, (w)]."""
+  """Criteria and guard logit of one candidate in its basis [v, u, id refs, ood refs, (w)]."""
   dots, _ = _candidate_dots(a, gb, rho)
   ids, oods = slice(2, 2 + r), slice(2 + r, 2 + 2 * r)
   stats = _criteria(rho ** 2, dots[ids], jnp.diagonal(gb)[ids], dots[oods], gb[oods, oods])
@@ -841,54 +848,48 @@ def _stats_from_coefficients(a, gb, rho, r, has_guard, guard_b):
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _path_kernel(all_t, g_oo, g_oi, g_ii, wo, wi, shell, prior, keys, sources, paths, values, tols, guard_b,
-                 guard_scale, *, cfg: _KernelConfig):
+def _path_kernel(all_t, g_all, shell, prior, keys, sources, paths, values, tols, guard_b, guard_scale, *,
+                 cfg: _KernelConfig):
   """One chunk of paths (a multiple of _ROW_BLOCK): prior draws, slerp candidates,
   their references, optional optimisation, criteria. Every per-candidate quantity
   depends only on the candidate's global index (fixed-shape matmuls, per-index keys).
 
   Candidate c is represented by coefficients a over its basis
-  B = [u, v, id refs (R), ood refs (R), w] and the Gram matrix of B, assembled from
-  the banks' precomputed Gram matrices and one gemm row per path (v . banks).
+  B = [v, u, id refs (R), ood refs (R), w] and the Gram matrix of B: the rows of B
+  other than v are members of the stacked set S, so that Gram matrix is one gather
+  from S's Gram matrix plus the draw's gemm row v . S.
   """
   k_prior, k_id, k_ood = keys
   kk, r = cfg.num_interior, cfg.num_refs
-  no, ni = g_oi.shape
+  no, ni = cfg.num_ood, g_all.shape[0] - cfg.num_ood - 1
   z = _sample_prior(prior, k_prior, paths.astype(jnp.uint32))  # (P, d) = sample_prior(prior, k_prior, p)
   z_all = _rowblock_matmul(z, all_t)  # (P, No + Ni + 1): one gemm row per path
-  zo, zi, zw = z_all[:, :no], z_all[:, no:no + ni], z_all[:, -1]
   zz = jnp.sum(z * z, -1)
-  ww = jnp.sum(all_t[:, -1] ** 2)
   t = (jnp.arange(kk, dtype=jnp.float32) + 1) / (kk + 1)
   src = sources[paths % no]
+  g = (paths[:, None] * kk + jnp.arange(kk)[None]).astype(jnp.uint32)  # (P, K) global candidate indices
+  idx_id = jax.vmap(jax.vmap(lambda i: no + _choose(jax.random.fold_in(k_id, i), ni, r)))(g)
+  idx_ood = jax.vmap(jax.vmap(lambda i: _choose(jax.random.fold_in(k_ood, i), no, r)))(g)
 
-  def per_path(p, s, zo_p, zi_p, zz_p, zw_p):
-    nu, nv = jnp.sqrt(g_oo[s, s]), jnp.sqrt(zz_p)
-    alpha, beta, nd = _slerp_coefficients(zo_p[s] / (nu * nv), t)
+  def per_path(s, zrow, zz_p, ids, oods):
+    nu, nv = jnp.sqrt(g_all[s, s]), jnp.sqrt(zz_p)
+    alpha, beta, nd = _slerp_coefficients(zrow[s] / (nu * nv), t)
     rho = (1 - t) * nu + t * nv
 
-    def per_candidate(k, al, be, nd_k):
-      g = (p * kk + k).astype(jnp.uint32)
-      idx_id = _choose(jax.random.fold_in(k_id, g), ni, r)
-      idx_ood = _choose(jax.random.fold_in(k_ood, g), no, r)
-      u_row = jnp.concatenate([g_oo[s, s][None], zo_p[s][None], g_oi[s, idx_id], g_oo[s, idx_ood], wo[s][None]])
-      v_row = jnp.concatenate([zo_p[s][None], zz_p[None], zi_p[idx_id], zo_p[idx_ood], zw_p[None]])
-      w_refs = jnp.concatenate([wi[idx_id], wo[idx_ood]])
-      w_row = jnp.concatenate([wo[s][None], zw_p[None], w_refs, ww[None]])
-      io = g_oi[idx_ood][:, idx_id].T  # (R id, R ood)
-      refs = jnp.block([[g_ii[idx_id][:, idx_id], io], [io.T, g_oo[idx_ood][:, idx_ood]]])
-      top = jnp.stack([u_row, v_row])  # (2, M)
-      mid = jnp.concatenate([top[:, 2:2 + 2 * r].T, refs, w_refs[:, None]], 1)  # (2R, M)
-      gb = jnp.concatenate([top, mid, w_row[None]], 0)  # (M, M), M = 2R + 3
-      a0 = jnp.zeros(gb.shape[0], jnp.float32).at[0].set(al / nd_k).at[1].set(be / nd_k)
+    def per_candidate(al, be, nd_k, ids_k, oods_k):
+      ix = jnp.concatenate([s[None], ids_k, oods_k, jnp.array([no + ni])])  # u, refs, w in S
+      zr = zrow[ix]
+      gb = jnp.concatenate([jnp.concatenate([zz_p[None], zr])[None],
+                            jnp.concatenate([zr[:, None], g_all[ix][:, ix]], 1)], 0)
+      a0 = jnp.zeros(ix.shape[0] + 1, jnp.float32).at[0].set(be / nd_k).at[1].set(al / nd_k)
       if not cfg.has_guard:
         gb, a0 = gb[:-1, :-1], a0[:-1]
-      return a0, gb, idx_id, idx_ood
+      return a0, gb
 
-    a0, gb, idx_id, idx_ood = jax.vmap(per_candidate)(jnp.arange(kk), alpha, beta, nd)
-    return a0, gb, rho, idx_id, idx_ood
+    a0, gb = jax.vmap(per_candidate)(alpha, beta, nd, ids, oods)
+    return a0, gb, rho
 
-  a0, gb, rho, idx_id, idx_ood = jax.vmap(per_path)(paths, src, zo, zi, zz, zw)
+  a0, gb, rho = jax.vmap(per_path)(src, z_all, zz, idx_id, idx_ood)
   flat = lambda x: x.reshape((-1,) + x.shape[2:])
   a0, gb, rho = flat(a0), flat(gb), flat(rho)
   stats_fn = jax.vmap(lambda a, g, rh: _stats_from_coefficients(a, g, rh, r, cfg.has_guard, guard_b))
@@ -899,7 +900,7 @@ def _path_kernel(all_t, g_oo, g_oi, g_ii, wo, wi, shell, prior, keys, sources, p
   passed, accepted = _accept(stats, logit, values, tols, cfg.guard_margin)
   unflat = lambda x: x.reshape((paths.shape[0], kk) + x.shape[1:])
   return {"z": z, "source": src, "coef": unflat(a), "gram": unflat(gb), "rho": unflat(rho), "stats": unflat(stats),
-          "logit": unflat(logit), "passed": unflat(passed), "accepted": unflat(accepted), "id_refs": idx_id,
+          "logit": unflat(logit), "passed": unflat(passed), "accepted": unflat(accepted), "id_refs": idx_id - no,
           "ood_refs": idx_ood}
 
 
@@ -955,11 +956,11 @@ def _materialise(ood, idb, w, z_rows, src, idx_id, idx_ood, coef, gb, rho, *, wi
   scale = rho / jnp.sqrt(jnp.maximum(jnp.einsum("bi,bij,bj->b", coef, gn, coef), _TINY))
   wt = coef / nb
   r = idx_id.shape[1]
-  c = wt[:, 1:2] * z_rows
+  c = wt[:, 0:1] * z_rows
   if not with_refs:
-    return scale[:, None] * (c + wt[:, 0:1] * ood[src])
+    return scale[:, None] * (c + wt[:, 1:2] * ood[src])
   rows = jnp.arange(src.shape[0])[:, None]
-  w_ood = jnp.zeros((src.shape[0], ood.shape[0]), jnp.float32).at[rows[:, 0], src].add(wt[:, 0])
+  w_ood = jnp.zeros((src.shape[0], ood.shape[0]), jnp.float32).at[rows[:, 0], src].add(wt[:, 1])
   w_ood = w_ood.at[rows, idx_ood].add(wt[:, 2 + r:2 + 2 * r])
   w_id = jnp.zeros((src.shape[0], idb.shape[0]), jnp.float32).at[rows, idx_id].add(wt[:, 2:2 + r])
   c = c + w_ood @ ood + w_id @ idb
@@ -1066,7 +1067,7 @@ def discover(ood_bank: Any, id_bank: Any, *, num_samples: int, key: jax.Array, m
   setup_seconds = time.perf_counter() - start
 
   d = int(geom.ood.shape[1])
-  cfg = _KernelConfig(int(num_interior), int(num_refs), int(opt_steps) if mode == "optimize" else 0,
+  cfg = _KernelConfig(geom.num_ood, int(num_interior), int(num_refs), int(opt_steps) if mode == "optimize" else 0,
                       float(opt_lr), guard is not None, float(guard_margin))
   keys = (jax.random.fold_in(key, 0), jax.random.fold_in(key, 2), jax.random.fold_in(key, 3))
   sources = jax.random.permutation(jax.random.fold_in(key, 1), geom.num_ood).astype(jnp.int32)
@@ -1074,7 +1075,7 @@ def discover(ood_bank: Any, id_bank: Any, *, num_samples: int, key: jax.Array, m
   w = guard.w if guard is not None else jnp.zeros((d,), jnp.float32)
   gbias = guard.b if guard is not None else jnp.zeros((), jnp.float32)
   gscale = guard.scale if guard is not None else jnp.ones((), jnp.float32)
-  ood_norms = jnp.sqrt(jnp.diagonal(geom.g_oo))
+  ood_norms = jnp.sqrt(jnp.diagonal(geom.g_all)[:geom.num_ood])
   shell = (jnp.mean(ood_norms), jnp.maximum(jnp.std(ood_norms), 1e-6 * jnp.mean(ood_norms)))
   chunk = -(-int(chunk_paths) // _ROW_BLOCK) * _ROW_BLOCK
   num_paths = -(-max_candidates // num_interior)
@@ -1090,8 +1091,8 @@ def discover(ood_bank: Any, id_bank: Any, *, num_samples: int, key: jax.Array, m
   p0 = 0
   while p0 < num_paths and n_acc < num_samples:
     paths = jnp.arange(p0, p0 + chunk, dtype=jnp.int32)
-    res = _path_kernel(geom.all_t, geom.g_oo, geom.g_oi, geom.g_ii, geom.wo, geom.wi, shell, prior, keys, sources,
-                       paths, values, tols, gbias, gscale, cfg=cfg)
+    res = _path_kernel(geom.all_t, geom.g_all, shell, prior, keys, sources, paths, values, tols, gbias, gscale,
+                       cfg=cfg)
     host = {k: np.asarray(v) for k, v in res.items() if k != "z"}
     g = (np.arange(p0, p0 + chunk)[:, None] * num_interior + np.arange(num_interior)[None]).ravel()
     valid = g < max_candidates
@@ -1199,7 +1200,7 @@ def compare_to_bank(latents: Any, ood_bank: Any, id_bank: Any, *, targets: Targe
     i2 = norms(ri) ** 2
     rows_n = np.arange(len(x))[:, None]
     f32 = lambda a: jnp.asarray(a, jnp.float32)
-    stats = np.asarray(jax.vmap(_criteria)(
+    stats = np.asarray(_criteria_batch(
         f32(x2), f32(g_xi[rows_n, idx_id]), f32(i2[idx_id]), f32(g_xo[rows_n, idx_ood]),
         f32(g_oo[idx_ood[:, :, None], idx_ood[:, None, :]])), np.float64)
     inside = np.abs(stats - np.asarray(targets.values)) <= np.asarray(targets.tolerances)

@@ -2,8 +2,8 @@
 
 ``DDIMRunner`` runs the jitted kernels of ``diffusion`` at one fixed batch size
 (padding the last batch, so nothing recompiles) with batches sharded over the
-mesh's data axis and the weights replicated. ``invert_folder`` builds a latent
-bank from a folder, resumably.
+mesh's data axis and the weights replicated. ``open_inputs`` reads a folder of
+images or scientific files; ``invert_inputs`` builds a latent bank from it, resumably.
 """
 
 from __future__ import annotations
@@ -105,23 +105,66 @@ def image_options(config: Any) -> images.ImageOptions:
 
 
 @dataclasses.dataclass
-class FolderScan:
-  """The usable files of a folder, and the ones skipped with why."""
+class InputSet:
+  """The usable inputs of a folder as model-space arrays, and the files skipped.
 
-  paths: list[str]
+  ``kind='image'``: ordinary image files, decoded lazily batch by batch.
+  ``kind='scientific'``: FITS/.npy/.npz physical fields, resized in physical
+  units and mapped to [-1, 1] by an intensity transform fitted on this set (or
+  the one given, e.g. the few-shot set's for held-out data); ``transform`` is its
+  JSON form, stored with the bank so generated samples go back to physical units.
+  """
+
+  kind: str
   items: list[Item]
   skipped: list[dict]
+  load: Callable[[Sequence[int]], np.ndarray]
+  paths: list[str]
+  transform: dict | None = None
+  physical_channels: int | None = None
+  fields_info: list[dict] | None = None
+
+  def __len__(self) -> int:
+    return len(self.items)
 
 
-def scan_folder(folder: str, options: images.ImageOptions, *, on_bad_file: str = "skip",
-                max_files: int = -1) -> FolderScan:
-  """Lists, decodes (to validate) and hashes every input file of ``folder``.
+def _folder_kind(folder: str, wanted: str) -> str:
+  from discovery_jax.data import scientific
+  if wanted in ("image", "scientific"):
+    return wanted
+  if wanted != "auto":
+    raise ValueError(f"data.format must be 'auto', 'image' or 'scientific', got {wanted!r}")
+  files = images.list_files(folder, images.IMAGE_EXTENSIONS + scientific.SCIENTIFIC_EXTENSIONS)
+  sci = [f for f in files if scientific.is_scientific_file(f)]
+  if sci and len(sci) != len(files):
+    raise images.InputError(f"{folder} mixes scientific files ({os.path.basename(sci[0])}) and images "
+                            f"({os.path.basename(next(f for f in files if f not in sci))}); "
+                            "use one kind per folder or set data.format")
+  return "scientific" if sci else "image"
 
-  A file that cannot be read is skipped and reported (``on_bad_file='skip'``) or
-  stops the run with its name (``'error'``). Names are paths relative to ``folder``.
+
+def open_inputs(folder: str, config: Any, *, on_bad_file: str | None = None, max_files: int | None = None,
+                transform: dict | None = None) -> InputSet:
+  """Lists, validates and hashes the inputs of ``folder`` (images or scientific files).
+
+  A file that cannot be read is skipped and reported (``data.on_bad_file='skip'``)
+  or stops the run naming it (``'error'``). Item names are paths relative to
+  ``folder`` (plus ``[plane]`` for cube slices).
   """
+  data = config.get("data", {})
+  on_bad_file = on_bad_file or data.get("on_bad_file", "skip")
+  max_files = int(data.get("max_files", -1)) if max_files is None else max_files
   if on_bad_file not in ("skip", "error"):
     raise ValueError(f"data.on_bad_file must be 'skip' or 'error', got {on_bad_file!r}")
+  kind = _folder_kind(folder, data.get("format", "auto"))
+  if kind == "image":
+    return open_image_folder(folder, image_options(config), on_bad_file, max_files)
+  return _open_scientific(folder, config, on_bad_file, max_files, transform)
+
+
+def open_image_folder(folder: str, options: images.ImageOptions, on_bad_file: str = "skip",
+                      max_files: int = -1) -> InputSet:
+  """An image folder as an InputSet (decoded lazily)."""
   files = images.list_files(folder)
   if max_files > 0:
     files = files[:max_files]
@@ -140,37 +183,80 @@ def scan_folder(folder: str, options: images.ImageOptions, *, on_bad_file: str =
   if not paths:
     raise images.InputError(f"no readable input in {folder}: all {len(files)} files were skipped "
                             f"(first: {skipped[0]['reason']})")
-  return FolderScan(paths, items, skipped)
+  load = lambda idx: np.stack([images.load_image(paths[i], options) for i in idx]).astype(np.float32)
+  return InputSet("image", items, skipped, load, paths)
+
+
+def _open_scientific(folder, config, on_bad_file, max_files, transform) -> InputSet:
+  from discovery_jax.data import scientific, transforms
+  options = scientific.options_from_config(config)
+  files = scientific.list_scientific_files(folder)
+  if max_files > 0:
+    files = files[:max_files]
+  good, skipped = [], []
+  for path in files:
+    try:
+      scientific.read_fields(path, dataclasses.replace(options, image_size=None))
+      good.append(path)
+    except images.InputError as e:
+      if on_bad_file == "error":
+        raise
+      logging.warning("skipping %s", e)
+      skipped.append({"path": path, "reason": str(e)})
+  if not good:
+    raise images.InputError(f"no readable input in {folder}: all {len(files)} files were skipped "
+                            f"(first: {skipped[0]['reason']})")
+  fields = scientific.load_field_set(good, options)
+  if transform is None:
+    fitted = transforms.fit_transform(arrays=[f.data for f in fields],
+                                      **transforms.transform_from_config(config.data.get("transform", {})))
+  else:
+    fitted = transforms.Transform.from_dict(transform)
+  model = np.stack([scientific.to_model_input(f.data, fitted, options.channels, name=f.info["label"])
+                    for f in fields])
+  hashes = {p: images.file_sha256(p) for p in good}
+  items = []
+  for f in fields:
+    suffix = f.name[len(os.path.basename(f.info["source"])):]  # "[plane]" for cube slices, else "".
+    items.append(Item(os.path.relpath(f.info["source"], folder) + suffix, hashes[f.info["source"]] + suffix))
+  nonfinite = sum(int(f.info.get("n_nonfinite", 0)) for f in fields)
+  if nonfinite:
+    logging.info("%s: filled %d NaN/Inf pixels (data.fill=%r)", folder, nonfinite, options.fill)
+  return InputSet("scientific", items, skipped, lambda idx: model[np.asarray(idx)], [f.info["source"] for f in fields],
+                  fitted.to_dict(), int(fields[0].data.shape[-1]),
+                  [{k: v for k, v in f.info.items() if k in ("name", "source", "hdu", "extname", "planes",
+                                                              "n_nonfinite", "cards")} for f in fields])
 
 
 def load_batch(paths: Sequence[str], options: images.ImageOptions) -> np.ndarray:
+  """Image files -> (N, size, size, C) in [-1, 1]."""
   return np.stack([images.load_image(p, options) for p in paths]).astype(np.float32)
 
 
-def invert_folder(folder: str, bank_dir: str, runner: DDIMRunner, options: images.ImageOptions, *,
-                  model_fingerprint: str, on_bad_file: str = "skip", max_files: int = -1,
-                  desc: str = "invert") -> tuple[LatentBank, FolderScan]:
-  """Inverts every image of ``folder`` into the bank at ``bank_dir`` (resumes)."""
-  scan = scan_folder(folder, options, on_bad_file=on_bad_file, max_files=max_files)
-  shape = (options.image_size, options.image_size, options.channels)
-  bank = LatentBank.create(
-      bank_dir, scan.items, shape, model_fingerprint=model_fingerprint, t_0=runner.t_0,
-      n_steps=runner.n_steps, extra={"source_folder": os.path.abspath(folder), "skipped": scan.skipped,
-                                     "image_options": dataclasses.asdict(options)})
+def invert_inputs(inputs: InputSet, bank_dir: str, runner: DDIMRunner, *, model_fingerprint: str,
+                  source: str = "", desc: str = "invert") -> LatentBank:
+  """Inverts every input into the bank at ``bank_dir`` (resumes a partial bank)."""
+  shape = inputs.load([0]).shape[1:]
+  extra = {"source_folder": os.path.abspath(source) if source else "", "skipped": inputs.skipped,
+           "input_kind": inputs.kind}
+  if inputs.transform is not None:
+    extra.update(intensity_transform=inputs.transform, physical_channels=inputs.physical_channels,
+                 fields=inputs.fields_info)
+  bank = LatentBank.create(bank_dir, inputs.items, shape, model_fingerprint=model_fingerprint, t_0=runner.t_0,
+                           n_steps=runner.n_steps, extra=extra)
   pending = bank.pending_indices()
   if not pending:
     logging.info("%s: bank %s is already complete (%d latents)", desc, bank_dir, bank.count)
-    return bank, scan
-  logging.info("%s: %d images from %s -> %s (%d already done, %d skipped)", desc, bank.count, folder,
-               bank_dir, bank.count - len(pending), len(scan.skipped))
+    return bank
+  logging.info("%s: %d inputs from %s -> %s (%d already done, %d skipped)", desc, bank.count, source or "memory",
+               bank_dir, bank.count - len(pending), len(inputs.skipped))
   progress = Progress(bank.count, "images", desc, already_done=bank.count - len(pending))
   for start in range(0, len(pending), runner.batch_size):
     idx = pending[start:start + runner.batch_size]
-    latents = runner.invert(load_batch([scan.paths[i] for i in idx], options))
-    bank.write(idx, latents)
+    bank.write(idx, runner.invert(inputs.load(idx)))
     progress.update(len(idx))
   bank.update_metadata(seconds=progress.summary()["seconds"])
-  return bank, scan
+  return bank
 
 
 # ---------------------------------------------------------------------------

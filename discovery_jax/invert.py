@@ -30,19 +30,17 @@ def build_banks(config: ml_collections.ConfigDict, workdir: str, model: cli.Load
   s = cli.sampling_settings(config)
   runner = inversion.DDIMRunner(model.eps, s["t_0"], s["n_steps"], diffusion.Schedule.from_config(config.diffusion),
                                 s["batch_size"], mesh if mesh is not None else cli.make_mesh(config))
-  options = inversion.image_options(config)
   banks = {}
   for name, field in BANK_SOURCES:
     folder = config.data.get(field, "")
     if not folder:
       continue
-    bank, scan = inversion.invert_folder(
-        folder, bank_path(workdir, name), runner, options, model_fingerprint=model.fingerprint,
-        on_bad_file=config.data.on_bad_file, max_files=int(config.data.max_files), desc=f"invert {name}")
-    if scan.skipped:
-      logging.warning("invert %s: skipped %d unreadable file(s): %s", name, len(scan.skipped),
-                      ", ".join(s["path"] for s in scan.skipped[:5]))
-    banks[name] = bank
+    inputs = inversion.open_inputs(folder, config)
+    if inputs.skipped:
+      logging.warning("invert %s: skipping %d unreadable file(s): %s", name, len(inputs.skipped),
+                      ", ".join(s["path"] for s in inputs.skipped[:5]))
+    banks[name] = inversion.invert_inputs(inputs, bank_path(workdir, name), runner,
+                                          model_fingerprint=model.fingerprint, source=folder, desc=f"invert {name}")
   if not banks:
     raise ValueError("nothing to invert: set config.data.ood_dir (and optionally config.data.id_dir)")
   return banks

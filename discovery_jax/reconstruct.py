@@ -53,9 +53,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
   s = cli.sampling_settings(config)
   runner = inversion.DDIMRunner(model.eps, s["t_0"], s["n_steps"], diffusion.Schedule.from_config(config.diffusion),
                                 s["batch_size"], cli.make_mesh(config))
-  options = inversion.image_options(config)
-  scan = inversion.scan_folder(folder, options, on_bad_file=config.data.on_bad_file,
-                               max_files=int(config.data.max_files))
+  scan = inversion.open_inputs(folder, config)
   results_path = os.path.join(out_dir, "results.jsonl")
   done = _read_results(results_path)
   todo = [i for i, it in enumerate(scan.items) if it.name not in done]
@@ -65,7 +63,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
     # Process grid by grid so each grid file is written once, complete.
     for g0 in range(0, len(todo), per_grid):
       idx = todo[g0:g0 + per_grid]
-      x = inversion.load_batch([scan.paths[i] for i in idx], options)
+      x = scan.load(idx)
       rec = runner.generate(runner.invert(x))
       grid_id = min(idx) // per_grid
       images.save_png(os.path.join(out_dir, f"grid_{grid_id:04d}.png"),

@@ -145,8 +145,8 @@ def load_training_images(source: str, options) -> np.ndarray:
     if arr.shape[1:] != want:
       raise ValueError(f"{source}: images of shape {arr.shape[1:]}, the model needs {want}")
     return arr
-  scan = inversion.scan_folder(source, options)
-  return inversion.load_batch(scan.paths, options)
+  scan = inversion.open_image_folder(source, options, "skip", -1)
+  return scan.load(range(len(scan)))
 
 
 # ---------------------------------------------------------------------------

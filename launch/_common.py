@@ -8,7 +8,7 @@ import os
 import shlex
 import subprocess
 import sys
-from typing import Mapping, Sequence
+from typing import Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENTRY_POINT = "discovery_jax.sample"
@@ -67,7 +67,3 @@ def run_steps(steps: Sequence[Step], dry_run: bool) -> int:
       print(f"error: step failed with exit code {code}: {step.what}", file=sys.stderr)
       return code
   return 0
-
-
-def env_prefix(env: Mapping[str, str]) -> str:
-  return " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
