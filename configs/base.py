@@ -63,6 +63,36 @@ def get_config():
   config.reconstruct.input_dir = ""  # default: data.ood_dir
   config.reconstruct.grid_rows = 8    # images per grid file
 
+  # Sampling new images of the target domain (python -m discovery_jax.sample).
+  config.sample = ml_collections.ConfigDict()
+  config.sample.methods = ("discovery",)  # any of 'discovery', 'gaussian', 'renoise' (baselines)
+  config.sample.num_samples = 64
+  config.sample.evaluate = True            # evaluate against data.eval_dir when it is set
+
+  # Latent discovery (METHOD.md steps 4-7; discovery_jax.geometry). Every target
+  # and tolerance is computed from the banks; these settings only scale them.
+  config.discovery = ml_collections.ConfigDict()
+  config.discovery.mode = "optimize"       # 'optimize' (optax onto the criteria) or 'rejection' (official)
+  config.discovery.num_interior = 20       # slerp points per (OOD latent, prior draw) pair (official: 20)
+  config.discovery.num_refs = 10           # reference latents per criterion (official R = 10)
+  config.discovery.tolerance_scale = 1.0   # tolerance = this x the spread among real OOD latents
+  config.discovery.prior_kind = "pooled"   # 'pooled' (official: one scalar variance) or 'diagonal'
+  config.discovery.guard = "mean_diff"     # mode-interference guard: 'mean_diff', 'logistic' or 'none'
+  config.discovery.guard_margin = 0.0
+  config.discovery.opt_steps = 200
+  config.discovery.opt_lr = 1.0
+  config.discovery.max_candidates = -1     # candidate budget (-1: 1000 x num_samples)
+  config.discovery.id_source = "generate_invert"  # ID bank when data.id_dir is empty: see inversion.model_id_bank
+  config.discovery.num_id_latents = 64
+  config.discovery.renoise_strength = 0.5  # the 'renoise' baseline: 0 copies, 1 is a fresh prior draw
+
+  # Outputs of `sample`: always a tfds dataset (array_record shards) and samples.npy.
+  config.output = ml_collections.ConfigDict()
+  config.output.formats = ("png", "fits")  # individual PNG files; FITS for scientific data
+  config.output.shard_size = 256
+  config.output.store_latents = True       # keep each sample's latent in the dataset
+  config.output.grid_size = 64
+
   # Training from scratch (python -m discovery_jax.train).
   config.train = ml_collections.ConfigDict()
   config.train.data = ""            # a folder of images, or an .npz holding 'images'
@@ -89,6 +119,18 @@ def get_config():
   config.finetune.warmup_steps = 50
   config.finetune.ema_decay = 0.99
   config.finetune.checkpoint_every = 200
+  config.finetune.num_samples = 64   # unconditional samples of the base and the fine-tuned model
+
+  # Evaluation (python -m discovery_jax.evaluate; also run by `sample` when
+  # config.sample.evaluate is set and held-out data exist).
+  config.evaluate = ml_collections.ConfigDict()
+  config.evaluate.features = "inception"  # 'inception' (FID; needs inception_path), 'random_conv', 'pixels'
+  config.evaluate.inception_path = ""     # a folder written by `python -m convert.inception`
+  config.evaluate.id_dir = ""             # held-out in-domain images (default: data.id_dir)
+  config.evaluate.generated = ""          # "name=path,..." (default: WORKDIR/samples/*/samples.npy)
+  config.evaluate.finetune_dir = ""       # a `finetune` workdir: the vanilla fine-tuning baseline
+  config.evaluate.kid_subset_size = 100
+  config.evaluate.seed = 0
 
   # Devices: a data-parallel mesh over all local devices (see discovery_jax.parallel).
   config.parallel = ml_collections.ConfigDict()

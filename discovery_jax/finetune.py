@@ -13,7 +13,29 @@ from __future__ import annotations
 
 import ml_collections
 
-from discovery_jax import cli, training
+import os
+
+import jax
+import numpy as np
+
+from discovery_jax import checkpoint, cli, diffusion, training
+
+
+def write_samples(config: ml_collections.ConfigDict, workdir: str, base: cli.LoadedModel) -> None:
+  """Unconditional samples of the fine-tuned and of the base model, same noise per index."""
+  count = int(config.finetune.get("num_samples", 64))
+  if count <= 0:
+    return
+  tuned_module, tuned_params = checkpoint.load_model(os.path.join(workdir, "model"))
+  schedule = diffusion.Schedule.from_config(config.get("diffusion"))
+  key = jax.random.key(int(config.get("seed", 0)))
+  mesh = cli.make_mesh(config)
+  for name, module, params in (("samples", tuned_module, tuned_params), ("base_samples", base.module, base.params)):
+    x = training.sample_from_noise(module, params, count, schedule=schedule, n_steps=int(config.sampling.n_steps),
+                                   key=key, batch_size=int(config.sampling.batch_size), mesh=mesh)
+    tmp = os.path.join(workdir, f"{name}.tmp.npy")
+    np.save(tmp, x.astype(np.float32))
+    os.replace(tmp, os.path.join(workdir, f"{name}.npy"))
 
 
 def main(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -26,6 +48,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
                          data_source=data, metadata={"finetuned_from": config.checkpoint,
                                                      "base_fingerprint": model.fingerprint,
                                                      "trained_by": "discovery_jax.finetune"})
+  write_samples(config, workdir, model)
   print(f"fine-tuned {summary['steps']} steps, final loss {summary['final_loss']:.5f} -> {summary['model']}")
 
 

@@ -41,7 +41,7 @@ import optax
 CRITERIA = ("distance_id", "angle_origin", "angle_vertex")
 REJECTION_REASONS = CRITERIA + ("guard",)
 _ROW_BLOCK = 32  # rows per fixed-shape matmul: a row's result never depends on the batch.
-_MAT_BLOCK = 8  # accepted latents materialised per call.
+_MAT_BLOCK = 32  # accepted latents materialised per call.
 _STREAM_ROWS = 128  # rows per streamed block of a bank (100 MB at d = 196,608).
 _TINY = 1e-30
 
@@ -532,9 +532,11 @@ def fit_guard(ood_bank: Any, id_bank: Any, *, kind: str = "mean_diff", C: float 
 
 def slerp(x0: Any, x1: Any, t: Any) -> jax.Array:
   """Unit directions slerped, norm interpolated linearly: (..., d), (..., d), (K,) -> (..., K, d)."""
-  x0 = jnp.asarray(x0, jnp.float32)
-  x1 = jnp.asarray(x1, jnp.float32)
-  t = jnp.asarray(t, jnp.float32)
+  return _slerp(jnp.asarray(x0, jnp.float32), jnp.asarray(x1, jnp.float32), jnp.asarray(t, jnp.float32))
+
+
+@jax.jit
+def _slerp(x0: jax.Array, x1: jax.Array, t: jax.Array) -> jax.Array:
   n0 = jnp.linalg.norm(x0, axis=-1)
   n1 = jnp.linalg.norm(x1, axis=-1)
   u, v = x0 / n0[..., None], x1 / n1[..., None]
@@ -645,10 +647,15 @@ def reference_indices(key: jax.Array, candidate_index: Any, num_id: int, num_ood
   """(ID, OOD) reference indices (n, R) of candidates, as ``discover``/``score_paths`` draw
   them: the R largest of N uniforms from ``fold_in(fold_in(key, 2 or 3), g)``."""
   g = jnp.atleast_1d(jnp.asarray(candidate_index, jnp.uint32))
+  return tuple(np.asarray(x) for x in _reference_indices(key, g, num_id, num_ood, num_refs))
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _reference_indices(key, g, num_id, num_ood, num_refs):
   kid, kood = jax.random.fold_in(key, 2), jax.random.fold_in(key, 3)
   idx_id = jax.vmap(lambda i: _choose(jax.random.fold_in(kid, i), num_id, num_refs))(g)
   idx_ood = jax.vmap(lambda i: _choose(jax.random.fold_in(kood, i), num_ood, num_refs))(g)
-  return np.asarray(idx_id), np.asarray(idx_ood)
+  return idx_id, idx_ood
 
 
 @dataclasses.dataclass
@@ -671,15 +678,7 @@ class _BankGeometry:
     no, ni = ro.shape[0], ri.shape[0]
     ood, idb = jnp.asarray(ro), jnp.asarray(ri)
     w = jnp.zeros((ro.shape[1],), jnp.float32) if w is None else jnp.asarray(w, jnp.float32)
-    all_t = _transpose(jnp.concatenate([ood, idb, w[None]]))
-    o_rows = _matmul_rows(jnp.concatenate([ood, w[None]]), all_t)  # rows of ood and w
-    if full_id_gram:
-      i_rows = _matmul_rows(idb, all_t)
-    else:  # rejection needs only |r|^2 of ID references (their other products meet zero coefficients)
-      i_rows = jnp.zeros((ni, no + ni + 1), jnp.float32).at[:, :no].set(o_rows[:no, no:no + ni].T)
-      i_rows = i_rows.at[:, -1].set(o_rows[-1, no:no + ni])
-      i_rows = i_rows.at[jnp.arange(ni), no + jnp.arange(ni)].set(jnp.sum(idb * idb, -1))
-    g_all = jnp.concatenate([o_rows[:no], i_rows, o_rows[no:]])
+    all_t, g_all = _stacked_geometry(ood, idb, w, full_id_gram=full_id_gram)
     jax.block_until_ready(g_all)
     return cls(ood, idb, all_t, g_all, time.perf_counter() - start)
 
@@ -690,6 +689,23 @@ class _BankGeometry:
   @property
   def num_id(self) -> int:
     return int(self.idb.shape[0])
+
+
+@functools.partial(jax.jit, static_argnames=("full_id_gram",))
+def _stacked_geometry(ood, idb, w, *, full_id_gram):
+  """S^T and the Gram matrix of S = [ood; id; w] (fixed-block gemms)."""
+  no, ni = ood.shape[0], idb.shape[0]
+  stacked = jnp.concatenate([ood, idb, w[None]])
+  all_t = stacked.T
+  pad = lambda x: jnp.concatenate([x, jnp.zeros(((-x.shape[0]) % _ROW_BLOCK, x.shape[1]), x.dtype)])
+  if full_id_gram:
+    return all_t, _rowblock_matmul(pad(stacked), all_t)[:no + ni + 1]
+  # Rejection needs only |r|^2 of the ID references: their other products meet zero coefficients.
+  o_rows = _rowblock_matmul(pad(jnp.concatenate([ood, w[None]])), all_t)[:no + 1]
+  i_rows = jnp.zeros((ni, no + ni + 1), jnp.float32).at[:, :no].set(o_rows[:no, no:no + ni].T)
+  i_rows = i_rows.at[:, -1].set(o_rows[-1, no:no + ni])
+  i_rows = i_rows.at[jnp.arange(ni), no + jnp.arange(ni)].set(jnp.sum(idb * idb, -1))
+  return all_t, jnp.concatenate([o_rows[:no], i_rows, o_rows[no:]])
 
 
 @functools.partial(jax.jit, static_argnames=("num_ood", "num_refs", "draws"))

@@ -302,3 +302,44 @@ def model_id_bank(bank_dir: str, runner: DDIMRunner, count: int, key: jax.Array,
     bank.write(idx.tolist(), latents)
     progress.update(len(idx))
   return bank
+
+
+# ---------------------------------------------------------------------------
+# The banks of a run.
+
+
+def bank_path(workdir: str, name: str) -> str:
+  return os.path.join(workdir, "banks", name)
+
+
+def prepare_banks(config: Any, workdir: str, runner: DDIMRunner, *, model_fingerprint: str,
+                  need_id: bool = True, key: jax.Array | None = None) -> dict:
+  """The OOD bank (``config.data.ood_dir``) and the ID reference bank of a run.
+
+  ID: ``config.data.id_dir`` inverted the same way when given; otherwise the
+  model's own latents (``model_id_bank``, ``config.discovery.num_id_latents``,
+  ``config.discovery.id_source``). Every bank resumes where it stopped. Returns
+  {'ood': LatentBank, 'id': LatentBank}.
+  """
+  from discovery_jax.data.bank import check_compatible
+  banks = {}
+  for name, field in (("ood", "ood_dir"), ("id", "id_dir")):
+    folder = config.data.get(field, "")
+    if not folder:
+      continue
+    inputs = open_inputs(folder, config)
+    if inputs.skipped:
+      logging.warning("%s: skipping %d unreadable file(s): %s", folder, len(inputs.skipped),
+                      ", ".join(s["path"] for s in inputs.skipped[:5]))
+    banks[name] = invert_inputs(inputs, bank_path(workdir, name), runner, model_fingerprint=model_fingerprint,
+                                source=folder, desc=f"invert {name}")
+  if "ood" not in banks:
+    raise ValueError("config.data.ood_dir is empty: give the folder of few-shot target-domain images")
+  if need_id and "id" not in banks:
+    disc = config.get("discovery", {})
+    key = key if key is not None else jax.random.key(int(config.get("seed", 0)))
+    banks["id"] = model_id_bank(bank_path(workdir, "id_model"), runner, int(disc.get("num_id_latents", 64)), key,
+                                model_fingerprint=model_fingerprint,
+                                source=disc.get("id_source", "generate_invert"), shape=banks["ood"].shape)
+  check_compatible(list(banks.values()))
+  return banks

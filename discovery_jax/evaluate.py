@@ -1,0 +1,95 @@
+r"""Scores generated sets against held-out real data and writes a comparison table.
+
+  python -m discovery_jax.evaluate --config=configs/demo.py --workdir=runs/demo
+
+Generated sets: ``config.evaluate.generated`` ("name=path,name=path"; a path is a
+``samples.npy``, a sample output folder or a folder of images), by default every
+``WORKDIR/samples/<method>/`` that ``sample`` wrote; plus the fine-tuning
+baseline from ``config.evaluate.finetune_dir`` (a ``finetune`` workdir), whose
+``samples.npy`` come from the fine-tuned model and ``base_samples.npy`` from the
+unchanged base model with the same noise. Real data: ``config.data.ood_dir``
+(few-shot), ``config.data.eval_dir`` (held-out target), ``config.evaluate.id_dir``
+or ``config.data.id_dir`` (held-out in-domain, for the domain classifier).
+
+Writes ``WORKDIR/evaluation/report.json`` and ``comparison.md`` (and physical-unit
+plots for scientific data).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import ml_collections
+import numpy as np
+
+from discovery_jax import checkpoint, cli, evaluation
+
+
+def generated_sets(config: ml_collections.ConfigDict, workdir: str) -> list[tuple[str, str]]:
+  spec = config.evaluate.get("generated", "")
+  if spec:
+    sets = []
+    for part in spec.split(","):
+      if "=" not in part:
+        raise ValueError(f"config.evaluate.generated: {part!r} is not name=path")
+      name, path = part.split("=", 1)
+      sets.append((name.strip(), path.strip()))
+    return sets
+  found = sorted(glob.glob(os.path.join(workdir, "samples", "*", "samples.npy")))
+  return [(os.path.basename(os.path.dirname(p)), p) for p in found]
+
+
+def run_evaluation(config: ml_collections.ConfigDict, workdir: str,
+                   extra_sets: list[tuple[str, np.ndarray]] | None = None) -> dict:
+  """Evaluates every generated set; returns the report (also written to disk)."""
+  out_dir = os.path.join(workdir, "evaluation")
+  os.makedirs(out_dir, exist_ok=True)
+  real = evaluation.load_real_data(config)
+  ev = evaluation.Evaluator(config, real)
+  finetune_dir = config.evaluate.get("finetune_dir", "")
+  base_samples = None
+  if finetune_dir and os.path.isfile(os.path.join(finetune_dir, "base_samples.npy")):
+    base_samples = np.load(os.path.join(finetune_dir, "base_samples.npy"))
+  rows = [ev.reference()]
+  science = {}
+  sets = [(n, evaluation.load_generated(p, config, real.transform)) for n, p in generated_sets(config, workdir)]
+  sets += list(extra_sets or [])
+  if not sets and not finetune_dir:
+    raise ValueError(f"nothing to evaluate: no {workdir}/samples/*/samples.npy and config.evaluate.generated is "
+                     "empty (run `python -m discovery_jax.sample` first)")
+  for name, samples in sets:
+    # Tuning-free methods leave the model unchanged: its ID quality is the base model's.
+    rows.append(ev.evaluate(samples, name=name, id_samples=base_samples))
+    science[name] = ev.science(samples, out_dir, name)
+  if finetune_dir:
+    tuned = os.path.join(finetune_dir, "samples.npy")
+    if not os.path.isfile(tuned):
+      raise ValueError(f"config.evaluate.finetune_dir={finetune_dir!r} has no samples.npy "
+                       "(run `python -m discovery_jax.finetune` into it first)")
+    samples = np.load(tuned)
+    rows.append(ev.evaluate(samples, name="vanilla fine-tuning", id_samples=samples))
+    science["vanilla fine-tuning"] = ev.science(samples, out_dir, "vanilla_fine-tuning")
+  table = evaluation.comparison_table(rows)
+  report = {"setup": ev.describe(), "rows": rows, "table_markdown": table,
+            "science": {k: v for k, v in science.items() if v is not None} or None,
+            "notes": {"ood_hit_rate": "fraction of samples a classifier trained on held-out real ID vs OOD calls OOD",
+                      "nn_ratio": "median NN distance of samples to the few-shot set / the same for held-out real "
+                                  "target images (>= 1: as far from the few-shot set as new real images)",
+                      "id_frechet_distance": "the model's own unconditional samples vs held-out ID images (model "
+                                             "quality in its own domain after the method)",
+                      "features": ev.extractor.describe()}}
+  cli.write_json(os.path.join(out_dir, "report.json"), report)
+  checkpoint.atomic_write_text(os.path.join(out_dir, "comparison.md"), table + "\n")
+  return report
+
+
+def main(config: ml_collections.ConfigDict, workdir: str) -> None:
+  cli.prepare_workdir(workdir, config, "evaluate")
+  report = run_evaluation(config, workdir)
+  print(report["table_markdown"])
+  print(f"-> {os.path.join(workdir, 'evaluation')}")
+
+
+if __name__ == "__main__":
+  cli.run(main, "evaluate")

@@ -1,0 +1,317 @@
+r"""New images of an unseen domain from a frozen model: latent discovery, then DDIM.
+
+  python -m discovery_jax.sample --config=configs/galaxy.py --workdir=runs/galaxy
+
+1. banks: inverts the few-shot set (``config.data.ood_dir``) to x_{t_0}, and the
+   ID reference set (``config.data.id_dir``, or the model's own latents);
+2. latents: for each method of ``config.sample.methods`` —
+   'discovery' (geometric criteria; ``config.discovery.mode`` 'optimize' or
+   'rejection'), 'gaussian' (the fitted OOD Gaussian, no criteria) or 'renoise'
+   (few-shot latents re-noised: "copy with noise");
+3. images: denoises the latents in sharded batches into
+   ``WORKDIR/samples/<method>/``: a tensorflow-datasets dataset (array_record
+   shards + manifest), ``samples.npy`` (float32, model space), ``images/`` PNGs,
+   ``grid.png``, and FITS/physical arrays for scientific data;
+4. evaluation against held-out data when ``config.data.eval_dir`` is set;
+5. ``WORKDIR/summary.json``: counts, acceptance rate, the computed targets, seeds,
+   timings, ``ood_hit_rate``.
+
+Same config and seed, same samples, on any number of devices or hosts. Every
+stage resumes: banks, latents and dataset shards already written are kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from discovery_jax import checkpoint, cli, configlib, diffusion, geometry, inversion, parallel
+from discovery_jax.data import images
+from discovery_jax.data.bank import LatentBank
+
+METHODS = ("discovery", "gaussian", "renoise")
+# Keys of the run: one root seed, one fold per purpose.
+KEY_DISCOVERY, KEY_ID_BANK, KEY_NOISE, KEY_BASELINE = 1, 2, 3, 4
+
+
+class DiscoveryBudgetError(ValueError):
+  """Fewer latents than asked were found within the candidate budget."""
+
+
+def _method_dir(workdir: str, method: str) -> str:
+  return os.path.join(workdir, "samples", method)
+
+
+def _latent_request(config: ml_collections.ConfigDict, method: str, banks: dict) -> dict:
+  """Everything that determines a method's latents (the resume key)."""
+  disc = configlib.to_plain(config.discovery)
+  return {"method": method, "seed": int(config.seed), "num_samples": int(config.sample.num_samples),
+          "discovery": disc if method == "discovery" else None,
+          "renoise_strength": float(config.discovery.renoise_strength) if method == "renoise" else None,
+          "prior_kind": config.discovery.prior_kind,
+          "banks": {k: {"items": [i["sha256"] for i in b.metadata["items"]], "t_0": b.metadata["t_0"],
+                        "model": b.metadata["model_fingerprint"], "n_steps": b.metadata["n_steps"]}
+                    for k, b in banks.items()}}
+
+
+def _digest(obj: Any) -> str:
+  return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def find_latents(config: ml_collections.ConfigDict, method: str, banks: dict, root: jax.Array) -> tuple[np.ndarray, dict]:
+  """The latents of ``method`` and a JSON-ready record of how they were found."""
+  n = int(config.sample.num_samples)
+  ood, idb = banks["ood"].latents(), banks["id"].latents()
+  disc = config.discovery
+  prior = geometry.fit_prior(ood, disc.prior_kind)
+  if method == "discovery":
+    max_candidates = int(disc.max_candidates) if int(disc.max_candidates) > 0 else None
+    guard = None if disc.guard in ("", "none") else disc.guard
+    result = geometry.discover(
+        ood, idb, num_samples=n, key=jax.random.fold_in(root, KEY_DISCOVERY), mode=disc.mode,
+        max_candidates=max_candidates, num_interior=int(disc.num_interior), num_refs=int(disc.num_refs),
+        tolerance_scale=float(disc.tolerance_scale), prior=prior, guard=guard,
+        guard_margin=float(disc.guard_margin), opt_steps=int(disc.opt_steps), opt_lr=float(disc.opt_lr))
+    record = result.summary()
+    record["num_samples_requested"] = n
+    logging.info("discovery (%s): %d/%d latents from %d candidates (acceptance %.4f, %.0f candidates/s); "
+                 "targets %s", disc.mode, result.num_accepted, n, result.num_candidates, result.acceptance_rate,
+                 result.candidates_per_second, record["targets"])
+    return result.latents, record
+  key = jax.random.fold_in(root, KEY_BASELINE)
+  if method == "gaussian":
+    latents = geometry.sample_gaussian_baseline(prior, n, key)
+  elif method == "renoise":
+    latents = geometry.renoise_baseline(ood, n, key, float(disc.renoise_strength), prior=prior)
+  else:
+    raise ValueError(f"config.sample.methods: unknown method {method!r}; choose from {METHODS}")
+  record = {"num_accepted": n, "num_samples_requested": n, "prior": prior.summary(), "mode": method}
+  record["comparison"] = geometry.compare_to_bank(latents, ood, idb)
+  return latents.astype(np.float32), record
+
+
+def stage_latents(config: ml_collections.ConfigDict, workdir: str, method: str, banks: dict,
+                  root: jax.Array) -> tuple[np.ndarray, dict]:
+  """Finds (or reuses) the latents of ``method``: ``latents.npy`` + ``latents.json``."""
+  out = _method_dir(workdir, method)
+  os.makedirs(out, exist_ok=True)
+  request = _latent_request(config, method, banks)
+  digest = _digest(request)
+  path_npy, path_json = os.path.join(out, "latents.npy"), os.path.join(out, "latents.json")
+  if os.path.isfile(path_json) and os.path.isfile(path_npy):
+    with open(path_json) as f:
+      record = json.load(f)
+    if record.get("request_digest") == digest and record.get("complete"):
+      logging.info("%s: reusing %s", method, path_npy)
+      return np.load(path_npy, mmap_mode="r"), record
+  start = time.time()
+  latents, record = find_latents(config, method, banks, root)
+  record.update(request_digest=digest, request=request, seconds=round(time.time() - start, 3),
+                complete=latents.shape[0] == int(config.sample.num_samples))
+  tmp = path_npy + f".tmp-{os.getpid()}.npy"
+  np.save(tmp, np.asarray(latents, np.float32))
+  os.replace(tmp, path_npy)
+  cli.write_json(path_json, record)
+  if not record["complete"]:
+    rej = record.get("rejections", {})
+    raise DiscoveryBudgetError(
+        f"discovery found {latents.shape[0]} of {config.sample.num_samples} latents within "
+        f"{record.get('num_candidates')} candidates (saved to {path_npy}); the criterion that rejected most is "
+        f"{record.get('most_rejecting')!r} (rejections: {rej}). Raise config.discovery.max_candidates, "
+        "loosen config.discovery.tolerance_scale, or use config.discovery.mode='optimize'")
+  return np.load(path_npy, mmap_mode="r"), record
+
+
+def _physical(bank: LatentBank) -> tuple[Any, int] | None:
+  meta = bank.metadata
+  if not meta.get("intensity_transform"):
+    return None
+  from discovery_jax.data import transforms
+  return transforms.Transform.from_dict(meta["intensity_transform"]), int(meta.get("physical_channels") or 1)
+
+
+def stage_images(config: ml_collections.ConfigDict, workdir: str, method: str, latents: np.ndarray,
+                 runner: inversion.DDIMRunner, root: jax.Array, fingerprint: str, physical) -> dict:
+  """Denoises ``latents`` into this host's shards of the method's dataset."""
+  from discovery_jax.data import dataset, fits_output, scientific
+  out = _method_dir(workdir, method)
+  n, shape = int(latents.shape[0]), tuple(latents.shape[1:])
+  o = config.output
+  formats = tuple(o.formats)
+  store_latents = bool(o.store_latents)
+  spec = dataset.features_spec(shape, latent_shape=shape if store_latents else None)
+  writer = dataset.DatasetWriter(
+      os.path.join(out, "dataset"), f"discovery_{method}", n, int(o.shard_size), spec,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      metadata={"model_fingerprint": fingerprint, "seed": int(config.seed), "method": method,
+                "config_name": config.get("name", ""), "t_0": runner.t_0, "n_steps": runner.n_steps,
+                "eta": float(config.sampling.eta)},
+      write_images="png" in formats)
+  npy_path = os.path.join(out, "samples.npy")
+  if not os.path.isfile(npy_path):  # preallocated; rows are written before their shard is recorded.
+    if jax.process_index() == 0:
+      tmp = npy_path + ".tmp.npy"
+      np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, *shape))
+      os.replace(tmp, npy_path)
+    parallel.sync_hosts(f"samples-npy-{method}")
+  eta = float(config.sampling.eta)
+  noise_key = jax.random.fold_in(root, KEY_NOISE)
+  fits_dir = os.path.join(out, "fits")
+  if physical is not None and "fits" in formats:
+    os.makedirs(fits_dir, exist_ok=True)
+
+  def generate(indices: np.ndarray) -> dict:
+    x = runner.generate(np.asarray(latents[indices]), eta=eta, key=noise_key if eta > 0 else None,
+                        sample_index=indices)
+    x = np.clip(x, -1.0, 1.0)
+    rows = np.load(npy_path, mmap_mode="r+")
+    rows[indices] = x
+    rows.flush()
+    del rows
+    if physical is not None and "fits" in formats:
+      transform, channels = physical
+      phys = scientific.from_model_output(x, transform, channels=channels, clip=True)
+      for i, p in zip(indices, phys):
+        fits_output.write_sample(fits_dir, int(i), p, formats=("fits",), transform=transform,
+                                 model_fingerprint=fingerprint, config_name=config.get("name", ""),
+                                 seed=int(config.seed))
+    example = {"image": images.to_uint8(x), "index": indices.astype(np.int64)}
+    if store_latents:
+      example["latent"] = np.asarray(latents[indices], np.float32)
+    return example
+
+  start = time.time()
+  written = writer.write_pending(generate, desc=f"denoise {method}")
+  return {"writer": writer, "shards_written_here": written, "seconds": round(time.time() - start, 3)}
+
+
+def finish_method(config: ml_collections.ConfigDict, workdir: str, method: str, writer, physical) -> dict:
+  """Process 0: verify the dataset, write the grid (and physical previews)."""
+  out = _method_dir(workdir, method)
+  report = writer.finalize()
+  samples = np.load(os.path.join(out, "samples.npy"), mmap_mode="r")
+  g = min(int(config.output.grid_size), samples.shape[0])
+  images.save_png(os.path.join(out, "grid.png"), images.make_grid(np.asarray(samples[:g])))
+  info = {"dataset": writer.directory, "dataset_complete": report.complete, "dataset_report": report.summary(),
+          "samples_npy": os.path.join(out, "samples.npy"), "grid": os.path.join(out, "grid.png")}
+  if physical is not None:
+    from discovery_jax.data import fits_output, scientific
+    transform, channels = physical
+    phys = scientific.from_model_output(np.asarray(samples), transform, channels=channels, clip=True)
+    tmp = os.path.join(out, "samples_physical.tmp.npy")
+    np.save(tmp, phys.astype(np.float32))
+    os.replace(tmp, os.path.join(out, "samples_physical.npy"))
+    fits_output.save_preview_grid(os.path.join(out, "grid_physical.png"), phys[:g])
+    info.update(samples_physical=os.path.join(out, "samples_physical.npy"),
+                grid_physical=os.path.join(out, "grid_physical.png"))
+  return info
+
+
+def main(config: ml_collections.ConfigDict, workdir: str) -> None:
+  parallel.initialize_distributed()
+  start = time.time()
+  main_host = jax.process_index() == 0
+  if main_host:
+    cli.prepare_workdir(workdir, config, "sample")
+  methods = tuple(config.sample.methods)
+  for m in methods:
+    if m not in METHODS:
+      raise ValueError(f"config.sample.methods: unknown method {m!r}; choose from {METHODS}")
+  if int(config.sample.num_samples) < 1:
+    raise ValueError(f"config.sample.num_samples must be >= 1, got {config.sample.num_samples}")
+  model = cli.load_model(config)
+  s = cli.sampling_settings(config)
+  schedule = diffusion.Schedule.from_config(config.diffusion)
+  mesh = parallel.local_mesh(int(config.parallel.get("num_devices", -1)))
+  runner = inversion.DDIMRunner(model.eps, s["t_0"], s["n_steps"], schedule, s["batch_size"], mesh)
+  root = jax.random.key(int(config.seed))
+  timings = {}
+
+  t = time.time()
+  if main_host:
+    banks = inversion.prepare_banks(config, workdir, runner, model_fingerprint=model.fingerprint,
+                                    key=jax.random.fold_in(root, KEY_ID_BANK))
+  parallel.sync_hosts("banks")
+  if not main_host:
+    banks = {"ood": LatentBank.open(inversion.bank_path(workdir, "ood"))}
+    id_dir = "id" if config.data.get("id_dir", "") else "id_model"
+    banks["id"] = LatentBank.open(inversion.bank_path(workdir, id_dir))
+  timings["banks"] = round(time.time() - t, 3)
+  physical = _physical(banks["ood"])
+
+  results = {}
+  for method in methods:
+    t = time.time()
+    # Every host computes the same latents (deterministic); the main host stores them.
+    latents, record = stage_latents(config, workdir, method, banks, root) if main_host else (None, None)
+    parallel.sync_hosts(f"latents-{method}")
+    if not main_host:
+      latents = np.load(os.path.join(_method_dir(workdir, method), "latents.npy"), mmap_mode="r")
+    timings[f"{method}_latents"] = round(time.time() - t, 3)
+    t = time.time()
+    run = stage_images(config, workdir, method, latents, runner, root, model.fingerprint, physical)
+    parallel.sync_hosts(f"images-{method}")
+    timings[f"{method}_images"] = round(time.time() - t, 3)
+    if main_host:
+      results[method] = {"latents": record, **finish_method(config, workdir, method, run["writer"], physical)}
+
+  if not main_host:
+    return
+  evaluation_report = None
+  if config.sample.evaluate and config.data.get("eval_dir", ""):
+    from discovery_jax import evaluate
+    t = time.time()
+    evaluation_report = evaluate.run_evaluation(config, workdir)
+    timings["evaluation"] = round(time.time() - t, 3)
+  timings["total"] = round(time.time() - start, 3)
+  summary = build_summary(config, workdir, methods, results, banks, timings, evaluation_report, model.fingerprint)
+  cli.write_json(os.path.join(workdir, "summary.json"), summary)
+  first = methods[0]
+  line = f"{first}: {summary['num_samples']} samples -> {_method_dir(workdir, first)}"
+  if summary.get("acceptance_rate") is not None:
+    line += f" (acceptance rate {summary['acceptance_rate']:.4f})"
+  if summary.get("ood_hit_rate") is not None:
+    line += f"; OOD hit rate {summary['ood_hit_rate']:.3f}"
+  print(line)
+  if evaluation_report:
+    print(evaluation_report["table_markdown"])
+  print(f"summary: {os.path.join(workdir, 'summary.json')}")
+
+
+def build_summary(config, workdir, methods, results, banks, timings, evaluation_report, fingerprint) -> dict:
+  first = methods[0]
+  rec = results[first]["latents"]
+  summary = {
+      "num_samples": int(config.sample.num_samples), "methods": list(methods), "primary_method": first,
+      "acceptance_rate": rec.get("acceptance_rate"), "candidates_per_second": rec.get("candidates_per_second"),
+      "targets": rec.get("targets"), "seed": int(config.seed),
+      "seeds": {"root": int(config.seed), "fold_in": {"discovery": KEY_DISCOVERY, "id_bank": KEY_ID_BANK,
+                                                       "eta_noise": KEY_NOISE, "baselines": KEY_BASELINE}},
+      "model_fingerprint": fingerprint, "config_name": config.get("name", ""),
+      "t_0": int(config.sampling.t_0), "n_steps": int(config.sampling.n_steps), "eta": float(config.sampling.eta),
+      "banks": {k: {"path": b.path, "count": b.count, "source": b.metadata.get("source", b.metadata.get(
+          "source_folder"))} for k, b in banks.items()},
+      "timings_seconds": timings, "devices": jax.device_count(), "processes": jax.process_count(),
+      "outputs": {m: {k: v for k, v in r.items() if k != "latents"} for m, r in results.items()},
+      "methods_detail": {m: r["latents"] for m, r in results.items()},
+  }
+  if evaluation_report:
+    rows = {r["name"]: r for r in evaluation_report["rows"]}
+    summary["evaluation"] = {"table_markdown": evaluation_report["table_markdown"], "rows": evaluation_report["rows"],
+                             "setup": evaluation_report["setup"]}
+    if first in rows:
+      summary["ood_hit_rate"] = rows[first].get("ood_hit_rate")
+      summary["id_fallback_rate"] = rows[first].get("id_fallback_rate")
+  return summary
+
+
+if __name__ == "__main__":
+  cli.run(main, "sample")
