@@ -86,6 +86,11 @@ def get_config():
   config.discovery.num_id_latents = 64
   config.discovery.renoise_strength = 0.5  # the 'renoise' baseline: 0 copies, 1 is a fresh prior draw
 
+  # python -m discovery_jax.analyze
+  config.analyze = ml_collections.ConfigDict()
+  config.analyze.num_dims = 1000     # dimensions tested for normality
+  config.analyze.num_triples = 2000  # random triangles for vertex angles
+
   # Outputs of `sample`: always a tfds dataset (array_record shards) and samples.npy.
   config.output = ml_collections.ConfigDict()
   config.output.formats = ("png", "fits")  # individual PNG files; FITS for scientific data

@@ -82,6 +82,9 @@ def find_latents(config: ml_collections.ConfigDict, method: str, banks: dict, ro
         guard_margin=float(disc.guard_margin), opt_steps=int(disc.opt_steps), opt_lr=float(disc.opt_lr))
     record = result.summary()
     record["num_samples_requested"] = n
+    record["_arrays"] = {k: np.asarray(getattr(result, k)) for k in (
+        "candidate_index", "path_index", "source_index", "t", "id_ref_index", "ood_ref_index", "stats",
+        "guard_logit")}
     logging.info("discovery (%s): %d/%d latents from %d candidates (acceptance %.4f, %.0f candidates/s); "
                  "targets %s", disc.mode, result.num_accepted, n, result.num_candidates, result.acceptance_rate,
                  result.candidates_per_second, record["targets"])
@@ -116,6 +119,11 @@ def stage_latents(config: ml_collections.ConfigDict, workdir: str, method: str, 
   latents, record = find_latents(config, method, banks, root)
   record.update(request_digest=digest, request=request, seconds=round(time.time() - start, 3),
                 complete=latents.shape[0] == int(config.sample.num_samples))
+  arrays = record.pop("_arrays", None)
+  if arrays is not None:  # per-latent provenance: references used, criteria values, slerp positions.
+    tmp = os.path.join(out, f"latents_meta.tmp-{os.getpid()}.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, os.path.join(out, "latents_meta.npz"))
   tmp = path_npy + f".tmp-{os.getpid()}.npy"
   np.save(tmp, np.asarray(latents, np.float32))
   os.replace(tmp, path_npy)

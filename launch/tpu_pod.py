@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "(stock TPU VM images ship python 3.10)")
   p.add_argument("--jax_extra", default="jax[tpu]==0.10.2", help="pip requirement that brings libtpu")
   p.add_argument("--output", default=None, help="gs:// prefix that collects the outputs of all workers")
-  p.add_argument("--dataset_subdir", default="dataset",
+  p.add_argument("--dataset_subdir", default="samples/discovery/dataset",
                  help="the dataset directory inside --workdir that the entry point writes (finalized after merging)")
   p.add_argument("--pull", action="store_true", help="first copy --output to every worker (resume on fresh VMs)")
   p.add_argument("--download", default=None, help="local directory to copy --output into at the end")

@@ -47,7 +47,7 @@ def test_tpu_pod_dry_run(capsys, tmp_path):
   assert len(run) == 1 and "--worker=all" in run[0]
   assert ("cd discovery_jax && ~/venv/bin/python -m discovery_jax.sample --config=configs/afhq.py "
           "--workdir=runs/afhq --config.sampling.num_samples=1000 --config.model.dtype=bfloat16") in run[0]
-  assert any("--worker=0" in l and "discovery_jax.data.dataset finalize runs/afhq.merged/dataset" in l for l in lines)
+  assert any("--worker=0" in l and "discovery_jax.data.dataset finalize runs/afhq.merged/samples/discovery/dataset" in l for l in lines)
   assert lines[-2] == f"gcloud storage rsync -r gs://bucket/afhq {tmp_path / 'here'}"
   assert lines[-1] == "gcloud compute tpus tpu-vm delete disco --quiet --zone=us-central2-b --project=p1"
   assert not (tmp_path / "here").exists()

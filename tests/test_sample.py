@@ -1,0 +1,211 @@
+"""`sample`, `analyze`, `evaluate` and `finetune` end to end on a small converted
+model and real image files: outputs, determinism, resumption, failures."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from convert.writer import convert_checkpoint
+from tests import helpers
+from tests.test_invert_reconstruct import write_images
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, vectors_available):
+  root = tmp_path_factory.mktemp("sample")
+  ckpt = str(root / "ckpt")
+  convert_checkpoint(helpers.vector_state_dict("iddpm"), ckpt, helpers.vector_model_config("iddpm"))
+  ood = write_images(str(root / "ood"), 12, seed=0)
+  held = write_images(str(root / "held"), 16, seed=1)
+  idh = str(root / "id")
+  os.makedirs(idh)
+  rng = np.random.default_rng(5)
+  for i in range(16):  # a visibly different "in-domain" look: smooth bright blobs.
+    yy, xx = np.mgrid[:32, :32]
+    img = 255 * np.exp(-((yy - rng.integers(8, 24)) ** 2 + (xx - rng.integers(8, 24)) ** 2) / 60.0)
+    Image.fromarray(np.repeat(img[..., None], 3, -1).astype(np.uint8)).save(os.path.join(idh, f"id{i}.png"))
+  cfg = root / "config.py"
+  cfg.write_text(f"""
+import ml_collections
+from discovery_jax import configlib
+def get_config():
+  c = configlib.load_config_file({os.path.join(helpers.REPO, 'configs', 'base.py')!r})
+  c.name = 'tiny'
+  c.model = ml_collections.ConfigDict({helpers.vector_model_config('iddpm')!r})
+  c.checkpoint = {ckpt!r}
+  c.data.ood_dir = {ood!r}
+  c.data.eval_dir = {held!r}
+  c.evaluate.id_dir = {idh!r}
+  c.evaluate.features = 'random_conv'
+  c.sampling.t_0 = 300
+  c.sampling.n_steps = 4
+  c.sampling.batch_size = 8
+  c.sample.num_samples = 6
+  c.discovery.num_id_latents = 12
+  c.discovery.num_refs = 4
+  c.discovery.opt_steps = 50
+  c.output.shard_size = 2
+  c.finetune.steps = 2
+  c.finetune.batch_size = 4
+  c.finetune.num_samples = 4
+  c.finetune.num_preview = 0
+  c.finetune.log_every = 1
+  return c
+""")
+  return {"root": root, "config": str(cfg), "ckpt": ckpt}
+
+
+def run(module, config, workdir, *args, env=None, check=True):
+  proc = subprocess.run([sys.executable, "-m", f"discovery_jax.{module}", f"--config={config}", f"--workdir={workdir}",
+                         *args], capture_output=True, text=True, cwd=helpers.REPO, env=env)
+  if check:
+    assert proc.returncode == 0, proc.stderr[-4000:]
+  return proc
+
+
+@pytest.fixture(scope="module")
+def sampled(setup):
+  workdir = setup["root"] / "run"
+  proc = run("sample", setup["config"], workdir, "--config.sample.methods=('discovery','gaussian','renoise')")
+  return workdir, proc
+
+
+def test_sample_writes_every_output(sampled):
+  workdir, proc = sampled
+  summary = json.loads((workdir / "summary.json").read_text())
+  for key in ("num_samples", "acceptance_rate", "targets", "seeds", "timings_seconds", "ood_hit_rate", "evaluation"):
+    assert key in summary, key
+  assert summary["num_samples"] == 6 and summary["methods"] == ["discovery", "gaussian", "renoise"]
+  targets = summary["targets"]
+  assert len(targets["values"]) == 3 and all(t > 0 for t in targets["tolerances"])
+  for method in summary["methods"]:
+    out = workdir / "samples" / method
+    samples = np.load(out / "samples.npy")
+    assert samples.shape == (6, 32, 32, 3) and np.abs(samples).max() <= 1.0
+    assert len(list((out / "dataset" / "images").glob("*.png"))) == 6
+    assert Image.open(out / "grid.png").size[0] > 32
+    import tensorflow_datasets as tfds
+    source = tfds.builder_from_directory(str(out / "dataset")).as_data_source(split="train")
+    assert len(source) == 6
+    np.testing.assert_array_equal(source[3]["image"], np.round((samples[3] + 1) * 127.5).astype(np.uint8))
+    np.testing.assert_allclose(source[3]["latent"], np.load(out / "latents.npy")[3])
+  rows = {r["name"]: r for r in summary["evaluation"]["rows"]}
+  assert {"discovery", "gaussian", "renoise", "real held-out OOD"} <= set(rows)
+  assert 0.0 <= summary["ood_hit_rate"] <= 1.0
+  assert "| discovery |" in proc.stdout
+
+
+def test_discovered_latents_meet_the_criteria(sampled):
+  """Recomputed independently (float64 numpy) with the references each latent used."""
+  from discovery_jax import geometry
+  from discovery_jax.data.bank import LatentBank
+  workdir, _ = sampled
+  out = workdir / "samples" / "discovery"
+  rec = json.loads((out / "latents.json").read_text())
+  meta = np.load(out / "latents_meta.npz")
+  latents = np.load(out / "latents.npy").reshape(6, -1).astype(np.float64)
+  ood = LatentBank.open(str(workdir / "banks" / "ood")).latents().reshape(12, -1).astype(np.float64)
+  idb = LatentBank.open(str(workdir / "banks" / "id_model")).latents().reshape(12, -1).astype(np.float64)
+  values, tols = np.asarray(rec["targets"]["values"]), np.asarray(rec["targets"]["tolerances"])
+  assert rec["num_accepted"] == 6 and 0 < rec["acceptance_rate"] <= 1 and np.all(tols > 0)
+  for k in range(6):
+    c = geometry.criteria_numpy(latents[k], idb[meta["id_ref_index"][k]], ood[meta["ood_ref_index"][k]])
+    np.testing.assert_allclose(c, meta["stats"][k], rtol=1e-3)
+    assert np.all(np.abs(c - values) <= tols * (1 + 1e-3)), (k, c, values, tols)
+
+
+def test_same_config_and_seed_same_samples_and_resume_reuses(setup, sampled):
+  workdir, _ = sampled
+  again = setup["root"] / "run2"
+  run("sample", setup["config"], again)
+  np.testing.assert_array_equal(np.load(again / "samples" / "discovery" / "samples.npy"),
+                                np.load(workdir / "samples" / "discovery" / "samples.npy"))
+  before = (again / "samples" / "discovery" / "latents.npy").stat().st_mtime_ns
+  proc = run("sample", setup["config"], again)  # everything exists: reused, not recomputed.
+  assert (again / "samples" / "discovery" / "latents.npy").stat().st_mtime_ns == before
+  assert "reusing" in proc.stderr
+  other = setup["root"] / "run3"
+  run("sample", setup["config"], other, "--config.seed=7", "--config.sample.evaluate=False")
+  assert not np.array_equal(np.load(other / "samples" / "discovery" / "latents.npy"),
+                            np.load(workdir / "samples" / "discovery" / "latents.npy"))
+
+
+def test_one_and_eight_devices_give_the_same_samples(setup):
+  outs = {}
+  for n in (1, 8):
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+    wd = setup["root"] / f"dev{n}"
+    run("sample", setup["config"], wd, "--config.sample.evaluate=False", "--config.sampling.eta=0.5", env=env)
+    summary = json.loads((wd / "summary.json").read_text())
+    assert summary["devices"] == n
+    outs[n] = np.load(wd / "samples" / "discovery" / "samples.npy")
+  assert np.abs(outs[1] - outs[8]).max() <= 1e-5
+
+
+def test_budget_exhaustion_saves_partial_result_and_names_the_criterion(setup):
+  wd = setup["root"] / "budget"
+  proc = run("sample", setup["config"], wd, "--config.discovery.mode=rejection", "--config.discovery.max_candidates=3",
+             "--config.discovery.tolerance_scale=0.01", "--config.discovery.guard=none", check=False)
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert "the criterion that rejected most is" in proc.stderr
+  rec = json.loads((wd / "samples" / "discovery" / "latents.json").read_text())
+  assert rec["complete"] is False and rec["most_rejecting"] in ("distance_id", "angle_origin", "angle_vertex")
+
+
+def test_sigkill_during_synthesis_then_resume_gives_the_same_dataset(setup, sampled):
+  workdir, _ = sampled
+  wd = setup["root"] / "killed"
+  args = [sys.executable, "-m", "discovery_jax.sample", f"--config={setup['config']}", f"--workdir={wd}",
+          "--config.sample.evaluate=False", "--config.output.shard_size=1"]
+  proc = subprocess.Popen(args, cwd=helpers.REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  records = wd / "samples" / "discovery" / "dataset" / "_shards"
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if records.is_dir() and len(list(records.glob("*.json"))) >= 2:
+      os.kill(proc.pid, signal.SIGKILL)
+      break
+    time.sleep(0.05)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL, "synthesis finished before it could be killed"
+  done_before = len(list(records.glob("*.json")))
+  assert 2 <= done_before < 6
+  run("sample", setup["config"], wd, "--config.sample.evaluate=False", "--config.output.shard_size=1")
+  ref = np.load(workdir / "samples" / "discovery" / "samples.npy")
+  np.testing.assert_array_equal(np.load(wd / "samples" / "discovery" / "samples.npy"), ref)
+  import tensorflow_datasets as tfds
+  source = tfds.builder_from_directory(str(wd / "samples" / "discovery" / "dataset")).as_data_source(split="train")
+  assert sorted(int(source[i]["index"]) for i in range(len(source))) == list(range(6))
+
+
+def test_analyze_reports_both_claims(setup, sampled):
+  workdir, _ = sampled
+  proc = run("analyze", setup["config"], workdir, "--config.analyze.num_dims=200", "--config.analyze.num_triples=100")
+  report = json.loads((workdir / "analysis" / "report.json").read_text())
+  assert set(report["claims"]) == {"ood_gaussian", "separable_from_id"}
+  assert 0 <= report["claims"]["separable_from_id"]["heldout_accuracy"] <= 1
+  for name in ("norms", "distances", "angles_origin", "angles_vertex", "normality_pvalues"):
+    assert Image.open(workdir / "analysis" / f"{name}.png").size[0] > 100
+  assert "Gaussian OOD prior" in proc.stdout and "Separable from ID" in proc.stdout
+
+
+def test_finetune_then_evaluate_compares_all_methods(setup, sampled):
+  workdir, _ = sampled
+  ft = setup["root"] / "ft"
+  run("finetune", setup["config"], ft)
+  for name in ("samples.npy", "base_samples.npy", "train_log.jsonl", "loss.png"):
+    assert (ft / name).exists(), name
+  assert (ft / "model" / "model_config.json").exists()
+  proc = run("evaluate", setup["config"], workdir, f"--config.evaluate.finetune_dir={ft}")
+  report = json.loads((workdir / "evaluation" / "report.json").read_text())
+  names = [r["name"] for r in report["rows"]]
+  assert names == ["real held-out OOD", "discovery", "gaussian", "renoise", "vanilla fine-tuning"]
+  tuned = report["rows"][-1]
+  assert "id_frechet_distance" in tuned and "ood_hit_rate" in tuned
+  assert "| vanilla fine-tuning |" in (workdir / "evaluation" / "comparison.md").read_text()
