@@ -15,14 +15,16 @@ and the references' Gram matrix, so:
   scoring the 20 candidates of a path costs two rows of dot products with the
   banks (one gemm row per path against the whole bank: per-candidate random
   references cost nothing extra), never a materialised candidate;
-* the optimisation mode moves a candidate inside the span of
-  ``{u, v, its references, the guard direction}``: the gradient of any function
-  of those inner products lies in that span, so plain gradient flow never leaves
-  it and Adam runs on 2R+3 coefficients per candidate instead of d numbers.
+* the optimisation mode represents a candidate by coefficients over a small basis
+  ``[v, u, its 2R references, guard direction w, mean(ood), mean(id)]`` whose Gram
+  matrix is a gather from the banks' Gram matrix (the gradient of any function of
+  the inner products lies in that span), so Adam runs on 2R+5 numbers per
+  candidate instead of d; by default only the 5 global directions move.
 
 Keys: every random choice of candidate ``g`` (its prior draw, its references) is
-``fold_in`` of a named sub-key and its global index, and every matmul runs on
-fixed blocks of ``_ROW_BLOCK`` rows, so results never depend on chunk size.
+``fold_in`` of a named sub-key and its global index; every matmul runs on fixed
+blocks of rows and every small mean is a fixed tree of adds, so results never
+depend on chunk or batch size (bitwise; tested).
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ import dataclasses
 import functools
 import math
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -42,6 +45,7 @@ CRITERIA = ("distance_id", "angle_origin", "angle_vertex")
 REJECTION_REASONS = CRITERIA + ("guard",)
 _ROW_BLOCK = 32  # rows per fixed-shape matmul: a row's result never depends on the batch.
 _MAT_BLOCK = 32  # accepted latents materialised per call.
+_SCORE_BLOCK = 256  # materialised candidates per fixed-shape matmul in score_candidates.
 _STREAM_ROWS = 128  # rows per streamed block of a bank (100 MB at d = 196,608).
 _TINY = 1e-30
 
@@ -98,17 +102,18 @@ def _pad_rows(x: np.ndarray | jax.Array, multiple: int) -> tuple[Any, int]:
   return x, n
 
 
-def _rowblock_matmul(x: jax.Array, yt: jax.Array) -> jax.Array:
-  """``x @ yt`` for yt of shape (d, N), on fixed (_ROW_BLOCK, d) blocks of x (its
-  rows a multiple of _ROW_BLOCK). XLA's gemm result for a row changes bitwise with
-  the number of rows, and ``x @ y.T`` re-transposes y on every call (4x slower on
-  CPU): callers keep banks transposed once (``_transpose``)."""
-  blocks = x.reshape(-1, _ROW_BLOCK, x.shape[-1])
+def _rowblock_matmul(x: jax.Array, yt: jax.Array, block: int = _ROW_BLOCK) -> jax.Array:
+  """``x @ yt`` for yt of shape (d, N), on fixed (block, d) blocks of x (its rows a
+  multiple of block). XLA's gemm result for a row changes bitwise with the number
+  of rows, and ``x @ y.T`` re-transposes y on every call (4x slower on CPU): callers
+  keep banks transposed once (``_transpose``). One block (no loop) is the fast path."""
+  blocks = x.reshape(-1, block, x.shape[-1])
   return jax.lax.map(lambda b: b @ yt, blocks).reshape(x.shape[0], yt.shape[1])
 
 
 _matmul = jax.jit(_rowblock_matmul)
 _transpose = jax.jit(lambda y: y.T)
+_gram_small = jax.jit(lambda yt: yt.T @ yt)
 
 
 def _matmul_rows(x: jax.Array | np.ndarray, yt: jax.Array) -> jax.Array:
@@ -179,14 +184,32 @@ def fit_prior(latents: Any, kind: str = "pooled") -> GaussianPrior:
   return GaussianPrior(jnp.asarray(mean, jnp.float32), jnp.asarray(var), kind, _latent_shape(latents), n)
 
 
+def standard_normal(key: jax.Array, dim: int) -> jax.Array:
+  """(dim,) N(0, 1) from one threefry key: ``sqrt(2) erfinv(u)``, u uniform in (-1, 1)
+  from the words ``threefry_2x32(key, 0..dim-1)``.
+
+  The classic counter-mode threefry stream (two words per hash block), written out so
+  it is fixed whatever ``jax_threefry_partitionable`` says; it is 1.5-2x faster on CPU
+  than ``jax.random.normal`` in partitionable mode, and the prior draws are the main
+  cost of the discovery kernel at d = 196,608.
+  """
+  data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+  if data.shape != (2,):
+    raise ValueError(f"prior draws need a threefry key (2 words of key data), got key data of shape {data.shape}")
+  bits = jax.extend.random.threefry_2x32(data, jnp.arange(dim, dtype=jnp.uint32))
+  u = jax.lax.bitcast_convert_type((bits >> 9) | jnp.uint32(0x3F800000), jnp.float32) - 1.0  # [0, 1)
+  u = jnp.maximum(np.nextafter(np.float32(-1), np.float32(0)), 2 * u - 1)
+  return np.float32(math.sqrt(2)) * jax.lax.erf_inv(u)
+
+
 @jax.jit
 def _sample_prior(prior: GaussianPrior, key: jax.Array, index: jax.Array) -> jax.Array:
-  z = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (prior.dim,), jnp.float32))(index)
+  z = jax.vmap(lambda i: standard_normal(jax.random.fold_in(key, i), prior.dim))(index)
   return prior.mean + jnp.sqrt(prior.var) * z
 
 
 def sample_prior(prior: GaussianPrior, key: jax.Array, sample_index: Any) -> jax.Array:
-  """Draws (n, d): draw i is ``mean + sqrt(var) * normal(fold_in(key, sample_index[i]))``,
+  """Draws (n, d): draw i is ``mean + sqrt(var) * standard_normal(fold_in(key, sample_index[i]))``,
   so it never depends on which batch or device produced it."""
   index = jnp.atleast_1d(jnp.asarray(sample_index, jnp.uint32))
   return _sample_prior(prior, key, index)
@@ -360,12 +383,15 @@ def norm_vs_chi(bank: Any, prior: GaussianPrior | None = None, *, prior_from_ban
 # Claims of the paper (METHOD.md step 4).
 
 
-def gaussianity(bank: Any, *, num_dims: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
+def gaussianity(bank: Any, *, num_dims: int = 1000, seed: int = 0, alpha: float = 0.05,
+                return_pvalues: bool = False) -> dict:
   """Per-dimension normality tests on ``num_dims`` random dimensions (seeded).
 
   D'Agostino-Pearson (scipy ``normaltest``) when N >= 20, Shapiro-Wilk below.
   Under Gaussianity about ``alpha`` of the dimensions reject; ``binomial_pvalue``
-  is the one-sided probability of at least that many rejections.
+  is the one-sided probability of at least that many rejections. With
+  ``return_pvalues`` the per-dimension p-values (uniform under Gaussianity) come
+  back as ``pvalues`` (a numpy array: pop it before writing JSON).
   """
   from scipy import stats as sps
 
@@ -385,7 +411,8 @@ def gaussianity(bank: Any, *, num_dims: int = 1000, seed: int = 0, alpha: float 
           "binomial_pvalue": float(sps.binomtest(k, len(dims), alpha, alternative="greater").pvalue),
           "median_pvalue": float(np.median(p)),
           "mean_skew": float(np.mean(sps.skew(x, axis=0))),
-          "mean_excess_kurtosis": float(np.mean(sps.kurtosis(x, axis=0)))}
+          "mean_excess_kurtosis": float(np.mean(sps.kurtosis(x, axis=0))),
+          **({"pvalues": np.asarray(p, np.float64)} if return_pvalues else {})}
 
 
 def _stacked_gram(ro: np.ndarray, ri: np.ndarray) -> np.ndarray:
@@ -515,7 +542,7 @@ def fit_guard(ood_bank: Any, id_bank: Any, *, kind: str = "mean_diff", C: float 
     f, m = _span_features(g / scale, np.arange(g.shape[0]))
     y = np.r_[np.ones(no, int), np.zeros(ri.shape[0], int)]
     clf = LogisticRegression(C=C, max_iter=2000).fit(f, y)
-    alpha = (m @ clf.coef_[0]) / math.sqrt(scale)  # w = X^T alpha in the unscaled space.
+    alpha = (m @ clf.coef_[0]) / scale  # logit = coef . f(x), f(x) = (X_T x / scale) m  =>  w = X^T alpha
     w = np.zeros(ro.shape[1], np.float64)
     for rows, a in ((ro, alpha[:no]), (ri, alpha[no:])):
       for s, blk in _blocks(rows):
@@ -571,16 +598,28 @@ def _criteria(cc: jax.Array, c_id: jax.Array, id_sq: jax.Array, c_ood: jax.Array
   (degrees). (r_j - c).(r_k - c) = G_jk - c.r_j - c.r_k + |c|^2.
   """
   r = c_ood.shape[-1]
-  dist = jnp.mean(jnp.sqrt(jnp.maximum(cc + id_sq - 2 * c_id, 0.0)))
+  dist = _ordered_mean(jnp.sqrt(jnp.maximum(cc + id_sq - 2 * c_id, 0.0)))
   ood_sq = jnp.diagonal(g_ood)
   cos0 = c_ood / jnp.sqrt(jnp.maximum(cc * ood_sq, _TINY))
-  ang0 = jnp.mean(jnp.degrees(jnp.arccos(jnp.clip(cos0, -1.0, 1.0))))
+  ang0 = _ordered_mean(jnp.degrees(jnp.arccos(jnp.clip(cos0, -1.0, 1.0))))
   m = g_ood - c_ood[:, None] - c_ood[None, :] + cc
   nv = jnp.sqrt(jnp.maximum(jnp.diagonal(m), _TINY))
   iu, ju = np.triu_indices(r, 1)
   cosv = m[iu, ju] / (nv[iu] * nv[ju])
-  angv = jnp.mean(jnp.degrees(jnp.arccos(jnp.clip(cosv, -1.0, 1.0))))
+  angv = _ordered_mean(jnp.degrees(jnp.arccos(jnp.clip(cosv, -1.0, 1.0))))
   return jnp.stack([dist, ang0, angv])
+
+
+def _ordered_mean(x: jax.Array) -> jax.Array:
+  """Mean over the last axis by a fixed pairwise tree of elementwise adds: XLA's
+  reductions may change their order with the batch size, and results must not."""
+  n = x.shape[-1]
+  width = 1 << max(n - 1, 0).bit_length()
+  x = jnp.concatenate([x, jnp.zeros(x.shape[:-1] + (width - n,), x.dtype)], -1)
+  while x.shape[-1] > 1:
+    half = x.shape[-1] // 2
+    x = x[..., :half] + x[..., half:]
+  return x[..., 0] / n
 
 
 _criteria_batch = jax.jit(jax.vmap(_criteria))
@@ -613,9 +652,11 @@ class Targets:
   tolerance_scale: float
   num_samples: int
   self_acceptance: float
+  draws_per_latent: int = 4
   method: str = ("value = mean of the criterion over real OOD latents, each against num_refs random ID latents "
                  "and num_refs random OTHER OOD latents (leave-one-out), draws_per_latent draws each; "
-                 "tolerance = tolerance_scale * std of those samples")
+                 "tolerance = tolerance_scale * std of those samples; self_acceptance = fraction of those real "
+                 "samples inside all three tolerances")
   names: tuple[str, str, str] = CRITERIA
 
   def to_dict(self) -> dict:
@@ -644,8 +685,8 @@ def _choose(key: jax.Array, n: int, r: int) -> jax.Array:
 
 def reference_indices(key: jax.Array, candidate_index: Any, num_id: int, num_ood: int,
                       num_refs: int) -> tuple[np.ndarray, np.ndarray]:
-  """(ID, OOD) reference indices (n, R) of candidates, as ``discover``/``score_paths`` draw
-  them: the R largest of N uniforms from ``fold_in(fold_in(key, 2 or 3), g)``."""
+  """(ID, OOD) reference indices (n, R) of candidates g of ``discover(..., key=key)``:
+  the R largest of N uniforms from ``fold_in(fold_in(key, 2 or 3), g)``."""
   g = jnp.atleast_1d(jnp.asarray(candidate_index, jnp.uint32))
   return tuple(np.asarray(x) for x in _reference_indices(key, g, num_id, num_ood, num_refs))
 
@@ -661,13 +702,14 @@ def _reference_indices(key, g, num_id, num_ood, num_refs):
 @dataclasses.dataclass
 class _BankGeometry:
   """Both banks on the device and the Gram matrix of the stacked set
-  S = [ood (No); id (Ni); w]: the only O(N^2 d) setup cost. ``all_t`` is S^T
-  (d, No + Ni + 1), laid out for one gemm row per prior draw."""
+  S = [ood (No); id (Ni); w; mean(ood); mean(id)]: the only O(N^2 d) setup cost.
+  ``all_t`` is S^T (d, No + Ni + 3), laid out for one gemm row per prior draw."""
 
   ood: jax.Array  # (No, d)
   idb: jax.Array  # (Ni, d)
-  all_t: jax.Array  # (d, No + Ni + 1)
-  g_all: jax.Array  # (No + Ni + 1,) * 2; the ID-ID block holds only its diagonal unless full_id_gram
+  all_t: jax.Array  # (d, No + Ni + 3)
+  extras: jax.Array  # (3, d): w, mean(ood), mean(id)
+  g_all: jax.Array  # (No + Ni + 3,) * 2; the ID-ID block holds only its diagonal unless full_id_gram
   seconds: float
 
   @classmethod
@@ -678,9 +720,9 @@ class _BankGeometry:
     no, ni = ro.shape[0], ri.shape[0]
     ood, idb = jnp.asarray(ro), jnp.asarray(ri)
     w = jnp.zeros((ro.shape[1],), jnp.float32) if w is None else jnp.asarray(w, jnp.float32)
-    all_t, g_all = _stacked_geometry(ood, idb, w, full_id_gram=full_id_gram)
+    all_t, extras, g_all = _stacked_geometry(ood, idb, w, full_id_gram=full_id_gram)
     jax.block_until_ready(g_all)
-    return cls(ood, idb, all_t, g_all, time.perf_counter() - start)
+    return cls(ood, idb, all_t, extras, g_all, time.perf_counter() - start)
 
   @property
   def num_ood(self) -> int:
@@ -691,26 +733,31 @@ class _BankGeometry:
     return int(self.idb.shape[0])
 
 
+_EXTRAS = 3  # rows of S after the banks: the guard direction w, the OOD mean, the ID mean.
+
+
 @functools.partial(jax.jit, static_argnames=("full_id_gram",))
 def _stacked_geometry(ood, idb, w, *, full_id_gram):
-  """S^T and the Gram matrix of S = [ood; id; w] (fixed-block gemms)."""
+  """S^T and the Gram matrix of S = [ood; id; w; mean(ood); mean(id)] (fixed-block gemms)."""
   no, ni = ood.shape[0], idb.shape[0]
-  stacked = jnp.concatenate([ood, idb, w[None]])
+  extras = jnp.stack([w, jnp.mean(ood, 0), jnp.mean(idb, 0)])
+  stacked = jnp.concatenate([ood, idb, extras])
   all_t = stacked.T
+  n_all = no + ni + _EXTRAS
   pad = lambda x: jnp.concatenate([x, jnp.zeros(((-x.shape[0]) % _ROW_BLOCK, x.shape[1]), x.dtype)])
   if full_id_gram:
-    return all_t, _rowblock_matmul(pad(stacked), all_t)[:no + ni + 1]
+    return all_t, extras, _rowblock_matmul(pad(stacked), all_t)[:n_all]
   # Rejection needs only |r|^2 of the ID references: their other products meet zero coefficients.
-  o_rows = _rowblock_matmul(pad(jnp.concatenate([ood, w[None]])), all_t)[:no + 1]
-  i_rows = jnp.zeros((ni, no + ni + 1), jnp.float32).at[:, :no].set(o_rows[:no, no:no + ni].T)
-  i_rows = i_rows.at[:, -1].set(o_rows[-1, no:no + ni])
+  o_rows = _rowblock_matmul(pad(jnp.concatenate([ood, extras])), all_t)[:no + _EXTRAS]
+  i_rows = jnp.zeros((ni, n_all), jnp.float32).at[:, :no].set(o_rows[:no, no:no + ni].T)
+  i_rows = i_rows.at[:, no + ni:].set(o_rows[no:, no:no + ni].T)
   i_rows = i_rows.at[jnp.arange(ni), no + jnp.arange(ni)].set(jnp.sum(idb * idb, -1))
-  return all_t, jnp.concatenate([o_rows[:no], i_rows, o_rows[no:]])
+  return all_t, extras, jnp.concatenate([o_rows[:no], i_rows, o_rows[no:]])
 
 
 @functools.partial(jax.jit, static_argnames=("num_ood", "num_refs", "draws"))
 def _target_samples(g_all, key, *, num_ood, num_refs, draws):
-  no, ni = num_ood, g_all.shape[0] - num_ood - 1
+  no, ni = num_ood, g_all.shape[0] - num_ood - _EXTRAS
   kid, kood = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
 
   def one(i, j):
@@ -732,16 +779,17 @@ def _targets_from_geometry(geom: _BankGeometry, *, num_refs: int, tolerance_scal
   tol = tolerance_scale * stds
   inside = np.all(np.abs(samples - values) <= tol, axis=1)
   return Targets(tuple(map(float, values)), tuple(map(float, tol)), tuple(map(float, stds)), int(num_refs),
-                 float(tolerance_scale), int(samples.shape[0]), float(inside.mean()))
+                 float(tolerance_scale), int(samples.shape[0]), float(inside.mean()), int(draws_per_latent))
 
 
 def compute_targets(ood_bank: Any, id_bank: Any, *, num_refs: int = 10, tolerance_scale: float = 1.0,
                     key: jax.Array, draws_per_latent: int = 4) -> Targets:
   """Targets and tolerances of the three criteria from the banks in use.
 
-  For each real OOD latent i and draw j (keys ``fold_in(key, i * draws + j)``), the
-  criteria are evaluated with i as the candidate against ``num_refs`` random ID
-  latents and ``num_refs`` random OOD latents other than i. value = mean over all
+  For each real OOD latent i and draw j (sample s = i * draws + j; references from
+  ``fold_in(fold_in(key, 0 or 1), s)``), the criteria are evaluated with i as the
+  candidate against ``num_refs`` random ID latents and ``num_refs`` random OOD
+  latents other than i. value = mean over all
   samples, tolerance = ``tolerance_scale`` * their std; ``self_acceptance`` is the
   fraction of those real samples inside all three tolerances (a calibration number:
   the rate a perfect sampler could reach).
@@ -762,36 +810,45 @@ def _accept(stats, logit, values, tols, guard_margin):
   return passed, jnp.all(passed, -1)
 
 
-@functools.partial(jax.jit, static_argnames=("shared", "has_guard"))
-def _score_block(c, id_refs, ood_refs, values, tols, w, b, guard_margin, *, shared, has_guard):
-  if shared:  # id_refs, ood_refs arrive transposed: (d, R)
-    c_id = _rowblock_matmul(c, id_refs)
-    c_ood = _rowblock_matmul(c, ood_refs)
-    id_sq = jnp.broadcast_to(jnp.sum(id_refs * id_refs, 0), c_id.shape)
-    g_ood = jnp.broadcast_to(ood_refs.T @ ood_refs, (c.shape[0],) + (ood_refs.shape[1],) * 2)
-  else:
-    c_id = jnp.einsum("bd,brd->br", c, id_refs)
-    c_ood = jnp.einsum("bd,brd->br", c, ood_refs)
-    id_sq = jnp.sum(id_refs * id_refs, -1)
-    g_ood = jnp.einsum("brd,bsd->brs", ood_refs, ood_refs)
+@functools.partial(jax.jit, static_argnames=("num_refs", "has_guard"))
+def _score_shared(c, refs_t, gram_refs, values, tols, b, guard_margin, *, num_refs, has_guard):
+  """refs_t = [id refs; ood refs; w]^T (d, 2R+1): one gemm pass over the candidates.
+  gram_refs (computed once, outside: inside it could compile differently per chunk size)."""
+  r = num_refs
+  dots = _rowblock_matmul(c, refs_t, _SCORE_BLOCK)
   cc = jnp.sum(c * c, -1)
-  stats = jax.vmap(_criteria)(cc, c_id, id_sq, c_ood, g_ood)
-  logit = (jnp.sum(c * w, -1) + b) if has_guard else jnp.full(c.shape[:1], jnp.inf)
-  passed, accepted = _accept(stats, logit, values, tols, guard_margin)
-  return stats, logit, passed, accepted
+  n = c.shape[0]
+  stats = jax.vmap(_criteria, in_axes=(0, 0, None, 0, None))(
+      cc, dots[:, :r], jnp.diagonal(gram_refs)[:r], dots[:, r:2 * r], gram_refs[r:2 * r, r:2 * r])
+  logit = dots[:, -1] + b if has_guard else jnp.full((n,), jnp.inf)
+  return stats, logit, *_accept(stats, logit, values, tols, guard_margin)
+
+
+@functools.partial(jax.jit, static_argnames=("num_refs", "has_guard"))
+def _score_per_candidate(c, refs, w, values, tols, b, guard_margin, *, num_refs, has_guard):
+  """refs (B, 2R, d): [id refs; ood refs] of each candidate."""
+  r = num_refs
+  dots = jnp.einsum("bd,brd->br", c, refs)
+  g = jnp.einsum("brd,bsd->brs", refs[:, r:], refs[:, r:])
+  id_sq = jnp.sum(refs[:, :r] * refs[:, :r], -1)
+  stats = jax.vmap(_criteria)(jnp.sum(c * c, -1), dots[:, :r], id_sq, dots[:, r:], g)
+  logit = jnp.sum(c * w, -1) + b if has_guard else jnp.full(c.shape[:1], jnp.inf)
+  return stats, logit, *_accept(stats, logit, values, tols, guard_margin)
 
 
 def score_candidates(candidates: Any, id_refs: Any, ood_refs: Any, targets: Targets, *,
-                     guard: LinearGuard | None = None, guard_margin: float = 0.0, chunk_size: int = 64) -> dict:
+                     guard: LinearGuard | None = None, guard_margin: float = 0.0, chunk_size: int = 256) -> dict:
   """Scores materialised candidates (B, ...) against references.
 
   ``id_refs``/``ood_refs``: (R, ...) shared by every candidate, or (B, R, ...) one
-  set per candidate. Processed in jitted chunks of ``chunk_size`` (results do not
-  depend on it). Returns numpy arrays: stats (B, 3), deviation = stats - target
-  (B, 3), normalised = deviation / tolerance, passed (B, 4: the criteria then the
-  guard), guard_logit (B,), accepted (B,).
+  set per candidate. Candidates may be numpy (streamed chunk by chunk) or jax
+  arrays. Processed in jitted chunks of ``chunk_size`` (results do not depend on
+  it). Returns numpy arrays: stats (B, 3), deviation = stats - target (B, 3),
+  normalised = deviation / tolerance, passed (B, 4: the criteria then the guard),
+  guard_logit (B,), accepted (B,).
   """
-  c = as_rows(candidates)
+  on_device = isinstance(candidates, jax.Array)
+  c = candidates.reshape(candidates.shape[0], -1).astype(jnp.float32) if on_device else as_rows(candidates)
   b_total, d = c.shape
   cand_ndim = np.ndim(candidates)
   id_refs, ood_refs = np.asarray(id_refs, np.float32), np.asarray(ood_refs, np.float32)
@@ -799,36 +856,42 @@ def score_candidates(candidates: Any, id_refs: Any, ood_refs: Any, targets: Targ
     raise ValueError(f"references must be (R, ...) shared or (B, R, ...) per candidate for candidates "
                      f"{np.shape(candidates)}; got ID {id_refs.shape}, OOD {ood_refs.shape}")
   shared = id_refs.ndim == cand_ndim
-  if shared:
-    id_refs, ood_refs = id_refs.reshape(id_refs.shape[0], -1), ood_refs.reshape(ood_refs.shape[0], -1)
-  else:
-    if id_refs.shape[0] != b_total or ood_refs.shape[0] != b_total:
-      raise ValueError(f"per-candidate references need {b_total} sets, got {id_refs.shape[0]}, {ood_refs.shape[0]}")
-    id_refs = id_refs.reshape(b_total, id_refs.shape[1], -1)
-    ood_refs = ood_refs.reshape(b_total, ood_refs.shape[1], -1)
+  lead = () if shared else (b_total,)
+  if not shared and (id_refs.shape[0] != b_total or ood_refs.shape[0] != b_total):
+    raise ValueError(f"per-candidate references need {b_total} sets, got {id_refs.shape[0]}, {ood_refs.shape[0]}")
+  id_refs = id_refs.reshape(lead + (id_refs.shape[len(lead)], -1))
+  ood_refs = ood_refs.reshape(lead + (ood_refs.shape[len(lead)], -1))
+  r = id_refs.shape[-2]
+  if ood_refs.shape[-2] != r:
+    raise ValueError(f"ID and OOD reference counts differ: {r} vs {ood_refs.shape[-2]}")
   if id_refs.shape[-1] != d or ood_refs.shape[-1] != d:
     raise ValueError(f"candidate size {d} differs from reference sizes {id_refs.shape[-1]}, {ood_refs.shape[-1]}")
-  if ood_refs.shape[-2] < 2:
+  if r < 2:
     raise ValueError("the vertex angle needs at least 2 OOD references")
   values, tols = targets.arrays()
   w = guard.w if guard is not None else jnp.zeros((d,), jnp.float32)
   gb = guard.b if guard is not None else jnp.zeros((), jnp.float32)
-  chunk = max(_ROW_BLOCK, -(-int(chunk_size) // _ROW_BLOCK) * _ROW_BLOCK)
+  margin = jnp.float32(guard_margin)
+  chunk = max(_SCORE_BLOCK, -(-int(chunk_size) // _SCORE_BLOCK) * _SCORE_BLOCK)
+  if shared:
+    refs_t = _transpose(jnp.concatenate([jnp.asarray(id_refs), jnp.asarray(ood_refs), w[None]]))
+    gram_refs = _gram_small(refs_t)
   outs = []
-  ir, orf = (_transpose(jnp.asarray(id_refs)), _transpose(jnp.asarray(ood_refs))) if shared else (None, None)
   for s in range(0, b_total, chunk):
-    blk, n = _pad_rows(np.asarray(c[s:s + chunk]), chunk)
-    if not shared:
-      ir, _ = _pad_rows(id_refs[s:s + chunk], chunk)
-      orf, _ = _pad_rows(ood_refs[s:s + chunk], chunk)
-      ir, orf = jnp.asarray(ir), jnp.asarray(orf)
-    out = _score_block(jnp.asarray(blk), ir, orf, values, tols, w, gb, jnp.float32(guard_margin), shared=shared,
-                       has_guard=guard is not None)
+    blk, n = _pad_rows(c[s:s + chunk] if on_device else np.asarray(c[s:s + chunk]), chunk)
+    if shared:
+      out = _score_shared(jnp.asarray(blk), refs_t, gram_refs, values, tols, gb, margin, num_refs=r,
+                          has_guard=guard is not None)
+    else:
+      refs, _ = _pad_rows(np.concatenate([id_refs[s:s + chunk], ood_refs[s:s + chunk]], 1), chunk)
+      out = _score_per_candidate(jnp.asarray(blk), jnp.asarray(refs), w, values, tols, gb, margin, num_refs=r,
+                                 has_guard=guard is not None)
     outs.append([np.asarray(o)[:n] for o in out])
   stats, logit, passed, accepted = (np.concatenate(x) for x in zip(*outs))
   dev = stats - np.asarray(targets.values)
   return {"stats": stats, "deviation": dev, "normalised": dev / np.asarray(targets.tolerances),
           "passed": passed, "guard_logit": logit, "accepted": accepted}
+
 
 # ---------------------------------------------------------------------------
 # The discovery kernel: paths of slerp candidates, scored (and optimised) from inner products.
@@ -839,6 +902,7 @@ class _KernelConfig:
   num_ood: int
   num_interior: int
   num_refs: int
+  opt_basis: str
   opt_steps: int
   opt_lr: float
   has_guard: bool
@@ -855,12 +919,23 @@ def _candidate_dots(a: jax.Array, gb: jax.Array, rho: jax.Array) -> tuple[jax.Ar
 
 
 def _stats_from_coefficients(a, gb, rho, r, has_guard, guard_b):
-  """Criteria and guard logit of one candidate in its basis [v, u, id refs, ood refs, (w)]."""
+  """Criteria and guard logit of one candidate in its basis
+  [v, u, id refs (R), ood refs (R), w, mean(ood), mean(id)]."""
   dots, _ = _candidate_dots(a, gb, rho)
   ids, oods = slice(2, 2 + r), slice(2 + r, 2 + 2 * r)
   stats = _criteria(rho ** 2, dots[ids], jnp.diagonal(gb)[ids], dots[oods], gb[oods, oods])
-  logit = dots[-1] + guard_b if has_guard else jnp.inf
+  logit = dots[2 + 2 * r] + guard_b if has_guard else jnp.inf
   return stats, logit
+
+
+def _trainable(r: int, opt_basis: str, has_guard: bool) -> np.ndarray:
+  """Which basis coefficients the optimiser may move (see ``discover``'s opt_basis)."""
+  mask = np.zeros(2 * r + 2 + _EXTRAS, np.float32)
+  mask[[0, 1, 2 * r + 3, 2 * r + 4]] = 1  # v, u, the two bank means
+  mask[2 * r + 2] = float(has_guard)  # w (zero when there is no guard)
+  if opt_basis == "refs":
+    mask[2:2 + 2 * r] = 1
+  return mask
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -871,15 +946,16 @@ def _path_kernel(all_t, g_all, shell, prior, keys, sources, paths, values, tols,
   depends only on the candidate's global index (fixed-shape matmuls, per-index keys).
 
   Candidate c is represented by coefficients a over its basis
-  B = [v, u, id refs (R), ood refs (R), w] and the Gram matrix of B: the rows of B
-  other than v are members of the stacked set S, so that Gram matrix is one gather
-  from S's Gram matrix plus the draw's gemm row v . S.
+  B = [v, u, id refs (R), ood refs (R), w, mean(ood), mean(id)] and the Gram matrix
+  of B: the rows of B other than v are members of the stacked set S, so that Gram
+  matrix is one gather from S's Gram matrix plus the draw's gemm row v . S. A slerp
+  candidate has a = (beta, alpha, 0, ...) / nd.
   """
   k_prior, k_id, k_ood = keys
   kk, r = cfg.num_interior, cfg.num_refs
-  no, ni = cfg.num_ood, g_all.shape[0] - cfg.num_ood - 1
+  no, ni = cfg.num_ood, g_all.shape[0] - cfg.num_ood - _EXTRAS
   z = _sample_prior(prior, k_prior, paths.astype(jnp.uint32))  # (P, d) = sample_prior(prior, k_prior, p)
-  z_all = _rowblock_matmul(z, all_t)  # (P, No + Ni + 1): one gemm row per path
+  z_all = _rowblock_matmul(z, all_t)  # (P, No + Ni + 3): one gemm row per path
   zz = jnp.sum(z * z, -1)
   t = (jnp.arange(kk, dtype=jnp.float32) + 1) / (kk + 1)
   src = sources[paths % no]
@@ -893,13 +969,11 @@ def _path_kernel(all_t, g_all, shell, prior, keys, sources, paths, values, tols,
     rho = (1 - t) * nu + t * nv
 
     def per_candidate(al, be, nd_k, ids_k, oods_k):
-      ix = jnp.concatenate([s[None], ids_k, oods_k, jnp.array([no + ni])])  # u, refs, w in S
+      ix = jnp.concatenate([s[None], ids_k, oods_k, no + ni + jnp.arange(_EXTRAS)])  # u, refs, extras in S
       zr = zrow[ix]
       gb = jnp.concatenate([jnp.concatenate([zz_p[None], zr])[None],
                             jnp.concatenate([zr[:, None], g_all[ix][:, ix]], 1)], 0)
       a0 = jnp.zeros(ix.shape[0] + 1, jnp.float32).at[0].set(be / nd_k).at[1].set(al / nd_k)
-      if not cfg.has_guard:
-        gb, a0 = gb[:-1, :-1], a0[:-1]
       return a0, gb
 
     a0, gb = jax.vmap(per_candidate)(alpha, beta, nd, ids, oods)
@@ -949,10 +1023,13 @@ def _optimise(a0, gb, rho0, shell, values, tols, guard_scale, cfg: _KernelConfig
   opt = optax.partition({"a": optax.adam(sched(cfg.opt_lr / math.sqrt(dim))), "s": optax.adam(sched(cfg.opt_lr / 10))},
                         {"a": "a", "s": "s"})
   params = {"a": a0, "s": s0}
+  mask = jnp.asarray(_trainable(cfg.num_refs, cfg.opt_basis, cfg.has_guard))
 
   def step(carry, _):
     params, state = carry
-    updates, state = opt.update(jax.grad(loss)(params), state, params)
+    grads = jax.grad(loss)(params)
+    grads = {"a": grads["a"] * mask, "s": grads["s"]}  # frozen coefficients get zero Adam updates
+    updates, state = opt.update(grads, state, params)
     return (optax.apply_updates(params, updates), state), None
 
   (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), None, length=cfg.opt_steps)
@@ -960,28 +1037,22 @@ def _optimise(a0, gb, rho0, shell, values, tols, guard_scale, cfg: _KernelConfig
 
 
 @functools.partial(jax.jit, static_argnames=("with_refs",))
-def _materialise(ood, idb, w, z_rows, src, idx_id, idx_ood, coef, gb, rho, *, with_refs):
-  """Latents c = rho * unit(sum_j a_j b_j / |b_j|) for a fixed block of candidates.
-
-  Rejection mode (``with_refs`` False) needs only u and v. With references the
-  weights are scattered into dense (block, N) matrices and applied as one gemm per
-  bank (cheaper on CPU than gathering 2R rows of d numbers per candidate).
-  """
+def _materialise(ood, idb, extras, z_rows, src, idx_id, idx_ood, coef, gb, rho, *, with_refs):
+  """Latents c = rho * unit(sum_j a_j b_j / |b_j|) for a fixed block of candidates
+  (extras = [w; mean(ood); mean(id)]). Reference weights, when used (opt_basis
+  'refs'), are scattered into dense (block, N) matrices and applied as one gemm
+  per bank (cheaper on CPU than gathering 2R rows of d numbers per candidate)."""
   nb = jnp.sqrt(jnp.maximum(jnp.diagonal(gb, axis1=1, axis2=2), _TINY))  # (B, M)
   gn = gb / (nb[:, :, None] * nb[:, None, :])
   scale = rho / jnp.sqrt(jnp.maximum(jnp.einsum("bi,bij,bj->b", coef, gn, coef), _TINY))
   wt = coef / nb
   r = idx_id.shape[1]
-  c = wt[:, 0:1] * z_rows
-  if not with_refs:
-    return scale[:, None] * (c + wt[:, 1:2] * ood[src])
-  rows = jnp.arange(src.shape[0])[:, None]
-  w_ood = jnp.zeros((src.shape[0], ood.shape[0]), jnp.float32).at[rows[:, 0], src].add(wt[:, 1])
-  w_ood = w_ood.at[rows, idx_ood].add(wt[:, 2 + r:2 + 2 * r])
-  w_id = jnp.zeros((src.shape[0], idb.shape[0]), jnp.float32).at[rows, idx_id].add(wt[:, 2:2 + r])
-  c = c + w_ood @ ood + w_id @ idb
-  if coef.shape[1] > 2 + 2 * r:
-    c = c + wt[:, -1:] * w[None]
+  c = wt[:, 0:1] * z_rows + wt[:, 1:2] * ood[src] + wt[:, 2 + 2 * r:] @ extras
+  if with_refs:
+    rows = jnp.arange(src.shape[0])[:, None]
+    w_ood = jnp.zeros((src.shape[0], ood.shape[0]), jnp.float32).at[rows, idx_ood].add(wt[:, 2 + r:2 + 2 * r])
+    w_id = jnp.zeros((src.shape[0], idb.shape[0]), jnp.float32).at[rows, idx_id].add(wt[:, 2:2 + r])
+    c = c + w_ood @ ood + w_id @ idb
   return scale[:, None] * c
 
 
@@ -1043,8 +1114,8 @@ def discover(ood_bank: Any, id_bank: Any, *, num_samples: int, key: jax.Array, m
              max_candidates: int | None = None, num_interior: int = 20, num_refs: int = 10,
              tolerance_scale: float = 1.0, targets: Targets | None = None, prior: GaussianPrior | None = None,
              prior_kind: str = "pooled", guard: LinearGuard | str | None = "mean_diff", guard_margin: float = 0.0,
-             opt_steps: int = 200, opt_lr: float = 1.0, chunk_paths: int = 32, draws_per_latent: int = 4,
-             out: np.ndarray | None = None, compare: bool = True) -> DiscoveryResult:
+             opt_steps: int = 200, opt_lr: float = 1.0, opt_basis: str = "global", chunk_paths: int = 32,
+             draws_per_latent: int = 4, out: np.ndarray | None = None, compare: bool = True) -> DiscoveryResult:
   """Latent discovery (METHOD.md step 6): slerp candidates between OOD latents and
   prior draws, kept when they meet the three geometric criteria and the guard.
 
@@ -1052,16 +1123,32 @@ def discover(ood_bank: Any, id_bank: Any, *, num_samples: int, key: jax.Array, m
   and ends at the prior draw ``sample_prior(prior, fold_in(key, 0), p)``; its
   ``num_interior`` interior points are candidates g = p * num_interior + k at
   t = (k+1)/(num_interior+1). Candidate g compares with ``num_refs`` ID and OOD
-  references from ``reference_indices(key, g, ...)``. mode='optimize' first moves
-  every candidate onto the criteria (``opt_steps`` Adam steps) and accepts with the
-  same test. Stops after ``num_samples`` acceptances (the first ones in global
-  order) or ``max_candidates`` candidates (default 1000 * num_samples). Targets
-  default to ``compute_targets`` with ``fold_in(key, 5)``; the prior to
-  ``fit_prior(ood_bank, prior_kind)``. ``out``: optional (num_samples, ...)
-  array (e.g. a memmap) to write accepted latents into.
+  references from ``reference_indices(key, g, ...)``. A candidate is accepted when
+  each criterion is within its tolerance of its target and (with a guard) its
+  guard logit is >= ``guard_margin``.
+
+  mode='optimize' first moves every candidate onto the criteria (``opt_steps`` Adam
+  steps, see ``_optimise``) and accepts with the same test. ``opt_basis``:
+  'global' (default) moves only v, u, the guard direction and the two bank means
+  (plus the norm, inside the OOD shell) -- moves that act on every reference alike,
+  so accepted latents stay typical against FRESH references (``comparison``);
+  'refs' also moves the candidate along its own 2R references: the highest
+  acceptance, but it fits those particular references (fresh-reference pass rates
+  collapse).
+
+  Stops after ``num_samples`` acceptances (the first ones in global order) or
+  ``max_candidates`` candidates (default 1000 * num_samples). ``chunk_paths``:
+  paths per jitted call (rounded up to a multiple of 32; results do not depend on
+  it). Targets default to ``compute_targets`` with ``fold_in(key, 5)``; the prior
+  to ``fit_prior(ood_bank, prior_kind)``; the guard to ``fit_guard(kind=guard)``
+  (None: no guard). ``out``: optional (num_samples, ...) array (e.g. a memmap) to
+  write accepted latents into. The banks go to the device once (float32 rows and
+  a transposed copy); setup costs one Gram matrix of both banks.
   """
   if mode not in ("rejection", "optimize"):
     raise ValueError(f"mode must be 'rejection' or 'optimize', got {mode!r}")
+  if opt_basis not in ("global", "refs"):
+    raise ValueError(f"opt_basis must be 'global' or 'refs', got {opt_basis!r}")
   check_banks(ood_bank, id_bank, num_refs=num_refs)
   if num_samples < 1 or num_interior < 1 or chunk_paths < 1:
     raise ValueError(f"num_samples, num_interior and chunk_paths must be >= 1, got {num_samples}, {num_interior}, "
@@ -1083,12 +1170,12 @@ def discover(ood_bank: Any, id_bank: Any, *, num_samples: int, key: jax.Array, m
   setup_seconds = time.perf_counter() - start
 
   d = int(geom.ood.shape[1])
-  cfg = _KernelConfig(geom.num_ood, int(num_interior), int(num_refs), int(opt_steps) if mode == "optimize" else 0,
-                      float(opt_lr), guard is not None, float(guard_margin))
+  cfg = _KernelConfig(geom.num_ood, int(num_interior), int(num_refs), opt_basis,
+                      int(opt_steps) if mode == "optimize" else 0, float(opt_lr), guard is not None,
+                      float(guard_margin))
   keys = (jax.random.fold_in(key, 0), jax.random.fold_in(key, 2), jax.random.fold_in(key, 3))
   sources = jax.random.permutation(jax.random.fold_in(key, 1), geom.num_ood).astype(jnp.int32)
   values, tols = targets.arrays()
-  w = guard.w if guard is not None else jnp.zeros((d,), jnp.float32)
   gbias = guard.b if guard is not None else jnp.zeros((), jnp.float32)
   gscale = guard.scale if guard is not None else jnp.ones((), jnp.float32)
   ood_norms = jnp.sqrt(jnp.diagonal(geom.g_all)[:geom.num_ood])
@@ -1130,10 +1217,10 @@ def discover(ood_bank: Any, id_bank: Any, *, num_samples: int, key: jax.Array, m
         sel_p, sel_k = pi[s:s + _MAT_BLOCK], ki[s:s + _MAT_BLOCK]
         pad = _MAT_BLOCK - len(sel_p)
         sel_p, sel_k = np.r_[sel_p, np.zeros(pad, int)], np.r_[sel_k, np.zeros(pad, int)]
-        m = _materialise(geom.ood, geom.idb, w, res["z"][sel_p], jnp.asarray(host["source"][sel_p]),
+        m = _materialise(geom.ood, geom.idb, geom.extras, res["z"][sel_p], jnp.asarray(host["source"][sel_p]),
                          jnp.asarray(host["id_refs"][sel_p, sel_k]), jnp.asarray(host["ood_refs"][sel_p, sel_k]),
                          jnp.asarray(host["coef"][sel_p, sel_k]), jnp.asarray(host["gram"][sel_p, sel_k]),
-                         jnp.asarray(host["rho"][sel_p, sel_k]), with_refs=cfg.opt_steps > 0)
+                         jnp.asarray(host["rho"][sel_p, sel_k]), with_refs=cfg.opt_steps > 0 and opt_basis == "refs")
         blocks.append(np.asarray(m)[:_MAT_BLOCK - pad])
       mat = np.concatenate(blocks).reshape((len(hits),) + shape)
       if out is not None:
@@ -1170,7 +1257,8 @@ def discover(ood_bank: Any, id_bank: Any, *, num_samples: int, key: jax.Array, m
       targets=targets, prior=prior.summary(), mode=mode,
       config={"num_samples": num_samples, "max_candidates": max_candidates, "num_interior": num_interior,
               "num_refs": num_refs, "tolerance_scale": targets.tolerance_scale, "guard": guard.kind if guard else None,
-              "guard_margin": guard_margin, "opt_steps": cfg.opt_steps, "opt_lr": opt_lr, "chunk_paths": chunk_paths,
+              "guard_margin": guard_margin, "opt_steps": cfg.opt_steps, "opt_lr": opt_lr, "opt_basis": opt_basis,
+              "chunk_paths": chunk_paths,
               "dim": d})
   if compare and n_acc:
     result.comparison = compare_to_bank(result.latents, ood_bank, id_bank, targets=targets, guard=guard,
@@ -1190,8 +1278,9 @@ def compare_to_bank(latents: Any, ood_bank: Any, id_bank: Any, *, targets: Targe
   generated latent to the OOD bank vs the leave-one-out nearest-neighbour distance
   among real OOD latents (a memorisation indicator: ratio << 1 means copies); the
   criteria re-evaluated with FRESH random references (did selection over-fit its
-  own references?); the fraction on the ID side of the guard. Uses the first
-  ``max_latents`` latents.
+  own references? compare ``pass_rate_all`` with the real latents'
+  ``self_acceptance``; a near-copy fails whenever its source is drawn); the
+  fraction on the ID side of the guard. Uses the first ``max_latents`` latents.
   """
   check_banks(latents, ood_bank)
   check_banks(ood_bank, id_bank)
