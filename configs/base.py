@@ -27,7 +27,7 @@ def get_config():
   config.sampling.t_0 = 900
   config.sampling.n_steps = 80
   config.sampling.eta = 0.0
-  config.sampling.batch_size = 8
+  config.sampling.batch_size = 8  # per device (the global batch is this x the number of devices)
 
   # Inputs. Target-domain configs set the folders.
   config.data = ml_collections.ConfigDict()

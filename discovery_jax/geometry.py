@@ -41,6 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from discovery_jax import parallel
+
 CRITERIA = ("distance_id", "angle_origin", "angle_vertex")
 REJECTION_REASONS = CRITERIA + ("guard",)
 _ROW_BLOCK = 32  # rows per fixed-shape matmul: a row's result never depends on the batch.
@@ -837,13 +839,15 @@ def _score_per_candidate(c, refs, w, values, tols, b, guard_margin, *, num_refs,
 
 
 def score_candidates(candidates: Any, id_refs: Any, ood_refs: Any, targets: Targets, *,
-                     guard: LinearGuard | None = None, guard_margin: float = 0.0, chunk_size: int = 256) -> dict:
+                     guard: LinearGuard | None = None, guard_margin: float = 0.0, chunk_size: int = 256,
+                     mesh: Any = None) -> dict:
   """Scores materialised candidates (B, ...) against references.
 
   ``id_refs``/``ood_refs``: (R, ...) shared by every candidate, or (B, R, ...) one
   set per candidate. Candidates may be numpy (streamed chunk by chunk) or jax
   arrays. Processed in jitted chunks of ``chunk_size`` (results do not depend on
-  it). Returns numpy arrays: stats (B, 3), deviation = stats - target (B, 3),
+  it); with ``mesh`` each chunk is sharded over its data axis (references
+  replicated) and every device scores its rows. Returns numpy arrays: stats (B, 3), deviation = stats - target (B, 3),
   normalised = deviation / tolerance, passed (B, 4: the criteria then the guard),
   guard_logit (B,), accepted (B,).
   """
@@ -872,7 +876,9 @@ def score_candidates(candidates: Any, id_refs: Any, ood_refs: Any, targets: Targ
   w = guard.w if guard is not None else jnp.zeros((d,), jnp.float32)
   gb = guard.b if guard is not None else jnp.zeros((), jnp.float32)
   margin = jnp.float32(guard_margin)
-  chunk = max(_SCORE_BLOCK, -(-int(chunk_size) // _SCORE_BLOCK) * _SCORE_BLOCK)
+  unit = _SCORE_BLOCK * parallel.data_size(mesh)  # whole row blocks on every device.
+  chunk = max(unit, -(-int(chunk_size) // unit) * unit)
+  place = (lambda x: parallel.shard_batch(x, mesh)) if mesh is not None else jnp.asarray
   if shared:
     refs_t = _transpose(jnp.concatenate([jnp.asarray(id_refs), jnp.asarray(ood_refs), w[None]]))
     gram_refs = _gram_small(refs_t)
@@ -880,11 +886,11 @@ def score_candidates(candidates: Any, id_refs: Any, ood_refs: Any, targets: Targ
   for s in range(0, b_total, chunk):
     blk, n = _pad_rows(c[s:s + chunk] if on_device else np.asarray(c[s:s + chunk]), chunk)
     if shared:
-      out = _score_shared(jnp.asarray(blk), refs_t, gram_refs, values, tols, gb, margin, num_refs=r,
+      out = _score_shared(place(blk), refs_t, gram_refs, values, tols, gb, margin, num_refs=r,
                           has_guard=guard is not None)
     else:
       refs, _ = _pad_rows(np.concatenate([id_refs[s:s + chunk], ood_refs[s:s + chunk]], 1), chunk)
-      out = _score_per_candidate(jnp.asarray(blk), jnp.asarray(refs), w, values, tols, gb, margin, num_refs=r,
+      out = _score_per_candidate(place(blk), place(refs), w, values, tols, gb, margin, num_refs=r,
                                  has_guard=guard is not None)
     outs.append([np.asarray(o)[:n] for o in out])
   stats, logit, passed, accepted = (np.concatenate(x) for x in zip(*outs))

@@ -25,7 +25,8 @@ from discovery_jax.progress import Progress
 
 @dataclasses.dataclass
 class DDIMRunner:
-  """Inversion / generation of any number of inputs in fixed-size batches."""
+  """Inversion / generation of any number of inputs in fixed-size batches
+  (``batch_size`` per device; the global batch is that times the mesh's data axis)."""
 
   fn: diffusion.EpsFn
   t_0: int = diffusion.DEFAULT_T0
@@ -36,7 +37,10 @@ class DDIMRunner:
 
   def __post_init__(self):
     diffusion.check_ddim_args(self.t_0, self.n_steps, 0.0, self.schedule.num_timesteps)
-    self.batch_size = parallel.round_up(max(1, int(self.batch_size)), parallel.data_size(self.mesh))
+    # ``batch_size`` is per device: every device then runs the same shapes whatever
+    # the device count, so a sample's bits do not depend on it (XLA's kernels
+    # accumulate in an order that depends on the batch shape).
+    self.batch_size = max(1, int(self.batch_size)) * parallel.data_size(self.mesh)
     self._params = parallel.replicate(self.fn.params, self.mesh)
     self._alphas = jnp.asarray(self.schedule.alphas_cumprod, jnp.float32)
     self._inv = diffusion.inversion_pairs(self.t_0, self.n_steps)

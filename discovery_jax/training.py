@@ -55,8 +55,10 @@ def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformati
 
 
 def init_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
-  params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), params)
-  ema = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), params)  # own buffers: the step donates both.
+  # Own buffers for both: the train step donates its state, which must never
+  # delete the caller's parameters (finetune samples the base model afterwards).
+  params = jax.tree_util.tree_map(lambda x: jnp.array(x, dtype=jnp.float32, copy=True), params)
+  ema = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), params)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=ema, opt_state=tx.init(params))
 
 
@@ -96,7 +98,7 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation, alphas_
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, state.ema_params, params)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
     return TrainState(state.step + 1, params, ema, opt_state), metrics
 
   return jax.jit(step, donate_argnums=(0,))
