@@ -40,7 +40,8 @@ class DDIMRunner:
     # ``batch_size`` is per device: every device then runs the same shapes whatever
     # the device count, so a sample's bits do not depend on it (XLA's kernels
     # accumulate in an order that depends on the batch shape).
-    self.batch_size = max(1, int(self.batch_size)) * parallel.data_size(self.mesh)
+    self.batch_size = max(1, int(self.batch_size))
+    self.global_batch = self.batch_size * parallel.data_size(self.mesh)
     self._params = parallel.replicate(self.fn.params, self.mesh)
     self._alphas = jnp.asarray(self.schedule.alphas_cumprod, jnp.float32)
     self._inv = diffusion.inversion_pairs(self.t_0, self.n_steps)
@@ -48,9 +49,9 @@ class DDIMRunner:
 
   def _loop(self, x: np.ndarray, pairs, eta: float = 0.0, keys=None, outputs=()) -> Any:
     n = x.shape[0]
-    xb = parallel.shard_batch(parallel.pad_batch(x, self.batch_size), self.mesh)
+    xb = parallel.shard_batch(parallel.pad_batch(x, self.global_batch), self.mesh)
     if keys is not None:
-      keys = parallel.shard_batch(parallel.pad_batch(keys, self.batch_size), self.mesh)
+      keys = parallel.shard_batch(parallel.pad_batch(keys, self.global_batch), self.mesh)
     out = diffusion._jit_loop(self.fn, self._params, xb, pairs[0], pairs[1], self._alphas, keys,
                               eta=float(eta), outputs=tuple(outputs))
     if outputs:
@@ -67,8 +68,8 @@ class DDIMRunner:
     return self._batched(np.asarray(x_t, np.float32), lambda b, _: self._loop(b, pairs))
 
   def _batched(self, x: np.ndarray, run: Callable[[np.ndarray, slice], np.ndarray]) -> np.ndarray:
-    outs = [run(x[i:i + self.batch_size], slice(i, i + self.batch_size))
-            for i in range(0, x.shape[0], self.batch_size)]
+    outs = [run(x[i:i + self.global_batch], slice(i, i + self.global_batch))
+            for i in range(0, x.shape[0], self.global_batch)]
     return np.concatenate(outs, axis=0)
 
   def invert(self, x0: np.ndarray) -> np.ndarray:
@@ -255,8 +256,8 @@ def invert_inputs(inputs: InputSet, bank_dir: str, runner: DDIMRunner, *, model_
   logging.info("%s: %d inputs from %s -> %s (%d already done, %d skipped)", desc, bank.count, source or "memory",
                bank_dir, bank.count - len(pending), len(inputs.skipped))
   progress = Progress(bank.count, "images", desc, already_done=bank.count - len(pending))
-  for start in range(0, len(pending), runner.batch_size):
-    idx = pending[start:start + runner.batch_size]
+  for start in range(0, len(pending), runner.global_batch):
+    idx = pending[start:start + runner.global_batch]
     bank.write(idx, runner.invert(inputs.load(idx)))
     progress.update(len(idx))
   bank.update_metadata(seconds=progress.summary()["seconds"])
@@ -295,8 +296,8 @@ def model_id_bank(bank_dir: str, runner: DDIMRunner, count: int, key: jax.Array,
   T = runner.schedule.num_timesteps
   top = DDIMRunner(runner.fn, T - 1, runner.n_steps, runner.schedule, runner.batch_size, runner.mesh)
   progress = Progress(count, "latents", f"ID bank ({source})", already_done=count - len(pending))
-  for start in range(0, len(pending), runner.batch_size):
-    idx = np.asarray(pending[start:start + runner.batch_size])
+  for start in range(0, len(pending), runner.global_batch):
+    idx = np.asarray(pending[start:start + runner.global_batch])
     noise = np.asarray(jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), tuple(shape)))(
         jnp.asarray(idx, jnp.uint32)))
     if source == "generate_invert":

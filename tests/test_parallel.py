@@ -22,7 +22,7 @@ def test_sharded_invert_and_generate_equal_single_device(eps):
   x = np.random.default_rng(0).uniform(-1, 1, (13, 32, 32, 3)).astype(np.float32)
   one = inversion.DDIMRunner(eps, 400, 5, batch_size=2, mesh=parallel.make_mesh(1))
   eight = inversion.DDIMRunner(eps, 400, 5, batch_size=2, mesh=parallel.make_mesh(8))
-  assert eight.batch_size == 16 and one.batch_size == 2
+  assert eight.global_batch == 16 and one.global_batch == 2 and eight.batch_size == 2
   lat1, lat8 = one.invert(x), eight.invert(x)
   assert np.abs(lat1 - lat8).max() <= 1e-5
   key = jax.random.key(3)
