@@ -24,6 +24,10 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+# As the entry points do on a CPU: one XLA host device per core, the batch sharded
+# over them (XLA:CPU runs a convolution on about one core). Ignored on GPUs.
+if "XLA_FLAGS" not in os.environ and "--single_device" not in sys.argv:
+  os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={os.cpu_count()}"
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -31,7 +35,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from convert import torch_to_flax  # noqa: E402
-from discovery_jax import configlib, diffusion, models  # noqa: E402
+from discovery_jax import configlib, diffusion, inversion, models, parallel  # noqa: E402
 from tests import helpers, torch_reference  # noqa: E402
 
 
@@ -79,6 +83,7 @@ def main() -> None:
   parser.add_argument("--precision", default="highest", help="JAX matmul precision for float32")
   parser.add_argument("--peak_tflops", type=float, default=989.0, help="accelerator bf16 dense peak")
   parser.add_argument("--skip_torch", action="store_true")
+  parser.add_argument("--single_device", action="store_true", help="JAX on one device (no host-device mesh)")
   args = parser.parse_args()
 
   cfg = models.validate(model_config(args.model))
@@ -99,11 +104,15 @@ def main() -> None:
   alphas = diffusion.DEFAULT_SCHEDULE.alphas_cumprod
   unet_calls = len(inv) + len(gen)
 
-  x_jax = jax.device_put(jnp.asarray(x_np))
+  devices = jax.devices()
+  n_dev = 1 if args.single_device else max(d for d in range(1, len(devices) + 1)
+                                           if args.batch % d == 0 and d <= len(devices))
+  mesh = parallel.make_mesh(n_dev)
+  runner = inversion.DDIMRunner(fn, args.t_0, args.n_steps, batch_size=args.batch // n_dev, mesh=mesh)
 
   def run_jax():
-    lat = diffusion.ddim_invert(fn, x_jax, t_0=args.t_0, n_steps=args.n_steps)
-    diffusion.ddim_generate(fn, lat, t_0=args.t_0, n_steps=args.n_steps).block_until_ready()
+    runner.generate(runner.invert(x_np))
+  x_jax = jnp.asarray(x_np)
 
   compile_start = time.perf_counter()
   run_jax()
@@ -112,7 +121,8 @@ def main() -> None:
   results = {"model": args.model, "arch": cfg["arch"], "image_size": size, "batch": args.batch,
              "t_0": args.t_0, "n_steps": args.n_steps, "unet_calls_per_image": unet_calls,
              "platform": jax.devices()[0].platform, "device_kind": jax.devices()[0].device_kind,
-             "jax_dtype": args.dtype, "jax_first_call_s": round(compile_s, 2)}
+             "jax_dtype": args.dtype, "jax_devices": n_dev, "jax_first_call_s": round(compile_s, 2),
+             "torch_threads": torch.get_num_threads()}
   results["jax_images_per_s"] = args.batch / jax_s
 
   # Model FLOPs of one forward at this batch, from XLA's cost analysis.

@@ -114,14 +114,20 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--bank-size", type=int, default=100, help="latents per bank (OOD and ID)")
   parser.add_argument("--paths", type=int, default=128, help="paths (x20 candidates) for the jitted rejection run")
-  parser.add_argument("--naive-paths", type=int, default=2, help="paths for the official-style loop")
+  parser.add_argument("--naive-paths", type=int, default=6, help="paths for the official-style loop")
   parser.add_argument("--opt-paths", type=int, default=32, help="paths for the optimisation run")
   parser.add_argument("--tolerance-scale", type=float, default=1.0)
+  parser.add_argument("--devices", type=int, default=1,
+                      help="run the path kernel on this many devices (simulated host devices on a CPU; on one "
+                           "CPU XLA already multithreads the kernel's matmuls, and splitting it was slower here)")
   args = parser.parse_args()
+  if args.devices > 1 and "XLA_FLAGS" not in os.environ:
+    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
 
   import jax
 
   from discovery_jax import geometry as geo
+  from discovery_jax import parallel
 
   d = int(np.prod(SHAPE))
   n = args.bank_size
@@ -143,8 +149,10 @@ def main() -> None:
         f"angle at origin {targets.values[1]:.3f} +- {targets.tolerances[1]:.4f} deg, angle at candidate "
         f"{targets.values[2]:.3f} +- {targets.tolerances[2]:.4f} deg; real-latent self-acceptance "
         f"{targets.self_acceptance:.2f}")
+  mesh = None if args.devices <= 1 else parallel.make_mesh(args.devices)
   common = dict(key=key, targets=targets, prior=prior, guard=guard, num_refs=NUM_REFS, num_interior=NUM_INTERIOR,
-                compare=False)
+                compare=False, mesh=mesh)
+  print(f"jitted kernels on {parallel.data_size(mesh)} device(s)")
 
   # Jitted rejection search (warm-up compiles the 32-path kernel).
   geo.discover(ood_b, idb_b, num_samples=10 ** 6, max_candidates=32 * NUM_INTERIOR, **common)

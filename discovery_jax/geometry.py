@@ -1121,7 +1121,8 @@ def discover(ood_bank: Any, id_bank: Any, *, num_samples: int, key: jax.Array, m
              tolerance_scale: float = 1.0, targets: Targets | None = None, prior: GaussianPrior | None = None,
              prior_kind: str = "pooled", guard: LinearGuard | str | None = "mean_diff", guard_margin: float = 0.0,
              opt_steps: int = 200, opt_lr: float = 1.0, opt_basis: str = "global", chunk_paths: int = 32,
-             draws_per_latent: int = 4, out: np.ndarray | None = None, compare: bool = True) -> DiscoveryResult:
+             draws_per_latent: int = 4, out: np.ndarray | None = None, compare: bool = True,
+             mesh: Any = None) -> DiscoveryResult:
   """Latent discovery (METHOD.md step 6): slerp candidates between OOD latents and
   prior draws, kept when they meet the three geometric criteria and the guard.
 
@@ -1149,7 +1150,9 @@ def discover(ood_bank: Any, id_bank: Any, *, num_samples: int, key: jax.Array, m
   to ``fit_prior(ood_bank, prior_kind)``; the guard to ``fit_guard(kind=guard)``
   (None: no guard). ``out``: optional (num_samples, ...) array (e.g. a memmap) to
   write accepted latents into. The banks go to the device once (float32 rows and
-  a transposed copy); setup costs one Gram matrix of both banks.
+  a transposed copy); setup costs one Gram matrix of both banks. ``mesh``: shard
+  each chunk of paths over its data axis (whole 32-path blocks per device, the
+  bank geometry replicated); the result is the same bits as on one device.
   """
   if mode not in ("rejection", "optimize"):
     raise ValueError(f"mode must be 'rejection' or 'optimize', got {mode!r}")
@@ -1186,8 +1189,15 @@ def discover(ood_bank: Any, id_bank: Any, *, num_samples: int, key: jax.Array, m
   gscale = guard.scale if guard is not None else jnp.ones((), jnp.float32)
   ood_norms = jnp.sqrt(jnp.diagonal(geom.g_all)[:geom.num_ood])
   shell = (jnp.mean(ood_norms), jnp.maximum(jnp.std(ood_norms), 1e-6 * jnp.mean(ood_norms)))
-  chunk = -(-int(chunk_paths) // _ROW_BLOCK) * _ROW_BLOCK
+  # Several devices: the same single-device kernel runs on each device's own
+  # sub-chunk of paths (asynchronous dispatch, no SPMD partitioning), so every
+  # candidate gets exactly the bits it gets on one device.
+  devices = [None] if mesh is None else list(mesh.devices.flat)
+  sub = -(-int(chunk_paths) // _ROW_BLOCK) * _ROW_BLOCK
+  chunk = sub * len(devices)
   num_paths = -(-max_candidates // num_interior)
+  inputs = (geom.all_t, geom.g_all, shell, prior, keys, sources, values, tols, gbias, gscale)
+  per_device = [inputs if dev is None else jax.device_put(inputs, dev) for dev in devices]
   if out is not None and (out.shape[0] < num_samples or tuple(out.shape[1:]) != shape):
     raise ValueError(f"out must have shape ({num_samples}, {', '.join(map(str, shape))}), got {out.shape}")
   blocks_out: list[np.ndarray] = []
@@ -1199,10 +1209,12 @@ def discover(ood_bank: Any, id_bank: Any, *, num_samples: int, key: jax.Array, m
   loop_start = time.perf_counter()
   p0 = 0
   while p0 < num_paths and n_acc < num_samples:
-    paths = jnp.arange(p0, p0 + chunk, dtype=jnp.int32)
-    res = _path_kernel(geom.all_t, geom.g_all, shell, prior, keys, sources, paths, values, tols, gbias, gscale,
-                       cfg=cfg)
-    host = {k: np.asarray(v) for k, v in res.items() if k != "z"}
+    parts = []
+    for j, (dev, (a_t, g_a, sh, pr, ks, src, val, tol, gb_, gs_)) in enumerate(zip(devices, per_device)):
+      paths = np.arange(p0 + j * sub, p0 + (j + 1) * sub, dtype=np.int32)
+      paths = jnp.asarray(paths) if dev is None else jax.device_put(paths, dev)
+      parts.append(_path_kernel(a_t, g_a, sh, pr, ks, src, paths, val, tol, gb_, gs_, cfg=cfg))
+    host = {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0] if k != "z"}
     g = (np.arange(p0, p0 + chunk)[:, None] * num_interior + np.arange(num_interior)[None]).ravel()
     valid = g < max_candidates
     scored += int(valid.sum())
@@ -1223,7 +1235,11 @@ def discover(ood_bank: Any, id_bank: Any, *, num_samples: int, key: jax.Array, m
         sel_p, sel_k = pi[s:s + _MAT_BLOCK], ki[s:s + _MAT_BLOCK]
         pad = _MAT_BLOCK - len(sel_p)
         sel_p, sel_k = np.r_[sel_p, np.zeros(pad, int)], np.r_[sel_k, np.zeros(pad, int)]
-        m = _materialise(geom.ood, geom.idb, geom.extras, res["z"][sel_p], jnp.asarray(host["source"][sel_p]),
+        if len(devices) == 1:
+          z = parts[0]["z"][sel_p]
+        else:  # rows of several devices: gathered through the host onto the default device.
+          z = jnp.asarray(np.stack([np.asarray(parts[i // sub]["z"][i % sub]) for i in sel_p]))
+        m = _materialise(geom.ood, geom.idb, geom.extras, z, jnp.asarray(host["source"][sel_p]),
                          jnp.asarray(host["id_refs"][sel_p, sel_k]), jnp.asarray(host["ood_refs"][sel_p, sel_k]),
                          jnp.asarray(host["coef"][sel_p, sel_k]), jnp.asarray(host["gram"][sel_p, sel_k]),
                          jnp.asarray(host["rho"][sel_p, sel_k]), with_refs=cfg.opt_steps > 0 and opt_basis == "refs")

@@ -66,7 +66,8 @@ def _digest(obj: Any) -> str:
   return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def find_latents(config: ml_collections.ConfigDict, method: str, banks: dict, root: jax.Array) -> tuple[np.ndarray, dict]:
+def find_latents(config: ml_collections.ConfigDict, method: str, banks: dict, root: jax.Array,
+                 mesh=None) -> tuple[np.ndarray, dict]:
   """The latents of ``method`` and a JSON-ready record of how they were found."""
   n = int(config.sample.num_samples)
   ood, idb = banks["ood"].latents(), banks["id"].latents()
@@ -79,7 +80,8 @@ def find_latents(config: ml_collections.ConfigDict, method: str, banks: dict, ro
         ood, idb, num_samples=n, key=jax.random.fold_in(root, KEY_DISCOVERY), mode=disc.mode,
         max_candidates=max_candidates, num_interior=int(disc.num_interior), num_refs=int(disc.num_refs),
         tolerance_scale=float(disc.tolerance_scale), prior=prior, guard=guard,
-        guard_margin=float(disc.guard_margin), opt_steps=int(disc.opt_steps), opt_lr=float(disc.opt_lr))
+        guard_margin=float(disc.guard_margin), opt_steps=int(disc.opt_steps), opt_lr=float(disc.opt_lr),
+        mesh=mesh)
     record = result.summary()
     record["num_samples_requested"] = n
     record["_arrays"] = {k: np.asarray(getattr(result, k)) for k in (
@@ -102,7 +104,7 @@ def find_latents(config: ml_collections.ConfigDict, method: str, banks: dict, ro
 
 
 def stage_latents(config: ml_collections.ConfigDict, workdir: str, method: str, banks: dict,
-                  root: jax.Array) -> tuple[np.ndarray, dict]:
+                  root: jax.Array, mesh=None) -> tuple[np.ndarray, dict]:
   """Finds (or reuses) the latents of ``method``: ``latents.npy`` + ``latents.json``."""
   out = _method_dir(workdir, method)
   os.makedirs(out, exist_ok=True)
@@ -116,7 +118,7 @@ def stage_latents(config: ml_collections.ConfigDict, workdir: str, method: str, 
       logging.info("%s: reusing %s", method, path_npy)
       return np.load(path_npy, mmap_mode="r"), record
   start = time.time()
-  latents, record = find_latents(config, method, banks, root)
+  latents, record = find_latents(config, method, banks, root, mesh)
   record.update(request_digest=digest, request=request, seconds=round(time.time() - start, 3),
                 complete=latents.shape[0] == int(config.sample.num_samples))
   arrays = record.pop("_arrays", None)
@@ -259,7 +261,11 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
   for method in methods:
     t = time.time()
     # Every host computes the same latents (deterministic); the main host stores them.
-    latents, record = stage_latents(config, workdir, method, banks, root) if main_host else (None, None)
+    # On accelerators the discovery kernel runs on every device; on a CPU XLA already
+    # multithreads its matmuls and splitting it over host devices is slower.
+    disc_mesh = mesh if jax.devices()[0].platform != "cpu" else None
+    latents, record = (stage_latents(config, workdir, method, banks, root, disc_mesh) if main_host
+                       else (None, None))
     parallel.sync_hosts(f"latents-{method}")
     if not main_host:
       latents = np.load(os.path.join(_method_dir(workdir, method), "latents.npy"), mmap_mode="r")

@@ -84,3 +84,17 @@ def test_data_parallel_gradients_equal_single_device():
   expected = float(training.diffusion_loss(module, params, x, idx, jax.random.fold_in(key, 0), alphas, 1, hflip=True))
   assert abs(float(metrics["loss"]) - expected) <= 1e-5 * max(1.0, abs(expected)) and int(state.step) == 1
   np.testing.assert_array_equal(np.asarray(params["conv_in"]["kernel"]).shape, (3, 3, 1, 32))  # not donated away.
+
+
+@pytest.mark.parametrize("mode", ["rejection", "optimize"])
+def test_discovery_on_eight_devices_is_bitwise_the_single_device_result(mode):
+  rng = np.random.default_rng(0)
+  ood = rng.normal(0.05, 1, (40, 16, 16, 3)).astype(np.float32)
+  idb = rng.normal(-0.05, 1, (40, 16, 16, 3)).astype(np.float32)
+  kw = dict(num_samples=4, key=jax.random.key(1), mode=mode, opt_steps=30, num_refs=5, compare=False)
+  a = geometry.discover(ood, idb, **kw)
+  b = geometry.discover(ood, idb, mesh=parallel.make_mesh(8), **kw)
+  assert a.num_accepted == b.num_accepted == 4
+  np.testing.assert_array_equal(a.candidate_index, b.candidate_index)
+  np.testing.assert_array_equal(a.latents, b.latents)
+  np.testing.assert_array_equal(a.stats, b.stats)
