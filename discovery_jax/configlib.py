@@ -43,3 +43,14 @@ def to_plain(config: Any) -> Any:
   if isinstance(config, (list, tuple)):
     return [to_plain(v) for v in config]
   return config
+
+
+def name_list(value: Any) -> tuple[str, ...]:
+  """A tuple of names from a config field given as a tuple or as a command-line string.
+
+  ``--config.sample.methods=discovery,gaussian`` reaches the config as the string
+  (or one-element tuple) ``'discovery,gaussian'``; both spellings mean the same.
+  """
+  items = [value] if isinstance(value, str) else list(value)
+  names = [part.strip() for item in items for part in str(item).split(",")]
+  return tuple(name for name in names if name)

@@ -37,6 +37,7 @@ def generated_sets(config: ml_collections.ConfigDict, workdir: str) -> list[tupl
       sets.append((name.strip(), path.strip()))
     return sets
   found = sorted(glob.glob(os.path.join(workdir, "samples", "*", "samples.npy")))
+  found = [p for p in found if ".superseded-" not in os.path.basename(os.path.dirname(p))]  # older runs' outputs
   return [(os.path.basename(os.path.dirname(p)), p) for p in found]
 
 

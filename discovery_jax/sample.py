@@ -117,6 +117,9 @@ def stage_latents(config: ml_collections.ConfigDict, workdir: str, method: str, 
     if record.get("request_digest") == digest and record.get("complete"):
       logging.info("%s: reusing %s", method, path_npy)
       return np.load(path_npy, mmap_mode="r"), record
+    if record.get("request_digest") != digest:
+      # Different latents: their images must not mix with the old ones, and the old run is kept.
+      _supersede(out, f"latents request {record.get('request_digest')} -> {digest}")
   start = time.time()
   latents, record = find_latents(config, method, banks, root, mesh)
   record.update(request_digest=digest, request=request, seconds=round(time.time() - start, 3),
@@ -140,6 +143,43 @@ def stage_latents(config: ml_collections.ConfigDict, workdir: str, method: str, 
   return np.load(path_npy, mmap_mode="r"), record
 
 
+def _supersede(out: str, why: str, keep: tuple[str, ...] = ()) -> str:
+  """Moves a method's outputs (all but ``keep``) into ``<out>.superseded-N`` and returns ``out``.
+
+  A rerun with other settings starts clean but never deletes what an earlier run produced.
+  """
+  n = 1
+  while os.path.exists(f"{out}.superseded-{n}"):
+    n += 1
+  archive = f"{out}.superseded-{n}"
+  os.makedirs(archive)
+  for name in sorted(os.listdir(out)):
+    if name not in keep:
+      os.replace(os.path.join(out, name), os.path.join(archive, name))
+  logging.warning("%s: the settings changed (%s); the previous outputs are kept in %s", out, why, archive)
+  return out
+
+
+def _images_identity(config: ml_collections.ConfigDict, out: str, runner: inversion.DDIMRunner) -> dict:
+  """What the stored images of a method depend on beyond the model and the seed."""
+  with open(os.path.join(out, "latents.json")) as f:
+    latents_digest = json.load(f).get("request_digest")
+  return {"latents_digest": latents_digest, "t_0": runner.t_0, "n_steps": runner.n_steps,
+          "eta": float(config.sampling.eta)}
+
+
+def _stale_images(out: str, identity: dict) -> str | None:
+  """Why the images already under ``out`` were made from other latents or settings (None: they match)."""
+  from discovery_jax.data import dataset
+  path = os.path.join(out, "dataset", dataset.IDENTITY_FILE)
+  if not os.path.isfile(path):
+    return "samples.npy without a dataset" if os.path.isfile(os.path.join(out, "samples.npy")) else None
+  with open(path) as f:
+    stored = json.load(f).get("metadata") or {}
+  changed = [f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in identity.items() if stored.get(k) != v]
+  return ", ".join(changed) or None
+
+
 def _physical(bank: LatentBank) -> tuple[Any, int] | None:
   meta = bank.metadata
   if not meta.get("intensity_transform"):
@@ -157,13 +197,19 @@ def stage_images(config: ml_collections.ConfigDict, workdir: str, method: str, l
   o = config.output
   formats = tuple(o.formats)
   store_latents = bool(o.store_latents)
+  identity = _images_identity(config, out, runner)
+  if jax.process_index() == 0:
+    why = _stale_images(out, identity)
+    if why:  # keep this run's latents, move the old images aside.
+      _supersede(out, why, keep=("latents.npy", "latents.json", "latents_meta.npz"))
+  parallel.sync_hosts(f"images-identity-{method}")
   spec = dataset.features_spec(shape, latent_shape=shape if store_latents else None)
   writer = dataset.DatasetWriter(
       os.path.join(out, "dataset"), f"discovery_{method}", n, int(o.shard_size), spec,
       process_index=jax.process_index(), process_count=jax.process_count(),
       metadata={"model_fingerprint": fingerprint, "seed": int(config.seed), "method": method,
-                "config_name": config.get("name", ""), "t_0": runner.t_0, "n_steps": runner.n_steps,
-                "eta": float(config.sampling.eta)},
+                "config_name": config.get("name", ""), **identity},
+      identity_keys=dataset.DEFAULT_IDENTITY_KEYS + tuple(identity),
       write_images="png" in formats)
   npy_path = os.path.join(out, "samples.npy")
   if not os.path.isfile(npy_path):  # preallocated; rows are written before their shard is recorded.
@@ -231,7 +277,9 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
   main_host = jax.process_index() == 0
   if main_host:
     cli.prepare_workdir(workdir, config, "sample")
-  methods = tuple(config.sample.methods)
+  methods = configlib.name_list(config.sample.methods)
+  if not methods:
+    raise ValueError(f"config.sample.methods is empty; choose one or more of {METHODS}")
   for m in methods:
     if m not in METHODS:
       raise ValueError(f"config.sample.methods: unknown method {m!r}; choose from {METHODS}")

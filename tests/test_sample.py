@@ -131,10 +131,23 @@ def test_same_config_and_seed_same_samples_and_resume_reuses(setup, sampled):
   proc = run("sample", setup["config"], again)  # everything exists: reused, not recomputed.
   assert (again / "samples" / "discovery" / "latents.npy").stat().st_mtime_ns == before
   assert "reusing" in proc.stderr
-  other = setup["root"] / "run3"
-  run("sample", setup["config"], other, "--config.seed=7", "--config.sample.evaluate=False")
-  assert not np.array_equal(np.load(other / "samples" / "discovery" / "latents.npy"),
-                            np.load(workdir / "samples" / "discovery" / "latents.npy"))
+  # Other settings in the same workdir: new latents AND new images (never old images of old
+  # latents mixed in), while the earlier outputs are moved aside, not deleted.
+  run("sample", setup["config"], again, "--config.seed=7", "--config.sample.evaluate=False")
+  method_dir, kept = again / "samples" / "discovery", again / "samples" / "discovery.superseded-1"
+  assert not np.array_equal(np.load(method_dir / "latents.npy"), np.load(workdir / "samples" / "discovery" / "latents.npy"))
+  old_samples, new_samples = np.load(kept / "samples.npy"), np.load(method_dir / "samples.npy")
+  np.testing.assert_array_equal(old_samples, np.load(workdir / "samples" / "discovery" / "samples.npy"))
+  assert not np.any(np.all(new_samples == old_samples, axis=(1, 2, 3))), "a stale image survived the new latents"
+  meta = json.loads((method_dir / "dataset" / "discovery_dataset.json").read_text())["metadata"]
+  assert meta["latents_digest"] == json.loads((method_dir / "latents.json").read_text())["request_digest"]
+  # Only the denoising changes (eta): the latents are reused, the images are redone.
+  before = (method_dir / "latents.npy").stat().st_mtime_ns
+  run("sample", setup["config"], again, "--config.seed=7", "--config.sample.evaluate=False",
+      "--config.sampling.eta=0.5")
+  assert (method_dir / "latents.npy").stat().st_mtime_ns == before
+  assert not np.array_equal(np.load(method_dir / "samples.npy"), new_samples)
+  np.testing.assert_array_equal(np.load(again / "samples" / "discovery.superseded-2" / "samples.npy"), new_samples)
 
 
 def test_one_and_eight_devices_give_the_same_samples(setup):
