@@ -21,5 +21,4 @@ def get_config():
   config.data.id_dir = ""        # optional: in-domain images; otherwise the model's own latents
   config.sample.num_samples = 100
   config.sample.methods = ("discovery", "gaussian", "renoise")
-  config.discovery.mode = "optimize"
   return config

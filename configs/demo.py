@@ -26,7 +26,7 @@ def get_config():
   config.data.id_dir = ""  # the model's own latents are the ID reference bank
   config.evaluate.id_dir = os.path.join(ASSETS, "id_heldout")
   config.evaluate.features = "random_conv"  # no Inception weights offline: a fixed random conv net
-  config.sampling.t_0 = 600
+  config.sampling.t_0 = 400
   config.sampling.n_steps = 20
   config.sampling.batch_size = 32
   config.sample.num_samples = 64

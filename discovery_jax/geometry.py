@@ -937,8 +937,10 @@ def _stats_from_coefficients(a, gb, rho, r, has_guard, guard_b):
 def _trainable(r: int, opt_basis: str, has_guard: bool) -> np.ndarray:
   """Which basis coefficients the optimiser may move (see ``discover``'s opt_basis)."""
   mask = np.zeros(2 * r + 2 + _EXTRAS, np.float32)
-  mask[[0, 1, 2 * r + 3, 2 * r + 4]] = 1  # v, u, the two bank means
-  mask[2 * r + 2] = float(has_guard)  # w (zero when there is no guard)
+  # v, u and mean(ood). Never w or mean(id): both are ID-vs-OOD image patterns, and moving
+  # along them meets the inner-product criteria with latents that denoise into ID-looking or
+  # mixed images (embedded demo, t_0=400: OOD hit rate 0.70 with them, 1.00 without).
+  mask[[0, 1, 2 * r + 3]] = 1
   if opt_basis == "refs":
     mask[2:2 + 2 * r] = 1
   return mask
@@ -1009,8 +1011,8 @@ def _optimise(a0, gb, rho0, shell, values, tols, guard_scale, cfg: _KernelConfig
   the mean and std of the real OOD norms (the initial interpolated norm is first
   clipped into that band). With the norm frozen the two angle criteria are tied to
   each other (both are functions of the same c . r_j), so the norm must move.
-  Loss: squared tolerance-normalised deviations, plus a squared hinge pushing the
-  guard logit above margin + one OOD-bank std. Step size for a: ``opt_lr / sqrt(d)``
+  Loss: squared tolerance-normalised deviations (the guard, if any, filters the
+  result afterwards; ``guard_scale`` is unused here). Step size for a: ``opt_lr / sqrt(d)``
   (angles between independent latents scatter by 1/sqrt(d) radians), for s:
   ``opt_lr / 10``; both with cosine decay to 1%.
   """
@@ -1020,10 +1022,8 @@ def _optimise(a0, gb, rho0, shell, values, tols, guard_scale, cfg: _KernelConfig
   def loss(params):
     rho = centre + band * jnp.tanh(params["s"])
     stats, logit = stats_fn(params["a"], gb, rho)
-    total = jnp.sum(((stats - values) / tols) ** 2)
-    if cfg.has_guard:
-      total += jnp.sum(jax.nn.relu((cfg.guard_margin + guard_scale - logit) / guard_scale) ** 2)
-    return total
+    del logit  # the guard only filters (see _trainable): pushing its logit up degrades the images.
+    return jnp.sum(((stats - values) / tols) ** 2)
 
   sched = lambda lr: optax.cosine_decay_schedule(lr, cfg.opt_steps, alpha=0.01)
   opt = optax.partition({"a": optax.adam(sched(cfg.opt_lr / math.sqrt(dim))), "s": optax.adam(sched(cfg.opt_lr / 10))},
@@ -1136,8 +1136,9 @@ def discover(ood_bank: Any, id_bank: Any, *, num_samples: int, key: jax.Array, m
 
   mode='optimize' first moves every candidate onto the criteria (``opt_steps`` Adam
   steps, see ``_optimise``) and accepts with the same test. ``opt_basis``:
-  'global' (default) moves only v, u, the guard direction and the two bank means
-  (plus the norm, inside the OOD shell) -- moves that act on every reference alike,
+  'global' (default) moves only v, u and the OOD bank mean (plus the norm, inside
+  the OOD shell; the guard filters but is not optimised) -- moves that act on every
+  reference alike,
   so accepted latents stay typical against FRESH references (``comparison``);
   'refs' also moves the candidate along its own 2R references: the highest
   acceptance, but it fits those particular references (fresh-reference pass rates

@@ -50,6 +50,7 @@ def get_config():
   c.sample.num_samples = 6
   c.discovery.num_id_latents = 12
   c.discovery.num_refs = 4
+  c.discovery.mode = 'optimize'  # the rejection path runs in test_budget_exhaustion
   c.discovery.opt_steps = 50
   c.output.shard_size = 2
   c.finetune.steps = 2
