@@ -21,7 +21,6 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import sys
 import time
 from typing import Any, Mapping
@@ -149,26 +148,12 @@ def convert_inception(source: Any, output: str, *, overwrite: bool = False) -> d
       "num_params": int(sum(x.size for x in flax.traverse_util.flatten_dict(variables).values())),
       "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
   }
-  os.makedirs(os.path.dirname(output), exist_ok=True)
-  tmp = f"{output}.tmp-{os.getpid()}-{int(time.time())}"
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
-  try:
+  with checkpoint.atomic_directory(output) as tmp:
     with checkpoint.quiet_orbax():
       checkpoint.lean_checkpointer().save(  # synchronous, no host copies.
           os.path.join(tmp, features.INCEPTION_VARIABLES_DIR), args=ocp.args.PyTreeSave(variables))
     checkpoint.atomic_write_text(os.path.join(tmp, features.INCEPTION_METADATA_FILE),
                                  json.dumps(meta, indent=1, sort_keys=True))
-    if os.path.exists(output):
-      old = f"{output}.old-{os.getpid()}"
-      os.replace(output, old)
-      os.replace(tmp, output)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.replace(tmp, output)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return {"output": output, "num_tensors": len(flax.traverse_util.flatten_dict(variables)),
           "num_params": meta["num_params"], "official_fid_weights": meta["official_fid_weights"],
           "seconds": round(time.time() - start, 2)}

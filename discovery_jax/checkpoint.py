@@ -64,6 +64,29 @@ def atomic_write_text(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
+@contextlib.contextmanager
+def atomic_directory(output_dir: str):
+  """Yields a fresh temporary directory beside ``output_dir``; on success it replaces
+  ``output_dir`` (the old one, if any, is removed only after the swap), on any error it is deleted."""
+  output_dir = os.path.abspath(output_dir)
+  os.makedirs(os.path.dirname(output_dir), exist_ok=True)
+  tmp = f"{output_dir}.tmp-{os.getpid()}-{int(time.time())}"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  try:
+    yield tmp
+    if os.path.exists(output_dir):
+      old = f"{output_dir}.old-{os.getpid()}"
+      os.replace(output_dir, old)
+      os.replace(tmp, output_dir)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.replace(tmp, output_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
 def lean_checkpointer():
   """A synchronous orbax checkpointer that writes host arrays without extra copies.
 
@@ -98,13 +121,7 @@ def save_model(
   output_dir = os.path.abspath(output_dir)
   if os.path.exists(output_dir) and not overwrite:
     raise CheckpointError(f"{output_dir} already exists; pass overwrite=True (--overwrite) to replace it")
-  parent = os.path.dirname(output_dir)
-  os.makedirs(parent, exist_ok=True)
-  tmp = f"{output_dir}.tmp-{os.getpid()}-{int(time.time())}"
-  if os.path.exists(tmp):
-    shutil.rmtree(tmp)
-  os.makedirs(tmp)
-  try:
+  with atomic_directory(output_dir) as tmp:
     with quiet_orbax():
       lean_checkpointer().save(os.path.join(tmp, PARAMS_DIR), args=ocp.args.PyTreeSave(params))
     with open(os.path.join(tmp, MODEL_CONFIG_FILE), "w") as f:
@@ -114,16 +131,6 @@ def save_model(
             "params_fingerprint": params_fingerprint(params), **_jsonable(dict(metadata or {}))}
     with open(os.path.join(tmp, METADATA_FILE), "w") as f:
       json.dump(meta, f, indent=1, sort_keys=True)
-    if os.path.exists(output_dir):
-      old = f"{output_dir}.old-{os.getpid()}"
-      os.replace(output_dir, old)
-      os.replace(tmp, output_dir)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.replace(tmp, output_dir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return output_dir
 
 

@@ -78,19 +78,6 @@ class Downsample(nn.Module):
     )(x)
 
 
-class Upsample(nn.Module):
-  with_conv: bool
-  dtype: Any
-  precision: Any
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    x = layers.upsample_nearest(x)
-    if self.with_conv:
-      x = layers.conv(x.shape[-1], 3, name="conv", dtype=self.dtype, precision=self.precision)(x)
-    return x
-
-
 class DDPMUNet(nn.Module):
   """DDPM UNet. ``__call__(x, t)`` maps NHWC ``x`` in [-1, 1] and timesteps ``t``
   of shape (N,) to the eps prediction (``out_ch`` channels, float32)."""
@@ -162,7 +149,7 @@ class DDPMUNet(nn.Module):
         if res in self.attn_resolutions:
           h = AttnBlock(self.attn_head_channels, name=f"up.{i}.attn.{j}", **kw)(h)
       if i != 0:
-        h = Upsample(self.resamp_with_conv, name=f"up.{i}.upsample", **kw)(h)
+        h = layers.Upsample(self.resamp_with_conv, name=f"up.{i}.upsample", **kw)(h)
         res *= 2
     assert not hs
 

@@ -96,19 +96,6 @@ class Downsample(nn.Module):
     return layers.avg_pool2(x)
 
 
-class Upsample(nn.Module):
-  use_conv: bool
-  dtype: Any
-  precision: Any
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    x = layers.upsample_nearest(x)
-    if self.use_conv:
-      x = layers.conv(x.shape[-1], 3, name="conv", dtype=self.dtype, precision=self.precision)(x)
-    return x
-
-
 class IDDPMUNet(nn.Module):
   """guided-diffusion UNetModel without class conditioning.
 
@@ -210,7 +197,7 @@ class IDDPMUNet(nn.Module):
           if self.resblock_updown:
             h = res_block(h.shape[-1], name, up=True)(h, emb, det)
           else:
-            h = Upsample(self.conv_resample, name=name, **kw)(h)
+            h = layers.Upsample(self.conv_resample, name=name, **kw)(h)
           ds //= 2
         block += 1
     assert not hs

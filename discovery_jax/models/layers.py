@@ -105,6 +105,21 @@ def upsample_nearest(x: jax.Array) -> jax.Array:
   return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
 
+class Upsample(nn.Module):
+  """Nearest-neighbour 2x upsampling, then an optional 3x3 conv named ``conv``
+  (the same module in both families: DDPM's ``with_conv``, guided-diffusion's ``use_conv``)."""
+  with_conv: bool
+  dtype: Any
+  precision: Any
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = upsample_nearest(x)
+    if self.with_conv:
+      x = conv(x.shape[-1], 3, name="conv", dtype=self.dtype, precision=self.precision)(x)
+    return x
+
+
 def avg_pool2(x: jax.Array) -> jax.Array:
   """2x2 average pooling with stride 2 (torch ``avg_pool2d(kernel_size=2, stride=2)``)."""
   return nn.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
