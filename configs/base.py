@@ -78,6 +78,7 @@ def get_config():
   config.discovery.mode = "rejection"
   config.discovery.num_interior = 20       # slerp points per (OOD latent, prior draw) pair (official: 20)
   config.discovery.num_refs = 10           # reference latents per criterion (official R = 10)
+  config.discovery.max_per_path = 0        # accepted points kept per slerp path (0: all, official; 1: most diverse)
   config.discovery.tolerance_scale = 1.0   # tolerance = this x the spread among real OOD latents
   config.discovery.prior_kind = "pooled"   # 'pooled' (official: one scalar variance) or 'diagonal'
   config.discovery.guard = "mean_diff"     # mode-interference guard: 'mean_diff', 'logistic' or 'none'

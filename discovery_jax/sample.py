@@ -79,6 +79,7 @@ def find_latents(config: ml_collections.ConfigDict, method: str, banks: dict, ro
     result = geometry.discover(
         ood, idb, num_samples=n, key=jax.random.fold_in(root, KEY_DISCOVERY), mode=disc.mode,
         max_candidates=max_candidates, num_interior=int(disc.num_interior), num_refs=int(disc.num_refs),
+        max_per_path=int(disc.max_per_path) if int(disc.get("max_per_path", 0)) > 0 else None,
         tolerance_scale=float(disc.tolerance_scale), prior=prior, guard=guard,
         guard_margin=float(disc.guard_margin), opt_steps=int(disc.opt_steps), opt_lr=float(disc.opt_lr),
         mesh=mesh)

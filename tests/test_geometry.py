@@ -349,3 +349,19 @@ def test_renoise_baseline():
   assert half.std() == pytest.approx(prior.sigma, rel=0.03)  # variance preserved
   with pytest.raises(ValueError, match="strength"):
     geo.renoise_baseline(ood, 2, key, 1.5)
+
+
+def test_max_per_path_keeps_the_last_accepted_points_of_each_path(runs):
+  """The cap keeps, per path, the accepted candidates furthest along it, and nothing else changes."""
+  full = runs["rejection"]
+  common = dict(num_samples=5000, key=runs["key"], max_candidates=2000, targets=runs["targets"], compare=False)
+  capped = geo.discover(runs["ood_bank"], runs["id_bank"], mode="rejection", max_per_path=1, **common)
+  paths, counts = np.unique(full.path_index, return_counts=True)
+  assert counts.max() > 1, "the setting must accept several points of some path for this test to mean anything"
+  np.testing.assert_array_equal(np.unique(capped.path_index), paths)
+  assert len(capped.path_index) == len(paths)
+  for p, g in zip(capped.path_index, capped.candidate_index):
+    assert g == full.candidate_index[full.path_index == p].max()
+  np.testing.assert_array_equal(capped.latents, full.latents[np.isin(full.candidate_index, capped.candidate_index)])
+  with pytest.raises(ValueError, match="max_per_path"):
+    geo.discover(runs["ood_bank"], runs["id_bank"], num_samples=1, key=runs["key"], max_per_path=0)
