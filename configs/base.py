@@ -73,7 +73,7 @@ def get_config():
   # and tolerance is computed from the banks; these settings only scale them.
   config.discovery = ml_collections.ConfigDict()
   # 'rejection' (official: keep slerp candidates that meet the criteria) or 'optimize' (Adam moves
-  # each candidate onto them first: 4-85x the acceptance (measured), for when rejection's budget runs out;
+  # each candidate onto them first: 4-92x the acceptance (measured), for when rejection's budget runs out;
   # on the embedded demo its images were further from the held-out set, see README "Embedded demo").
   config.discovery.mode = "rejection"
   config.discovery.num_interior = 20       # slerp points per (OOD latent, prior draw) pair (official: 20)
