@@ -31,10 +31,11 @@ def test_bundled_assets_are_complete():
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("demo") / "run"
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # as the README runs it: a device per core
   proc = subprocess.run(
       [sys.executable, "-m", "discovery_jax.sample", "--config=configs/demo.py", f"--workdir={workdir}",
        "--config.sample.num_samples=16", "--config.discovery.num_id_latents=32"],
-      capture_output=True, text=True, cwd=helpers.REPO)
+      capture_output=True, text=True, cwd=helpers.REPO, env=env)
   assert proc.returncode == 0, proc.stderr[-4000:]
   return workdir, proc
 
