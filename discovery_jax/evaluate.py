@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 
 from discovery_jax import checkpoint, cli, evaluation
+from discovery_jax.data import images
 
 
 def generated_sets(config: ml_collections.ConfigDict, workdir: str) -> list[tuple[str, str]]:
@@ -39,6 +40,29 @@ def generated_sets(config: ml_collections.ConfigDict, workdir: str) -> list[tupl
   found = sorted(glob.glob(os.path.join(workdir, "samples", "*", "samples.npy")))
   found = [p for p in found if ".superseded-" not in os.path.basename(os.path.dirname(p))]  # older runs' outputs
   return [(os.path.basename(os.path.dirname(p)), p) for p in found]
+
+
+def save_comparison_figure(path: str, panels: list[tuple[str, np.ndarray]], per_row: int = 12) -> None:
+  """One labelled row of the first ``per_row`` images of each set (real sets first): the
+  comparison a person reads at a glance, next to the table."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  if not panels or per_row < 1:
+    return
+  fig, axes = plt.subplots(len(panels), 1, figsize=(per_row * 0.8 + 1.6, len(panels) * 0.95 + 0.2), squeeze=False)
+  for ax, (name, x) in zip(axes[:, 0], panels):
+    grid = images.make_grid(np.asarray(x[:per_row], np.float32), ncol=per_row)
+    grid = images.to_uint8(grid)
+    ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+  fig.tight_layout()
+  tmp = f"{path}.tmp-{os.getpid()}.png"
+  fig.savefig(tmp, dpi=110)
+  plt.close(fig)
+  os.replace(tmp, path)
 
 
 def run_evaluation(config: ml_collections.ConfigDict, workdir: str,
@@ -71,6 +95,11 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str,
     samples = np.load(tuned)
     rows.append(ev.evaluate(samples, name="vanilla fine-tuning", id_samples=samples))
     science["vanilla fine-tuning"] = ev.science(samples, out_dir, "vanilla_fine-tuning")
+  panels = [("few-shot (real)", real.fewshot), ("held-out (real)", real.heldout_ood)] + sets
+  if finetune_dir:
+    panels.append(("vanilla fine-tuning", samples))
+  save_comparison_figure(os.path.join(out_dir, "comparison.png"), panels,
+                         per_row=int(config.evaluate.get("figure_samples", 12)))
   table = evaluation.comparison_table(rows)
   report = {"setup": ev.describe(), "rows": rows, "table_markdown": table,
             "science": {k: v for k, v in science.items() if v is not None} or None,

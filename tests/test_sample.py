@@ -222,3 +222,6 @@ def test_finetune_then_evaluate_compares_all_methods(setup, sampled):
   tuned = report["rows"][-1]
   assert "id_frechet_distance" in tuned and "ood_hit_rate" in tuned
   assert "| vanilla fine-tuning |" in (workdir / "evaluation" / "comparison.md").read_text()
+  # The figure: one labelled row per set (few-shot, held-out, 3 methods, fine-tuning).
+  figure = np.asarray(Image.open(workdir / "evaluation" / "comparison.png").convert("L"))
+  assert figure.shape[0] > 6 * 40 and figure.shape[1] > 400
