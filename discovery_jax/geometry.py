@@ -934,7 +934,7 @@ def _stats_from_coefficients(a, gb, rho, r, has_guard, guard_b):
   return stats, logit
 
 
-def _trainable(r: int, opt_basis: str, has_guard: bool) -> np.ndarray:
+def _trainable(r: int, opt_basis: str) -> np.ndarray:
   """Which basis coefficients the optimiser may move (see ``discover``'s opt_basis)."""
   mask = np.zeros(2 * r + 2 + _EXTRAS, np.float32)
   # v, u and mean(ood). Never w or mean(id): both are ID-vs-OOD image patterns, and moving
@@ -947,7 +947,7 @@ def _trainable(r: int, opt_basis: str, has_guard: bool) -> np.ndarray:
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _path_kernel(all_t, g_all, shell, prior, keys, sources, paths, values, tols, guard_b, guard_scale, *,
+def _path_kernel(all_t, g_all, shell, prior, keys, sources, paths, values, tols, guard_b, *,
                  cfg: _KernelConfig):
   """One chunk of paths (a multiple of _ROW_BLOCK): prior draws, slerp candidates,
   their references, optional optimisation, criteria. Every per-candidate quantity
@@ -993,7 +993,7 @@ def _path_kernel(all_t, g_all, shell, prior, keys, sources, paths, values, tols,
   stats_fn = jax.vmap(lambda a, g, rh: _stats_from_coefficients(a, g, rh, r, cfg.has_guard, guard_b))
   a = a0
   if cfg.opt_steps:
-    a, rho = _optimise(a0, gb, rho, shell, values, tols, guard_scale, cfg, stats_fn, z.shape[1])
+    a, rho = _optimise(a0, gb, rho, shell, values, tols, cfg, stats_fn, z.shape[1])
   stats, logit = stats_fn(a, gb, rho)
   passed, accepted = _accept(stats, logit, values, tols, cfg.guard_margin)
   unflat = lambda x: x.reshape((paths.shape[0], kk) + x.shape[1:])
@@ -1002,7 +1002,7 @@ def _path_kernel(all_t, g_all, shell, prior, keys, sources, paths, values, tols,
           "ood_refs": idx_ood}
 
 
-def _optimise(a0, gb, rho0, shell, values, tols, guard_scale, cfg: _KernelConfig, stats_fn, dim: int):
+def _optimise(a0, gb, rho0, shell, values, tols, cfg: _KernelConfig, stats_fn, dim: int):
   """Adam on every candidate at once (the loss is a sum of per-candidate terms and
   Adam is per-coordinate, so candidates stay independent). Returns (coefficients, norms).
 
@@ -1011,25 +1011,24 @@ def _optimise(a0, gb, rho0, shell, values, tols, guard_scale, cfg: _KernelConfig
   the mean and std of the real OOD norms (the initial interpolated norm is first
   clipped into that band). With the norm frozen the two angle criteria are tied to
   each other (both are functions of the same c . r_j), so the norm must move.
-  Loss: squared tolerance-normalised deviations (the guard, if any, filters the
-  result afterwards; ``guard_scale`` is unused here). Step size for a: ``opt_lr / sqrt(d)``
-  (angles between independent latents scatter by 1/sqrt(d) radians), for s:
-  ``opt_lr / 10``; both with cosine decay to 1%.
+  Loss: squared tolerance-normalised deviations (the guard, if any, only filters
+  the result afterwards: pushing its logit up degrades the images). Step size for
+  a: ``opt_lr / sqrt(d)`` (angles between independent latents scatter by 1/sqrt(d)
+  radians), for s: ``opt_lr / 10``; both with cosine decay to 1%.
   """
   centre, band = shell
   s0 = jnp.arctanh(jnp.clip((rho0 - centre) / band, -0.95, 0.95))
 
   def loss(params):
     rho = centre + band * jnp.tanh(params["s"])
-    stats, logit = stats_fn(params["a"], gb, rho)
-    del logit  # the guard only filters (see _trainable): pushing its logit up degrades the images.
+    stats, _ = stats_fn(params["a"], gb, rho)
     return jnp.sum(((stats - values) / tols) ** 2)
 
   sched = lambda lr: optax.cosine_decay_schedule(lr, cfg.opt_steps, alpha=0.01)
   opt = optax.partition({"a": optax.adam(sched(cfg.opt_lr / math.sqrt(dim))), "s": optax.adam(sched(cfg.opt_lr / 10))},
                         {"a": "a", "s": "s"})
   params = {"a": a0, "s": s0}
-  mask = jnp.asarray(_trainable(cfg.num_refs, cfg.opt_basis, cfg.has_guard))
+  mask = jnp.asarray(_trainable(cfg.num_refs, cfg.opt_basis))
 
   def step(carry, _):
     params, state = carry
@@ -1196,7 +1195,6 @@ def discover(ood_bank: Any, id_bank: Any, *, num_samples: int, key: jax.Array, m
   sources = jax.random.permutation(jax.random.fold_in(key, 1), geom.num_ood).astype(jnp.int32)
   values, tols = targets.arrays()
   gbias = guard.b if guard is not None else jnp.zeros((), jnp.float32)
-  gscale = guard.scale if guard is not None else jnp.ones((), jnp.float32)
   ood_norms = jnp.sqrt(jnp.diagonal(geom.g_all)[:geom.num_ood])
   shell = (jnp.mean(ood_norms), jnp.maximum(jnp.std(ood_norms), 1e-6 * jnp.mean(ood_norms)))
   # Several devices: the same single-device kernel runs on each device's own
@@ -1206,7 +1204,7 @@ def discover(ood_bank: Any, id_bank: Any, *, num_samples: int, key: jax.Array, m
   sub = -(-int(chunk_paths) // _ROW_BLOCK) * _ROW_BLOCK
   chunk = sub * len(devices)
   num_paths = -(-max_candidates // num_interior)
-  inputs = (geom.all_t, geom.g_all, shell, prior, keys, sources, values, tols, gbias, gscale)
+  inputs = (geom.all_t, geom.g_all, shell, prior, keys, sources, values, tols, gbias)
   per_device = [inputs if dev is None else jax.device_put(inputs, dev) for dev in devices]
   if out is not None and (out.shape[0] < num_samples or tuple(out.shape[1:]) != shape):
     raise ValueError(f"out must have shape ({num_samples}, {', '.join(map(str, shape))}), got {out.shape}")
@@ -1220,10 +1218,10 @@ def discover(ood_bank: Any, id_bank: Any, *, num_samples: int, key: jax.Array, m
   p0 = 0
   while p0 < num_paths and n_acc < num_samples:
     parts = []
-    for j, (dev, (a_t, g_a, sh, pr, ks, src, val, tol, gb_, gs_)) in enumerate(zip(devices, per_device)):
+    for j, (dev, (a_t, g_a, sh, pr, ks, src, val, tol, gb_)) in enumerate(zip(devices, per_device)):
       paths = np.arange(p0 + j * sub, p0 + (j + 1) * sub, dtype=np.int32)
       paths = jnp.asarray(paths) if dev is None else jax.device_put(paths, dev)
-      parts.append(_path_kernel(a_t, g_a, sh, pr, ks, src, paths, val, tol, gb_, gs_, cfg=cfg))
+      parts.append(_path_kernel(a_t, g_a, sh, pr, ks, src, paths, val, tol, gb_, cfg=cfg))
     host = {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0] if k != "z"}
     g = (np.arange(p0, p0 + chunk)[:, None] * num_interior + np.arange(num_interior)[None]).ravel()
     valid = g < max_candidates
