@@ -140,6 +140,7 @@ def get_config():
   config.evaluate.finetune_dir = ""       # a `finetune` workdir: the vanilla fine-tuning baseline
   config.evaluate.kid_subset_size = 100
   config.evaluate.seed = 0
+  config.evaluate.figure_samples = 12     # images per set in evaluation/comparison.png
 
   # Devices: a data-parallel mesh over all local devices (see discovery_jax.parallel).
   config.parallel = ml_collections.ConfigDict()

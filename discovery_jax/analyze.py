@@ -17,16 +17,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from discovery_jax import cli, diffusion, geometry, inversion
+from discovery_jax import cli, diffusion, geometry, inversion, plots
 
 PLOTS = ("norms", "distances", "angles_origin", "angles_vertex", "normality_pvalues")
 
 
 def _hist_plot(path: str, series: dict, xlabel: str, title: str, vlines: dict | None = None) -> str:
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
-  fig = Figure(figsize=(6, 3.6))
-  FigureCanvasAgg(fig)
+  fig = plots.new_figure((6, 3.6), dpi=110)
   ax = fig.add_subplot(1, 1, 1)
   values = [np.asarray(v, np.float64).ravel() for v in series.values() if len(np.ravel(v))]
   lo, hi = min(v.min() for v in values), max(v.max() for v in values)
@@ -41,9 +38,7 @@ def _hist_plot(path: str, series: dict, xlabel: str, title: str, vlines: dict | 
   ax.set_ylabel("density")
   ax.set_title(title, fontsize=9)
   ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  return path
+  return plots.save_figure(fig, path)
 
 
 def _offdiag(m: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ import os
 import ml_collections
 import numpy as np
 
-from discovery_jax import checkpoint, cli, evaluation
+from discovery_jax import checkpoint, cli, evaluation, plots
 from discovery_jax.data import images
 
 
@@ -45,24 +45,17 @@ def generated_sets(config: ml_collections.ConfigDict, workdir: str) -> list[tupl
 def save_comparison_figure(path: str, panels: list[tuple[str, np.ndarray]], per_row: int = 12) -> None:
   """One labelled row of the first ``per_row`` images of each set (real sets first): the
   comparison a person reads at a glance, next to the table."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
   if not panels or per_row < 1:
     return
-  fig, axes = plt.subplots(len(panels), 1, figsize=(per_row * 0.8 + 1.6, len(panels) * 0.95 + 0.2), squeeze=False)
-  for ax, (name, x) in zip(axes[:, 0], panels):
-    grid = images.make_grid(np.asarray(x[:per_row], np.float32), ncol=per_row)
-    grid = images.to_uint8(grid)
+  fig = plots.new_figure((per_row * 0.8 + 1.6, len(panels) * 0.95 + 0.2), dpi=110)
+  for i, (name, x) in enumerate(panels):
+    ax = fig.add_subplot(len(panels), 1, i + 1)
+    grid = images.to_uint8(images.make_grid(np.asarray(x[:per_row], np.float32), ncol=per_row))
     ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
-  fig.tight_layout()
-  tmp = f"{path}.tmp-{os.getpid()}.png"
-  fig.savefig(tmp, dpi=110)
-  plt.close(fig)
-  os.replace(tmp, path)
+  plots.save_figure(fig, path)
 
 
 def run_evaluation(config: ml_collections.ConfigDict, workdir: str,
@@ -92,14 +85,13 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str,
     if not os.path.isfile(tuned):
       raise ValueError(f"config.evaluate.finetune_dir={finetune_dir!r} has no samples.npy "
                        "(run `python -m discovery_jax.finetune` into it first)")
-    samples = np.load(tuned)
-    rows.append(ev.evaluate(samples, name="vanilla fine-tuning", id_samples=samples))
-    science["vanilla fine-tuning"] = ev.science(samples, out_dir, "vanilla_fine-tuning")
+    tuned_samples = np.load(tuned)
+    rows.append(ev.evaluate(tuned_samples, name="vanilla fine-tuning", id_samples=tuned_samples))
+    science["vanilla fine-tuning"] = ev.science(tuned_samples, out_dir, "vanilla_fine-tuning")
+    sets.append(("vanilla fine-tuning", tuned_samples))
   panels = [("few-shot (real)", real.fewshot), ("held-out (real)", real.heldout_ood)] + sets
-  if finetune_dir:
-    panels.append(("vanilla fine-tuning", samples))
   save_comparison_figure(os.path.join(out_dir, "comparison.png"), panels,
-                         per_row=int(config.evaluate.get("figure_samples", 12)))
+                         per_row=int(config.evaluate.figure_samples))
   table = evaluation.comparison_table(rows)
   report = {"setup": ev.describe(), "rows": rows, "table_markdown": table,
             "science": {k: v for k, v in science.items() if v is not None} or None,

@@ -28,6 +28,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from discovery_jax import plots
+
 SCALES = ("linear", "log10", "asinh")
 
 
@@ -192,27 +194,10 @@ def fit_power_law(ps: dict, *, k_range: tuple[float, float] = (2, np.inf)) -> di
 # Plots.
 
 
-def _figure(figsize=(5.0, 3.6)):
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
-  fig = Figure(figsize=figsize, dpi=100)
-  FigureCanvasAgg(fig)
-  return fig
-
-
-def _save(fig, path: str) -> str:
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp-{os.getpid()}.png")
-  fig.tight_layout()
-  fig.savefig(tmp, format="png")
-  os.replace(tmp, path)
-  return path
-
-
 def plot_histograms(hist: dict, path: str, *, labels: tuple[str, str] = ("generated", "real"),
                     title: str | None = None, log_y: bool = True) -> str:
   """Density histograms of both sets overlaid (steps), saved as PNG."""
-  fig = _figure()
+  fig = plots.new_figure()
   ax = fig.add_subplot(1, 1, 1)
   edges = np.asarray(hist["edges"])
   for key, label, color in (("real", labels[1], "black"), ("generated", labels[0], "tab:orange")):
@@ -228,12 +213,12 @@ def plot_histograms(hist: dict, path: str, *, labels: tuple[str, str] = ("genera
   ax.legend(frameon=False)
   if title:
     ax.set_title(title)
-  return _save(fig, path)
+  return plots.save_figure(fig, path)
 
 
 def plot_power_spectra(spectra: dict[str, dict], path: str, *, title: str | None = None) -> str:
   """Power spectra {label: power_spectrum(...)} on log-log axes (shaded: +-1 std), saved as PNG."""
-  fig = _figure()
+  fig = plots.new_figure()
   ax = fig.add_subplot(1, 1, 1)
   for label, ps in spectra.items():
     k, p = np.asarray(ps["k"], np.float64), np.asarray(ps["power"], np.float64)
@@ -250,7 +235,7 @@ def plot_power_spectra(spectra: dict[str, dict], path: str, *, title: str | None
   ax.legend(frameon=False)
   if title:
     ax.set_title(title)
-  return _save(fig, path)
+  return plots.save_figure(fig, path)
 
 
 def compare_fields(generated, real, *, bins: int = 64, scale: str = "linear", softening: float = 1.0,
