@@ -79,7 +79,7 @@ def find_latents(config: ml_collections.ConfigDict, method: str, banks: dict, ro
     result = geometry.discover(
         ood, idb, num_samples=n, key=jax.random.fold_in(root, KEY_DISCOVERY), mode=disc.mode,
         max_candidates=max_candidates, num_interior=int(disc.num_interior), num_refs=int(disc.num_refs),
-        max_per_path=int(disc.max_per_path) if int(disc.get("max_per_path", 0)) > 0 else None,
+        max_per_path=int(disc.max_per_path) or None,
         tolerance_scale=float(disc.tolerance_scale), prior=prior, guard=guard,
         guard_margin=float(disc.guard_margin), opt_steps=int(disc.opt_steps), opt_lr=float(disc.opt_lr),
         mesh=mesh)
@@ -145,7 +145,7 @@ def stage_latents(config: ml_collections.ConfigDict, workdir: str, method: str, 
 
 
 def _supersede(out: str, why: str, keep: tuple[str, ...] = ()) -> str:
-  """Moves a method's outputs (all but ``keep``) into ``<out>.superseded-N`` and returns ``out``.
+  """Moves a method's outputs (all but ``keep``) into ``<out>.superseded-N``; returns that folder.
 
   A rerun with other settings starts clean but never deletes what an earlier run produced.
   """
@@ -158,7 +158,7 @@ def _supersede(out: str, why: str, keep: tuple[str, ...] = ()) -> str:
     if name not in keep:
       os.replace(os.path.join(out, name), os.path.join(archive, name))
   logging.warning("%s: the settings changed (%s); the previous outputs are kept in %s", out, why, archive)
-  return out
+  return archive
 
 
 def _images_identity(config: ml_collections.ConfigDict, out: str, runner: inversion.DDIMRunner) -> dict:
@@ -172,13 +172,10 @@ def _images_identity(config: ml_collections.ConfigDict, out: str, runner: invers
 def _stale_images(out: str, identity: dict) -> str | None:
   """Why the images already under ``out`` were made from other latents or settings (None: they match)."""
   from discovery_jax.data import dataset
-  path = os.path.join(out, "dataset", dataset.IDENTITY_FILE)
-  if not os.path.isfile(path):
+  changes = dataset.metadata_changes(os.path.join(out, "dataset"), identity)
+  if changes is None:
     return "samples.npy without a dataset" if os.path.isfile(os.path.join(out, "samples.npy")) else None
-  with open(path) as f:
-    stored = json.load(f).get("metadata") or {}
-  changed = [f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in identity.items() if stored.get(k) != v]
-  return ", ".join(changed) or None
+  return ", ".join(f"{k}: {was!r} -> {now!r}" for k, was, now in changes) or None
 
 
 def _physical(bank: LatentBank) -> tuple[Any, int] | None:
@@ -286,6 +283,9 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
       raise ValueError(f"config.sample.methods: unknown method {m!r}; choose from {METHODS}")
   if int(config.sample.num_samples) < 1:
     raise ValueError(f"config.sample.num_samples must be >= 1, got {config.sample.num_samples}")
+  if int(config.discovery.max_per_path) < 0:
+    raise ValueError(f"config.discovery.max_per_path must be >= 0 (0 keeps every accepted point of a path), "
+                     f"got {config.discovery.max_per_path}")
   model = cli.load_model(config)
   s = cli.sampling_settings(config)
   schedule = diffusion.Schedule.from_config(config.diffusion)

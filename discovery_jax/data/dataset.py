@@ -65,6 +65,29 @@ SCALAR_DTYPES = ("int64", "int32", "float32", "float64")
 DEFAULT_IDENTITY_KEYS = ("model_fingerprint", "seed")
 
 
+def _metadata_changes(stored: Mapping[str, Any], requested: Mapping[str, Any],
+                      keys: Sequence[str]) -> list[tuple[str, Any, Any]]:
+  """(key, stored, requested) for each of ``keys`` that either side sets and the two disagree on."""
+  return [(k, stored.get(k), requested.get(k)) for k in keys
+          if (k in stored or k in requested) and stored.get(k) != requested.get(k)]
+
+
+def metadata_changes(directory: str, metadata: Mapping[str, Any],
+                     keys: Sequence[str] | None = None) -> list[tuple[str, Any, Any]] | None:
+  """How the caller metadata of the dataset in ``directory`` differs from ``metadata``
+  on ``keys`` (default: all of ``metadata``'s): the test ``DatasetWriter`` applies before
+  resuming, without raising. None when ``directory`` holds no dataset yet."""
+  path = os.path.join(directory, IDENTITY_FILE)
+  if not os.path.isfile(path):
+    return None
+  try:
+    stored = _read_json(path).get("metadata") or {}
+  except (OSError, json.JSONDecodeError) as e:
+    raise DatasetError(f"{path} cannot be read ({e}); delete the directory or restore the file") from None
+  metadata = _jsonable(dict(metadata))
+  return _metadata_changes(stored, metadata, tuple(metadata) if keys is None else keys)
+
+
 class DatasetError(ValueError):
   """A dataset directory or request that is inconsistent, incompatible or corrupt; names it."""
 
@@ -336,9 +359,8 @@ class DatasetWriter:
     mine = self._identity()
     checks = [(k, old.get(k), mine[k]) for k in ("name", "num_samples", "shard_size", "features", "write_images")]
     if self.metadata is not None:
-      stored = old.get("metadata") or {}
-      checks += [(f"metadata.{k}", stored.get(k), self.metadata.get(k)) for k in self.identity_keys
-                 if k in stored or k in self.metadata]
+      checks += [(f"metadata.{k}", was, now)
+                 for k, was, now in _metadata_changes(old.get("metadata") or {}, self.metadata, self.identity_keys)]
     for key, was, now in checks:
       if was != now:
         raise DatasetError(
