@@ -75,3 +75,27 @@ def save_random_torch_checkpoint(model_config: dict, path: str, seed: int = 0, l
   net.eval()
   torch.save(net.state_dict(), path, _use_new_zipfile_serialization=not legacy)
   return net
+
+
+# Settings small enough for end-to-end CLI runs in the test suite.
+TINY_RUN = {"sampling.t_0": 300, "sampling.n_steps": 4, "discovery.num_id_latents": 12, "discovery.num_refs": 4,
+            "discovery.opt_steps": 50, "output.shard_size": 2}
+
+
+def write_config(path, base: str, family: str, checkpoint: str, settings: dict) -> str:
+  """Writes a config file for the entry points: ``configs/<base>`` with the reference-vector
+  model of ``family`` (converted to ``checkpoint``), TINY_RUN, then ``settings``
+  ({'a.b': value}); returns its path."""
+  lines = [f"  c.{key} = {value!r}" for key, value in {**TINY_RUN, **settings}.items()]
+  text = "\n".join([
+      "import ml_collections",
+      "from discovery_jax import configlib",
+      "def get_config():",
+      f"  c = configlib.load_config_file({os.path.join(REPO, 'configs', base)!r})",
+      f"  c.model = ml_collections.ConfigDict({vector_model_config(family)!r})",
+      f"  c.checkpoint = {str(checkpoint)!r}",
+      *lines,
+      "  return c", ""])
+  with open(path, "w") as f:
+    f.write(text)
+  return str(path)

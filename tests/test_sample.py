@@ -31,36 +31,13 @@ def setup(tmp_path_factory, vectors_available):
     yy, xx = np.mgrid[:32, :32]
     img = 255 * np.exp(-((yy - rng.integers(8, 24)) ** 2 + (xx - rng.integers(8, 24)) ** 2) / 60.0)
     Image.fromarray(np.repeat(img[..., None], 3, -1).astype(np.uint8)).save(os.path.join(idh, f"id{i}.png"))
-  cfg = root / "config.py"
-  cfg.write_text(f"""
-import ml_collections
-from discovery_jax import configlib
-def get_config():
-  c = configlib.load_config_file({os.path.join(helpers.REPO, 'configs', 'base.py')!r})
-  c.name = 'tiny'
-  c.model = ml_collections.ConfigDict({helpers.vector_model_config('iddpm')!r})
-  c.checkpoint = {ckpt!r}
-  c.data.ood_dir = {ood!r}
-  c.data.eval_dir = {held!r}
-  c.evaluate.id_dir = {idh!r}
-  c.evaluate.features = 'random_conv'
-  c.sampling.t_0 = 300
-  c.sampling.n_steps = 4
-  c.sampling.batch_size = 8
-  c.sample.num_samples = 6
-  c.discovery.num_id_latents = 12
-  c.discovery.num_refs = 4
-  c.discovery.mode = 'optimize'  # the rejection path runs in test_budget_exhaustion
-  c.discovery.opt_steps = 50
-  c.output.shard_size = 2
-  c.finetune.steps = 2
-  c.finetune.batch_size = 4
-  c.finetune.num_samples = 4
-  c.finetune.num_preview = 0
-  c.finetune.log_every = 1
-  return c
-""")
-  return {"root": root, "config": str(cfg), "ckpt": ckpt}
+  cfg = helpers.write_config(root / "config.py", "base.py", "iddpm", ckpt, {
+      "name": "tiny", "data.ood_dir": ood, "data.eval_dir": held, "evaluate.id_dir": idh,
+      "evaluate.features": "random_conv", "sampling.batch_size": 8, "sample.num_samples": 6,
+      "discovery.mode": "optimize",  # the rejection path runs in test_budget_exhaustion
+      "finetune.steps": 2, "finetune.batch_size": 4, "finetune.num_samples": 4, "finetune.num_preview": 0,
+      "finetune.log_every": 1})
+  return {"root": root, "config": cfg, "ckpt": ckpt}
 
 
 def run(module, config, workdir, *args, env=None, check=True):

@@ -25,28 +25,10 @@ def fields(tmp_path_factory, vectors_available):
   convert_checkpoint(helpers.vector_state_dict("ddpm"), ckpt, helpers.vector_model_config("ddpm"))
   rad = synthetic.write_radiation_set(str(root / "fewshot"), count=9, size=48, seed=0, cube_planes=3)
   synthetic.write_radiation_set(str(root / "heldout"), count=10, size=48, seed=1, cube_planes=0)
-  cfg = root / "config.py"
-  cfg.write_text(f"""
-import ml_collections
-from discovery_jax import configlib
-def get_config():
-  c = configlib.load_config_file({os.path.join(helpers.REPO, 'configs', 'radiation.py')!r})
-  c.model = ml_collections.ConfigDict({helpers.vector_model_config('ddpm')!r})
-  c.checkpoint = {ckpt!r}
-  c.data.ood_dir = {str(root / 'fewshot')!r}
-  c.data.eval_dir = {str(root / 'heldout')!r}
-  c.data.cube_slices = 'all'
-  c.sampling.t_0 = 300
-  c.sampling.n_steps = 4
-  c.sample.num_samples = 4
-  c.sample.evaluate = False
-  c.discovery.num_id_latents = 12
-  c.discovery.num_refs = 4
-  c.discovery.opt_steps = 50
-  c.output.shard_size = 2
-  return c
-""")
-  return {"root": root, "config": str(cfg), "rad": rad}
+  cfg = helpers.write_config(root / "config.py", "radiation.py", "ddpm", ckpt, {
+      "data.ood_dir": str(root / "fewshot"), "data.eval_dir": str(root / "heldout"), "data.cube_slices": "all",
+      "sample.num_samples": 4, "sample.evaluate": False})
+  return {"root": root, "config": cfg, "rad": rad}
 
 
 def test_fits_set_to_model_space_never_passes_nan(fields):
