@@ -46,16 +46,45 @@ def sinusoidal_embedding(
   return emb
 
 
+class GroupNorm(nn.Module):
+  """torch's ``GroupNorm`` (two-pass variance, affine) over (B, ..., C) inputs.
+
+  Written out instead of ``flax.linen.GroupNorm`` because the reduction order
+  matters for speed: summing over the spatial axes first (per-channel row sums,
+  which vectorise) and only then over the channels of a group runs 3-7x faster
+  on XLA:CPU than reducing a (B, HW, G, C/G) view, and the norms are a tenth of
+  a UNet forward there. Both passes accumulate in float32.
+  """
+
+  num_groups: int
+  epsilon: float
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    channels = x.shape[-1]
+    groups = self.num_groups
+    if channels % groups:
+      raise ValueError(f"GroupNorm: {channels} channels are not divisible by {groups} groups")
+    scale = self.param("scale", nn.initializers.ones, (channels,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
+    x = x.astype(jnp.float32)
+    spatial = tuple(range(1, x.ndim - 1))
+    per_group = channels // groups
+    count = per_group * math.prod(x.shape[1:-1])
+    keep = (x.shape[0],) + (1,) * len(spatial) + (channels,)
+
+    def group_mean(channel_sums: jax.Array) -> jax.Array:
+      sums = channel_sums.reshape(x.shape[0], groups, per_group).sum(-1, keepdims=True)
+      return jnp.broadcast_to(sums / count, (x.shape[0], groups, per_group)).reshape(keep)
+
+    centred = x - group_mean(x.sum(axis=spatial))
+    var = group_mean(jnp.square(centred).sum(axis=spatial))
+    return centred * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+
+
 def group_norm(epsilon: float, name: str) -> nn.Module:
-  """A float32 GroupNorm whose parameters live at ``name/{scale,bias}``."""
-  return nn.GroupNorm(
-      num_groups=32,
-      epsilon=epsilon,
-      dtype=jnp.float32,
-      param_dtype=jnp.float32,
-      use_fast_variance=False,
-      name=name,
-  )
+  """A float32 GroupNorm (32 groups) whose parameters live at ``name/{scale,bias}``."""
+  return GroupNorm(num_groups=32, epsilon=epsilon, name=name)
 
 
 def apply_norm(norm: nn.Module, x: jax.Array) -> jax.Array:
@@ -130,11 +159,16 @@ def multihead_attention(
 ) -> jax.Array:
   """Softmax attention over tokens; q, k, v are (B, T, H, d); returns (B, T, H, d).
 
-  Logits are scaled by ``d ** -0.5`` and the softmax runs in float32.
+  Logits are scaled by ``d ** -0.5`` and the softmax runs in float32. Heads are
+  moved in front of the tokens before the two batched matmuls: XLA:CPU runs the
+  (B, H, T, d) form 8x faster than einsums that keep heads between tokens and
+  channels (``benchmarks/ddim_throughput.py``), and it is the layout GPUs prefer too.
   """
   scale = q.shape[-1] ** -0.5
+  q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))
   logits = jnp.einsum(
-      "bqhd,bkhd->bhqk", q, k, precision=precision, preferred_element_type=jnp.float32
+      "bhqd,bhkd->bhqk", q, k, precision=precision, preferred_element_type=jnp.float32
   )
   weights = jax.nn.softmax(logits * scale, axis=-1).astype(v.dtype)
-  return jnp.einsum("bhqk,bkhd->bqhd", weights, v, precision=precision)
+  out = jnp.einsum("bhqk,bhkd->bhqd", weights, v, precision=precision)
+  return out.transpose(0, 2, 1, 3)
