@@ -179,3 +179,33 @@ def test_parameter_tree_mirrors_torch_names():
   flat = flax.traverse_util.flatten_dict(models.param_shapes(module))
   assert ("input_blocks.3.1", "qkv", "kernel") in flat
   assert ("output_blocks.1.2", "in_layers.0", "scale") in flat  # the up ResBlock after attention
+
+
+@pytest.mark.parametrize("shape,offset", [((2, 8, 8, 64), 0.0), ((3, 5, 7, 96), 0.0), ((2, 4, 4, 32), 300.0)])
+def test_group_norm_matches_torch(shape, offset):
+  """The hand-written GroupNorm (row sums, two passes) against torch.nn.GroupNorm and
+  float64, including a large common offset where a one-pass E[x^2] - E[x]^2 variance
+  breaks (torch's own channels-last kernel is off by 0.27 there; its NCHW one is not)."""
+  from discovery_jax.models import layers
+  rng = np.random.default_rng(0)
+  x = (rng.normal(size=shape) * 0.5 + offset).astype(np.float32)
+  scale = rng.normal(1.0, 0.1, shape[-1]).astype(np.float32)
+  bias = rng.normal(0.0, 0.1, shape[-1]).astype(np.float32)
+  norm = layers.GroupNorm(num_groups=32, epsilon=1e-5)
+  got = norm.apply({"params": {"scale": jnp.asarray(scale), "bias": jnp.asarray(bias)}}, jnp.asarray(x))
+  ref = torch.nn.GroupNorm(32, shape[-1], eps=1e-5)
+  with torch.no_grad():
+    ref.weight.copy_(torch.from_numpy(scale))
+    ref.bias.copy_(torch.from_numpy(bias))
+    want = ref(torch.from_numpy(np.ascontiguousarray(nchw(x)))).numpy()
+  np.testing.assert_allclose(nchw(np.asarray(got)), want, atol=5e-4, rtol=0)
+  groups = x.astype(np.float64).reshape(shape[0], -1, 32, shape[-1] // 32)
+  exact = (groups - groups.mean(axis=(1, 3), keepdims=True)) / np.sqrt(groups.var(axis=(1, 3), keepdims=True) + 1e-5)
+  exact = exact.reshape(shape) * scale + bias
+  np.testing.assert_allclose(np.asarray(got), exact, atol=2e-4, rtol=0)
+
+
+def test_group_norm_refuses_channels_not_divisible_by_groups():
+  from discovery_jax.models import layers
+  with pytest.raises(ValueError, match="48 channels are not divisible by 32 groups"):
+    layers.GroupNorm(num_groups=32, epsilon=1e-5).init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 4, 48)))
