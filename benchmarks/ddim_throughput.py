@@ -63,6 +63,12 @@ def torch_autocast(device: str, dtype: str):
   return torch.autocast(device_type=device, dtype=getattr(torch, dtype))
 
 
+def ddim_update(x, et, at, at_next):
+  """One deterministic DDIM step from the eps prediction (float32 arithmetic)."""
+  x0 = (x - et.float() * (1 - at).sqrt()) / at.sqrt()
+  return at_next.sqrt() * x0 + (1 - at_next).sqrt() * et.float()
+
+
 def torch_loop(net, x, pairs, alphas, learn_sigma, device):
   """Batched eager DDIM (eta = 0) over ``pairs``: coefficients precomputed once."""
   a = torch.from_numpy(alphas).float().to(device)
@@ -73,9 +79,17 @@ def torch_loop(net, x, pairs, alphas, learn_sigma, device):
       et = et[:, : et.shape[1] // 2]
     at = a[t]
     at_next = torch.ones((), device=device) if t_next < 0 else a[t_next]
-    x0 = (x - et.float() * (1 - at).sqrt()) / at.sqrt()
-    x = at_next.sqrt() * x0 + (1 - at_next).sqrt() * et.float()
+    x = ddim_update(x, et, at, at_next)
   return x
+
+
+def official_alpha(betas, ts, device):
+  """alpha_bar at timesteps ``ts`` the official way: the cumulative product rebuilt
+  from the betas and copied into a new tensor on every call, then gathered."""
+  with warnings.catch_warnings():  # torch.tensor(tensor) copies, and says so
+    warnings.simplefilter("ignore", UserWarning)
+    table = torch.tensor((1.0 - betas).cumprod(dim=0), dtype=torch.float, device=device)
+  return torch.gather(table, 0, ts.long()).reshape(-1, 1, 1, 1)
 
 
 def official_loop(net, x, pairs, betas, learn_sigma, device):
@@ -86,16 +100,9 @@ def official_loop(net, x, pairs, betas, learn_sigma, device):
     _, et = net(x, tt)
     if learn_sigma:
       et, _ = torch.split(et, et.shape[1] // 2, dim=1)
-
-    def gather(ts):  # the cumulative product is rebuilt from the betas every time
-      with warnings.catch_warnings():  # torch.tensor(tensor) copies, and says so
-        warnings.simplefilter("ignore", UserWarning)
-        table = torch.tensor((1.0 - betas).cumprod(dim=0), dtype=torch.float, device=device)
-      return torch.gather(table, 0, ts.long()).reshape(-1, 1, 1, 1)
-    at = gather(tt)
-    at_next = torch.ones_like(at) if tn.sum() == -tn.shape[0] else gather(tn)
-    x0 = (x - et.float() * (1 - at).sqrt()) / at.sqrt()
-    x = at_next.sqrt() * x0 + (1 - at_next).sqrt() * et.float()
+    at = official_alpha(betas, tt, device)
+    at_next = torch.ones_like(at) if tn.sum() == -tn.shape[0] else official_alpha(betas, tn, device)
+    x = ddim_update(x, et, at, at_next)
   return x
 
 

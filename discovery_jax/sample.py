@@ -307,12 +307,12 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
   physical = _physical(banks["ood"])
 
   results = {}
+  # On accelerators the discovery kernel runs on every device; on a CPU XLA already
+  # multithreads its matmuls and splitting it over host devices is slower.
+  disc_mesh = mesh if jax.devices()[0].platform != "cpu" else None
   for method in methods:
     t = time.time()
     # Every host computes the same latents (deterministic); the main host stores them.
-    # On accelerators the discovery kernel runs on every device; on a CPU XLA already
-    # multithreads its matmuls and splitting it over host devices is slower.
-    disc_mesh = mesh if jax.devices()[0].platform != "cpu" else None
     latents, record = (stage_latents(config, workdir, method, banks, root, disc_mesh) if main_host
                        else (None, None))
     parallel.sync_hosts(f"latents-{method}")

@@ -186,12 +186,11 @@ def test_group_norm_matches_torch(shape, offset):
   """The hand-written GroupNorm (row sums, two passes) against torch.nn.GroupNorm and
   float64, including a large common offset where a one-pass E[x^2] - E[x]^2 variance
   breaks (torch's own channels-last kernel is off by 0.27 there; its NCHW one is not)."""
-  from discovery_jax.models import layers
   rng = np.random.default_rng(0)
   x = (rng.normal(size=shape) * 0.5 + offset).astype(np.float32)
   scale = rng.normal(1.0, 0.1, shape[-1]).astype(np.float32)
   bias = rng.normal(0.0, 0.1, shape[-1]).astype(np.float32)
-  norm = layers.GroupNorm(num_groups=32, epsilon=1e-5)
+  norm = models.layers.GroupNorm(num_groups=32, epsilon=1e-5)
   got = norm.apply({"params": {"scale": jnp.asarray(scale), "bias": jnp.asarray(bias)}}, jnp.asarray(x))
   ref = torch.nn.GroupNorm(32, shape[-1], eps=1e-5)
   with torch.no_grad():
@@ -206,6 +205,5 @@ def test_group_norm_matches_torch(shape, offset):
 
 
 def test_group_norm_refuses_channels_not_divisible_by_groups():
-  from discovery_jax.models import layers
   with pytest.raises(ValueError, match="48 channels are not divisible by 32 groups"):
-    layers.GroupNorm(num_groups=32, epsilon=1e-5).init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 4, 48)))
+    models.layers.GroupNorm(num_groups=32, epsilon=1e-5).init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 4, 48)))
