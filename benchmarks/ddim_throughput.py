@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from convert import torch_to_flax  # noqa: E402
-from discovery_jax import configlib, diffusion, inversion, models, parallel  # noqa: E402
+from discovery_jax import configlib, diffusion, models, parallel, runner as inversion  # noqa: E402
 from tests import helpers, torch_reference  # noqa: E402
 
 # The targets: ratio of JAX images/s over (b) and (c), and the GPU MFU.

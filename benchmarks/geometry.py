@@ -126,7 +126,7 @@ def main() -> None:
 
   import jax
 
-  from discovery_jax import geometry as geo
+  from discovery_jax import discovery as geo
   from discovery_jax import parallel
 
   d = int(np.prod(SHAPE))
@@ -150,7 +150,7 @@ def main() -> None:
         f"{targets.values[2]:.3f} +- {targets.tolerances[2]:.4f} deg; real-latent self-acceptance "
         f"{targets.self_acceptance:.2f}")
   mesh = None if args.devices <= 1 else parallel.make_mesh(args.devices)
-  common = dict(key=key, targets=targets, prior=prior, guard=guard, num_refs=NUM_REFS, num_interior=NUM_INTERIOR,
+  common = dict(key=key, targets=targets, prior=prior, fitted_guard=guard, num_refs=NUM_REFS, num_interior=NUM_INTERIOR,
                 compare=False, mesh=mesh)
   print(f"jitted kernels on {parallel.data_size(mesh)} device(s)")
 

@@ -46,7 +46,7 @@ def main() -> None:
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from discovery_jax import configlib, diffusion, inversion, models, parallel
+  from discovery_jax import configlib, diffusion, models, parallel, runner as inversion
   from tests import helpers
 
   if args.model in ("iddpm_small", "ddpm_small"):

@@ -5,6 +5,7 @@ Base-model configs (afhq.py, celeba.py, church.py, bedroom.py) add ``model`` and
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def get_config():
@@ -12,7 +13,7 @@ def get_config():
   config.name = "base"
   config.seed = 0
   # A checkpoint directory written by `python -m convert` (or `train`).
-  config.checkpoint = ""
+  config.checkpoint = placeholder(str)
   config.model = ml_collections.ConfigDict()
 
   # The real bases were trained with linear betas 1e-4..0.02 over T = 1000.
@@ -22,7 +23,7 @@ def get_config():
   config.diffusion.beta_end = 0.02
   config.diffusion.num_timesteps = 1000
 
-  # Deterministic DDIM inversion / generation (METHOD.md step 1).
+  # Deterministic DDIM inversion / generation (docs/method.md).
   config.sampling = ml_collections.ConfigDict()
   config.sampling.t_0 = 900
   config.sampling.n_steps = 80
@@ -31,23 +32,25 @@ def get_config():
 
   # Inputs. Target-domain configs set the folders.
   config.data = ml_collections.ConfigDict()
-  config.data.ood_dir = ""       # the few-shot images of the new (out-of-domain) target domain
-  config.data.id_dir = ""        # optional in-domain reference images
-  config.data.eval_dir = ""      # optional held-out target images for evaluation
+  config.data.ood_dir = placeholder(str)   # the few-shot images of the new (out-of-domain) target domain
+  config.data.id_dir = placeholder(str)    # optional in-domain reference images
+  config.data.eval_dir = placeholder(str)  # optional held-out target images for evaluation
   config.data.resize = "stretch"  # 'stretch' (official: whole image to a square) or 'center_crop'
   config.data.resample = "lanczos"  # PIL filter (the official code uses LANCZOS/ANTIALIAS)
   config.data.alpha = "black"    # transparent pixels over 'black' or 'white', or 'drop' alpha
   config.data.on_bad_file = "skip"  # 'skip' (report and go on) or 'error' (stop at the first)
-  config.data.max_files = -1     # use only the first N files (-1: all)
+  config.data.max_files = placeholder(int)  # use only the first N files (None: all)
   config.data.format = "auto"    # 'auto' (by extension), 'image' or 'scientific' (FITS/.npy/.npz)
   # Scientific inputs (see discovery_jax.data.scientific): which HDU / cube planes,
   # how NaN/Inf pixels are filled, and the intensity transform fitted on the
   # few-shot set and inverted on generated samples (physical units back).
-  config.data.hdu = ""           # index or EXTNAME; "": the first HDU with image data
-  config.data.cube_axis = ""     # "": FITS NAXIS3 / the last .npy axis
-  config.data.cube_slices = ""   # "all" or a tuple of plane indices: one sample per plane
-  config.data.cube_channels = ""  # a tuple of 1 or 3 plane indices: one multi-channel sample
-  config.data.npz_key = ""
+  config.data.hdu = placeholder(str)       # index or EXTNAME; None: the first HDU with image data
+  config.data.cube_axis = placeholder(int)  # None: FITS NAXIS3 / the last .npy axis
+  # "all" or a tuple of plane indices / a tuple of 1 or 3 plane indices; "" (not set): these two
+  # take a string or a tuple, which no single-typed ml_collections placeholder can hold.
+  config.data.cube_slices = ""   # one sample per plane
+  config.data.cube_channels = ""  # one multi-channel sample
+  config.data.npz_key = placeholder(str)  # None: the file's only array
   config.data.fill = "median"    # NaN/Inf fill: 'median', 'zero', 'min' or a number
   config.data.same_size = True   # refuse sets whose files differ in size
   config.data.scientific_resample = "auto"  # area-average down, bilinear up
@@ -60,7 +63,7 @@ def get_config():
 
   # Reconstruction (python -m discovery_jax.reconstruct).
   config.reconstruct = ml_collections.ConfigDict()
-  config.reconstruct.input_dir = ""  # default: data.ood_dir
+  config.reconstruct.input_dir = placeholder(str)  # None: data.ood_dir
   config.reconstruct.grid_rows = 8    # images per grid file
 
   # Sampling new images of the target domain (python -m discovery_jax.sample).
@@ -69,7 +72,7 @@ def get_config():
   config.sample.num_samples = 64
   config.sample.evaluate = True            # evaluate against data.eval_dir when it is set
 
-  # Latent discovery (METHOD.md steps 4-7; discovery_jax.geometry). Every target
+  # Latent discovery (docs/method.md; discovery_jax.discovery). Every target
   # and tolerance is computed from the banks; these settings only scale them.
   config.discovery = ml_collections.ConfigDict()
   # 'rejection' (official: keep slerp candidates that meet the criteria) or 'optimize' (Adam moves
@@ -78,14 +81,14 @@ def get_config():
   config.discovery.mode = "rejection"
   config.discovery.num_interior = 20       # slerp points per (OOD latent, prior draw) pair (official: 20)
   config.discovery.num_refs = 10           # reference latents per criterion (official R = 10)
-  config.discovery.max_per_path = 0        # accepted points kept per slerp path (0: all, official; 1: most diverse)
+  config.discovery.max_per_path = placeholder(int)  # accepted points kept per slerp path (None: all, official)
   config.discovery.tolerance_scale = 1.0   # tolerance = this x the spread among real OOD latents
   config.discovery.prior_kind = "pooled"   # 'pooled' (official: one scalar variance) or 'diagonal'
   config.discovery.guard = "mean_diff"     # mode-interference guard: 'mean_diff', 'logistic' or 'none'
   config.discovery.guard_margin = 0.0
   config.discovery.opt_steps = 200
   config.discovery.opt_lr = 1.0
-  config.discovery.max_candidates = -1     # candidate budget (-1: 1000 x num_samples)
+  config.discovery.max_candidates = placeholder(int)  # candidate budget (None: 1000 x num_samples)
   config.discovery.id_source = "generate_invert"  # ID bank when data.id_dir is empty: see inversion.model_id_bank
   config.discovery.num_id_latents = 64
   config.discovery.renoise_strength = 0.5  # the 'renoise' baseline: 0 copies, 1 is a fresh prior draw
@@ -104,7 +107,7 @@ def get_config():
 
   # Training from scratch (python -m discovery_jax.train).
   config.train = ml_collections.ConfigDict()
-  config.train.data = ""            # a folder of images, or an .npz holding 'images'
+  config.train.data = placeholder(str)  # a folder of images, or an .npz holding 'images'
   config.train.steps = 10000
   config.train.batch_size = 64
   config.train.learning_rate = 2e-4
@@ -121,7 +124,7 @@ def get_config():
 
   # The vanilla fine-tuning baseline (python -m discovery_jax.finetune).
   config.finetune = ml_collections.ConfigDict(config.train.to_dict())
-  config.finetune.data = ""         # default: data.ood_dir (the few-shot set)
+  config.finetune.data = placeholder(str)  # None: data.ood_dir (the few-shot set)
   config.finetune.steps = 1000
   config.finetune.batch_size = 8
   config.finetune.learning_rate = 2e-5
@@ -134,15 +137,15 @@ def get_config():
   # config.sample.evaluate is set and held-out data exist).
   config.evaluate = ml_collections.ConfigDict()
   config.evaluate.features = "inception"  # 'inception' (FID; needs inception_path), 'random_conv', 'pixels'
-  config.evaluate.inception_path = ""     # a folder written by `python -m convert.inception`
-  config.evaluate.id_dir = ""             # held-out in-domain images (default: data.id_dir)
-  config.evaluate.generated = ""          # "name=path,..." (default: WORKDIR/samples/*/samples.npy)
-  config.evaluate.finetune_dir = ""       # a `finetune` workdir: the vanilla fine-tuning baseline
+  config.evaluate.inception_path = placeholder(str)  # a folder written by `python -m convert.inception`
+  config.evaluate.id_dir = placeholder(str)          # held-out in-domain images (None: data.id_dir)
+  config.evaluate.generated = placeholder(str)       # "name=path,..." (None: WORKDIR/samples/*/samples.npy)
+  config.evaluate.finetune_dir = placeholder(str)    # a `finetune` workdir: the vanilla fine-tuning baseline
   config.evaluate.kid_subset_size = 100
   config.evaluate.seed = 0
   config.evaluate.figure_samples = 12     # images per set in evaluation/comparison.png
 
   # Devices: a data-parallel mesh over all local devices (see discovery_jax.parallel).
   config.parallel = ml_collections.ConfigDict()
-  config.parallel.num_devices = -1
+  config.parallel.num_devices = placeholder(int)  # None: every local device
   return config

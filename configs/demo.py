@@ -23,7 +23,7 @@ def get_config():
   config.checkpoint = os.path.join(ASSETS, "model")
   config.data.ood_dir = os.path.join(ASSETS, "ood_fewshot")
   config.data.eval_dir = os.path.join(ASSETS, "ood_heldout")
-  config.data.id_dir = ""  # the model's own latents are the ID reference bank
+  config.data.id_dir = None  # the model's own latents are the ID reference bank
   config.evaluate.id_dir = os.path.join(ASSETS, "id_heldout")
   config.evaluate.features = "random_conv"  # no Inception weights offline: a fixed random conv net
   config.sampling.t_0 = 400

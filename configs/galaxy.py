@@ -17,7 +17,7 @@ def get_config():
   config.name = "galaxy"
   config.data.ood_dir = "data/galaxy/fewshot"
   config.data.eval_dir = "data/galaxy/heldout"
-  config.data.id_dir = ""  # no dog photos needed: the model's own latents are the ID reference.
+  config.data.id_dir = None  # no dog photos needed: the model's own latents are the ID reference.
   config.sample.num_samples = 1000
   config.sample.methods = ("discovery",)
   config.sampling.batch_size = 16

@@ -18,7 +18,7 @@ Output folder (read by ``discovery_jax.features.load_inception``)::
 from __future__ import annotations
 
 import argparse
-import hashlib
+
 import json
 import os
 import sys
@@ -29,7 +29,8 @@ import flax.traverse_util
 import numpy as np
 
 from convert import torch_to_flax
-from discovery_jax import checkpoint, features
+from discovery_jax import checkpoint, fileio
+from discovery_jax.metrics import features
 from discovery_jax.models import inception
 
 CheckpointError = torch_to_flax.CheckpointError
@@ -119,12 +120,7 @@ def convert_state_dict(path_or_state_dict: Any) -> dict:
   return flax.traverse_util.unflatten_dict(flat)
 
 
-def _sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 24), b""):
-      digest.update(block)
-  return digest.hexdigest()
+_sha256 = fileio.sha256_file
 
 
 def convert_inception(source: Any, output: str, *, overwrite: bool = False) -> dict:
@@ -152,7 +148,7 @@ def convert_inception(source: Any, output: str, *, overwrite: bool = False) -> d
     with checkpoint.quiet_orbax():
       checkpoint.lean_checkpointer().save(  # synchronous, no host copies.
           os.path.join(tmp, features.INCEPTION_VARIABLES_DIR), args=ocp.args.PyTreeSave(variables))
-    checkpoint.atomic_write_text(os.path.join(tmp, features.INCEPTION_METADATA_FILE),
+    fileio.atomic_write_text(os.path.join(tmp, features.INCEPTION_METADATA_FILE),
                                  json.dumps(meta, indent=1, sort_keys=True))
   return {"output": output, "num_tensors": len(flax.traverse_util.flatten_dict(variables)),
           "num_params": meta["num_params"], "official_fid_weights": meta["official_fid_weights"],

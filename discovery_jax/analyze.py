@@ -17,7 +17,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from discovery_jax import cli, diffusion, geometry, inversion, plots
+from discovery_jax import cli, discovery, plots, settings
+from discovery_jax.data.bank import prepare_banks
 
 PLOTS = ("norms", "distances", "angles_origin", "angles_vertex", "normality_pvalues")
 
@@ -49,36 +50,36 @@ def analyze_banks(ood: np.ndarray, idb: np.ndarray, out_dir: str, *, num_dims: i
                   num_triples: int = 2000) -> dict:
   """The report (JSON-ready) and plots for an OOD and an ID bank."""
   os.makedirs(out_dir, exist_ok=True)
-  report = {"ood": geometry.describe_bank(ood, num_triples=num_triples, seed=seed),
-            "id": geometry.describe_bank(idb, num_triples=num_triples, seed=seed),
-            "ood_norm_vs_chi": geometry.norm_vs_chi(ood), "id_norm_vs_chi": geometry.norm_vs_chi(idb)}
-  gauss_ood = geometry.gaussianity(ood, num_dims=num_dims, seed=seed, return_pvalues=True)
-  gauss_id = geometry.gaussianity(idb, num_dims=num_dims, seed=seed, return_pvalues=True)
+  report = {"ood": discovery.describe_bank(ood, num_triples=num_triples, seed=seed),
+            "id": discovery.describe_bank(idb, num_triples=num_triples, seed=seed),
+            "ood_norm_vs_chi": discovery.norm_vs_chi(ood), "id_norm_vs_chi": discovery.norm_vs_chi(idb)}
+  gauss_ood = discovery.gaussianity(ood, num_dims=num_dims, seed=seed, return_pvalues=True)
+  gauss_id = discovery.gaussianity(idb, num_dims=num_dims, seed=seed, return_pvalues=True)
   p_ood, p_id = gauss_ood.pop("pvalues"), gauss_id.pop("pvalues")
   report["ood_gaussianity"], report["id_gaussianity"] = gauss_ood, gauss_id
   folds = max(2, min(5, ood.shape[0], idb.shape[0]))
-  report["separability"] = geometry.separability(ood, idb, num_folds=folds, seed=seed)
+  report["separability"] = discovery.separability(ood, idb, num_folds=folds, seed=seed)
 
   plots = {}
-  prior_o, prior_i = geometry.fit_prior(ood), geometry.fit_prior(idb)
+  prior_o, prior_i = discovery.fit_prior(ood), discovery.fit_prior(idb)
   plots["norms"] = _hist_plot(
-      os.path.join(out_dir, "norms.png"), {"OOD": geometry.norms(ood), "ID": geometry.norms(idb)}, "|x_t0|",
+      os.path.join(out_dir, "norms.png"), {"OOD": discovery.norms(ood), "ID": discovery.norms(idb)}, "|x_t0|",
       "latent norms: a thin shell (dashed: sqrt(d) sigma of each fitted prior)",
       {"OOD shell": prior_o.shell_radius(), "ID shell": prior_i.shell_radius()})
   plots["distances"] = _hist_plot(
       os.path.join(out_dir, "distances.png"),
-      {"OOD-OOD": _offdiag(geometry.pairwise_distances(ood)), "ID-ID": _offdiag(geometry.pairwise_distances(idb)),
-       "OOD-ID": geometry.pairwise_distances(ood, idb)}, "pairwise distance",
+      {"OOD-OOD": _offdiag(discovery.pairwise_distances(ood)), "ID-ID": _offdiag(discovery.pairwise_distances(idb)),
+       "OOD-ID": discovery.pairwise_distances(ood, idb)}, "pairwise distance",
       "pairwise distances (a Gaussian predicts sqrt(2d) sigma)")
   plots["angles_origin"] = _hist_plot(
       os.path.join(out_dir, "angles_origin.png"),
-      {"OOD-OOD": _offdiag(geometry.angles_at_origin(ood)), "ID-ID": _offdiag(geometry.angles_at_origin(idb)),
-       "OOD-ID": geometry.angles_at_origin(ood, idb)}, "angle at the origin (deg)",
+      {"OOD-OOD": _offdiag(discovery.angles_at_origin(ood)), "ID-ID": _offdiag(discovery.angles_at_origin(idb)),
+       "OOD-ID": discovery.angles_at_origin(ood, idb)}, "angle at the origin (deg)",
       "angles between latents at the origin (independent Gaussian draws: ~90 deg)", {"90": 90.0})
   plots["angles_vertex"] = _hist_plot(
       os.path.join(out_dir, "angles_vertex.png"),
-      {"OOD": geometry.angles_at_vertex(ood, geometry.random_triples(ood.shape[0], num_triples, seed)),
-       "ID": geometry.angles_at_vertex(idb, geometry.random_triples(idb.shape[0], num_triples, seed))},
+      {"OOD": discovery.angles_at_vertex(ood, discovery.random_triples(ood.shape[0], num_triples, seed)),
+       "ID": discovery.angles_at_vertex(idb, discovery.random_triples(idb.shape[0], num_triples, seed))},
       "triangle angle at a vertex (deg)", "angles of latent triangles (Gaussian: ~60 deg)", {"60": 60.0})
   plots["normality_pvalues"] = _hist_plot(
       os.path.join(out_dir, "normality_pvalues.png"), {"OOD": p_ood, "ID": p_id},
@@ -100,13 +101,11 @@ def analyze_banks(ood: np.ndarray, idb: np.ndarray, out_dir: str, *, num_dims: i
 def main(config: ml_collections.ConfigDict, workdir: str) -> None:
   cli.prepare_workdir(workdir, config, "analyze")
   model = cli.load_model(config)
-  s = cli.sampling_settings(config)
-  runner = inversion.DDIMRunner(model.eps, s["t_0"], s["n_steps"], diffusion.Schedule.from_config(config.diffusion),
-                                s["batch_size"], cli.make_mesh(config))
+  runner = cli.make_runner(config, model, cli.make_mesh(config))
   from discovery_jax import sample  # the same keys as `sample`, so both reuse one ID bank.
   root = jax.random.key(int(config.seed))
-  banks = inversion.prepare_banks(config, workdir, runner, model_fingerprint=model.fingerprint,
-                                  key=jax.random.fold_in(root, sample.KEY_ID_BANK))
+  banks = prepare_banks(settings.bank_sources(config), workdir, runner, model_fingerprint=model.fingerprint,
+                        key=jax.random.fold_in(root, sample.KEY_ID_BANK))
   a = config.get("analyze", ml_collections.ConfigDict())
   report = analyze_banks(banks["ood"].latents(), banks["id"].latents(), os.path.join(workdir, "analysis"),
                          num_dims=int(a.get("num_dims", 1000)), seed=int(config.seed),

@@ -54,16 +54,6 @@ def quiet_orbax():
     logging.set_verbosity(old)
 
 
-def atomic_write_text(path: str, text: str) -> None:
-  """Writes ``text`` to ``path`` through a temporary file and a rename."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
 @contextlib.contextmanager
 def atomic_directory(output_dir: str):
   """Yields a fresh temporary directory beside ``output_dir``; on success it replaces

@@ -7,40 +7,18 @@ Entry points are thin: ``python -m discovery_jax.<name> --config=configs/x.py
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import sys
+from typing import Any, Callable
 
+import ml_collections
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-def _host_devices_per_core() -> None:
-  """One XLA host device per CPU core, set before jax starts its backends.
-
-  XLA:CPU runs each convolution on about one core, so on a CPU machine the
-  data-parallel mesh over host devices is what uses every core (training the
-  demo model: 1.6-3.8x faster on 2 cores). Accelerator machines are unaffected:
-  the mesh takes the default backend's devices. DISCOVERY_JAX_CPU_DEVICES=N sets
-  the count (1 turns it off); an explicit XLA_FLAGS setting always wins.
-  """
-  flags_env = os.environ.get("XLA_FLAGS", "")
-  if "xla_force_host_platform_device_count" in flags_env:
-    return
-  count = int(os.environ.get("DISCOVERY_JAX_CPU_DEVICES", os.cpu_count() or 1))
-  if count > 1:
-    os.environ["XLA_FLAGS"] = f"{flags_env} --xla_force_host_platform_device_count={count}".strip()
-
-
-_host_devices_per_core()
-
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
-from typing import Any, Callable  # noqa: E402
-
-import ml_collections  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from discovery_jax import checkpoint, configlib, diffusion, models, parallel  # noqa: E402
-from discovery_jax.data import images  # noqa: E402
-from discovery_jax.data.bank import BankError  # noqa: E402
+from discovery_jax import checkpoint, configlib, diffusion, fileio, models, parallel, settings
+from discovery_jax.data import images
+from discovery_jax.data.bank import BankError
 
 CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/*.py); any field can be overridden as --config.a.b=value.",
@@ -91,45 +69,48 @@ def load_model(config: ml_collections.ConfigDict) -> LoadedModel:
   return LoadedModel(module, params, fp, models.validate({**stored, **overrides}))
 
 
-def sampling_settings(config: ml_collections.ConfigDict) -> dict:
-  s = config.sampling
-  settings = {"t_0": int(s.t_0), "n_steps": int(s.n_steps), "eta": float(s.get("eta", 0.0)),
-              "batch_size": int(s.get("batch_size", 8))}
-  schedule = diffusion.Schedule.from_config(config.get("diffusion"))
-  diffusion.check_ddim_args(settings["t_0"], settings["n_steps"], settings["eta"], schedule.num_timesteps)
-  if settings["batch_size"] < 1:
-    raise ValueError(f"sampling.batch_size must be >= 1, got {settings['batch_size']}")
-  return settings
-
-
 def make_mesh(config: ml_collections.ConfigDict):
   """The data-parallel mesh of ``config.parallel`` (all local devices by default)."""
-  p = config.get("parallel", ml_collections.ConfigDict())
-  return parallel.make_mesh(int(p.get("num_devices", -1)))
+  return parallel.make_mesh(settings.num_devices(config))
+
+
+def make_runner(config: ml_collections.ConfigDict, model: LoadedModel, mesh=None):
+  """The DDIM runner of ``config.sampling`` for ``model`` on ``mesh``."""
+  from discovery_jax.runner import DDIMRunner
+  s = settings.sampling_options(config)
+  return DDIMRunner(model.eps, s.t_0, s.n_steps, s.schedule, s.batch_size, mesh)
 
 
 def prepare_workdir(workdir: str, config: ml_collections.ConfigDict, name: str) -> str:
   if not workdir:
     raise app.UsageError("--workdir=DIR is required")
   os.makedirs(workdir, exist_ok=True)
-  checkpoint.atomic_write_text(os.path.join(workdir, f"{name}_config.json"),
-                               json.dumps(configlib.to_plain(config), indent=1, sort_keys=True))
+  fileio.atomic_write_json(os.path.join(workdir, f"{name}_config.json"), configlib.to_plain(config))
   return workdir
 
 
-def write_json(path: str, obj: Any) -> None:
-  checkpoint.atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=_json_default))
+write_json = fileio.atomic_write_json
 
 
-def _json_default(o: Any):
-  import numpy as np
-  if isinstance(o, np.generic):
-    return o.item()
-  if isinstance(o, np.ndarray):
-    return o.tolist()
-  if dataclasses.is_dataclass(o):
-    return dataclasses.asdict(o)
-  raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+def use_host_devices_per_core() -> None:
+  """One XLA host device per CPU core, set before jax starts its backends.
+
+  XLA:CPU runs each convolution on about one core, so on a CPU machine the
+  data-parallel mesh over host devices is what uses every core. Accelerator
+  machines are unaffected: the mesh takes the default backend's devices.
+  DISCOVERY_JAX_CPU_DEVICES=N sets the count (1 turns it off); an explicit
+  ``--xla_force_host_platform_device_count`` in XLA_FLAGS always wins. Called by
+  ``run``, never at import: a library user's device count is theirs.
+  """
+  if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+    return
+  count = int(os.environ.get("DISCOVERY_JAX_CPU_DEVICES", os.cpu_count() or 1))
+  if count > 1:
+    import jax
+    try:
+      jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:  # a backend already started (e.g. run from a test process): keep it.
+      pass
 
 
 def run(main: Callable[[ml_collections.ConfigDict, str], Any], name: str) -> None:
@@ -141,6 +122,7 @@ def run(main: Callable[[ml_collections.ConfigDict, str], Any], name: str) -> Non
     if CONFIG.value is None:
       raise app.UsageError("--config=configs/<file>.py is required")
     logging.set_verbosity(logging.INFO)
+    use_host_devices_per_core()
     try:
       main(CONFIG.value, WORKDIR.value)
     except USER_ERRORS as e:

@@ -1,6 +1,6 @@
 """Noise schedules, DDIM steps and whole DDIM trajectories as one jitted ``lax.scan``.
 
-Conventions follow the official code (METHOD.md step 1, ARCHITECTURE.md section 3):
+Conventions follow the official code (docs/method.md, docs/architecture.md):
 
 * time grid ``seq = [int(s) for s in linspace(0, 1, n) * t_0]`` (int truncation:
   t_0=900, n=10 gives 699), ``seq_next = [-1] + seq[:-1]``;

@@ -23,12 +23,13 @@ import os
 import ml_collections
 import numpy as np
 
-from discovery_jax import checkpoint, cli, evaluation, plots
+from discovery_jax import cli, fileio, plots, settings
 from discovery_jax.data import images
+from discovery_jax.metrics import evaluator as evaluation
 
 
 def generated_sets(config: ml_collections.ConfigDict, workdir: str) -> list[tuple[str, str]]:
-  spec = config.evaluate.get("generated", "")
+  spec = config.evaluate.get("generated") or ""
   if spec:
     sets = []
     for part in spec.split(","):
@@ -58,20 +59,33 @@ def save_comparison_figure(path: str, panels: list[tuple[str, np.ndarray]], per_
   plots.save_figure(fig, path)
 
 
+def evaluation_options(config: ml_collections.ConfigDict) -> evaluation.EvaluationOptions:
+  ev = config.evaluate
+  seed = ev.get("feature_seed")
+  return evaluation.EvaluationOptions(
+      features=ev.features, inception_path=settings.path_or_none(ev.get("inception_path")),
+      feature_seed=None if seed is None else int(seed), kid_subset_size=int(ev.get("kid_subset_size") or 100),
+      seed=int(ev.get("seed") or 0))
+
+
 def run_evaluation(config: ml_collections.ConfigDict, workdir: str,
                    extra_sets: list[tuple[str, np.ndarray]] | None = None) -> dict:
   """Evaluates every generated set; returns the report (also written to disk)."""
   out_dir = os.path.join(workdir, "evaluation")
   os.makedirs(out_dir, exist_ok=True)
-  real = evaluation.load_real_data(config)
-  ev = evaluation.Evaluator(config, real)
-  finetune_dir = config.evaluate.get("finetune_dir", "")
+  inputs = settings.input_options(config)
+  real = evaluation.load_real_data(settings.path_or_none(config.data.ood_dir),
+                                   settings.path_or_none(config.data.get("eval_dir")),
+                                   settings.path_or_none(config.evaluate.get("id_dir"))
+                                   or settings.path_or_none(config.data.get("id_dir")), inputs)
+  ev = evaluation.Evaluator(evaluation_options(config), real)
+  finetune_dir = settings.path_or_none(config.evaluate.get("finetune_dir"))
   base_samples = None
   if finetune_dir and os.path.isfile(os.path.join(finetune_dir, "base_samples.npy")):
     base_samples = np.load(os.path.join(finetune_dir, "base_samples.npy"))
   rows = [ev.reference()]
   science = {}
-  sets = [(n, evaluation.load_generated(p, config, real.transform)) for n, p in generated_sets(config, workdir)]
+  sets = [(n, evaluation.load_generated(p, inputs, real.transform)) for n, p in generated_sets(config, workdir)]
   sets += list(extra_sets or [])
   if not sets and not finetune_dir:
     raise ValueError(f"nothing to evaluate: no {workdir}/samples/*/samples.npy and config.evaluate.generated is "
@@ -102,7 +116,7 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str,
                                              "quality in its own domain after the method)",
                       "features": ev.extractor.describe()}}
   cli.write_json(os.path.join(out_dir, "report.json"), report)
-  checkpoint.atomic_write_text(os.path.join(out_dir, "comparison.md"), table + "\n")
+  fileio.atomic_write_text(os.path.join(out_dir, "comparison.md"), table + "\n")
   return report
 
 

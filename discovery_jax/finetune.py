@@ -18,12 +18,13 @@ import os
 import jax
 import numpy as np
 
-from discovery_jax import checkpoint, cli, diffusion, training
+from discovery_jax import checkpoint, cli, diffusion, fileio, settings
+from discovery_jax.optim import trainer
 
 
 def write_samples(config: ml_collections.ConfigDict, workdir: str, base: cli.LoadedModel) -> None:
   """Unconditional samples of the fine-tuned and of the base model, same noise per index."""
-  count = int(config.finetune.get("num_samples", 64))
+  count = int(config.finetune.get("num_samples") or 0)
   if count <= 0:
     return
   tuned_module, tuned_params = checkpoint.load_model(os.path.join(workdir, "model"))
@@ -31,23 +32,24 @@ def write_samples(config: ml_collections.ConfigDict, workdir: str, base: cli.Loa
   key = jax.random.key(int(config.get("seed", 0)))
   mesh = cli.make_mesh(config)
   for name, module, params in (("samples", tuned_module, tuned_params), ("base_samples", base.module, base.params)):
-    x = training.sample_from_noise(module, params, count, schedule=schedule, n_steps=int(config.sampling.n_steps),
-                                   key=key, batch_size=int(config.sampling.batch_size), mesh=mesh)
-    tmp = os.path.join(workdir, f"{name}.tmp.npy")
-    np.save(tmp, x.astype(np.float32))
-    os.replace(tmp, os.path.join(workdir, f"{name}.npy"))
+    x = trainer.sample_from_noise(module, params, count, schedule=schedule, n_steps=int(config.sampling.n_steps),
+                                  key=key, batch_size=int(config.sampling.batch_size), mesh=mesh)
+    fileio.atomic_save_npy(os.path.join(workdir, f"{name}.npy"), x.astype(np.float32))
 
 
 def main(config: ml_collections.ConfigDict, workdir: str) -> None:
   cli.prepare_workdir(workdir, config, "finetune")
   model = cli.load_model(config)
-  data = config.finetune.get("data", "") or config.data.ood_dir
+  data = settings.path_or_none(config.finetune.get("data")) or settings.path_or_none(config.data.ood_dir)
   if not data:
     raise ValueError("nothing to fine-tune on: set config.finetune.data or config.data.ood_dir")
-  summary = training.run(config, workdir, section="finetune", params=model.params, model_config=model.model_config,
-                         data_source=data, metadata={"finetuned_from": config.checkpoint,
-                                                     "base_fingerprint": model.fingerprint,
-                                                     "trained_by": "discovery_jax.finetune"})
+  summary = trainer.run(trainer.TrainOptions.from_mapping(config.finetune), workdir, params=model.params,
+                        model_config=model.model_config, data_source=data,
+                        image_options=settings.image_options(config),
+                        schedule=settings.sampling_options(config).schedule,
+                        preview_steps=int(config.sampling.n_steps), mesh=cli.make_mesh(config),
+                        metadata={"finetuned_from": config.checkpoint, "base_fingerprint": model.fingerprint,
+                                  "trained_by": "discovery_jax.finetune"})
   write_samples(config, workdir, model)
   print(f"fine-tuned {summary['steps']} steps, final loss {summary['final_loss']:.5f} -> {summary['model']}")
 

@@ -13,17 +13,19 @@ import os
 
 import ml_collections
 
-from discovery_jax import cli, diffusion, inversion
+import jax
+
+from discovery_jax import cli, settings
+from discovery_jax.data.bank import prepare_banks
 
 
 def build_banks(config: ml_collections.ConfigDict, workdir: str, model: cli.LoadedModel | None = None,
                 mesh=None) -> dict:
   """Inverts ``config.data.ood_dir`` (and ``id_dir`` when set); returns {name: LatentBank}."""
   model = model or cli.load_model(config)
-  s = cli.sampling_settings(config)
-  runner = inversion.DDIMRunner(model.eps, s["t_0"], s["n_steps"], diffusion.Schedule.from_config(config.diffusion),
-                                s["batch_size"], mesh if mesh is not None else cli.make_mesh(config))
-  return inversion.prepare_banks(config, workdir, runner, model_fingerprint=model.fingerprint, need_id=False)
+  runner = cli.make_runner(config, model, mesh if mesh is not None else cli.make_mesh(config))
+  return prepare_banks(settings.bank_sources(config), workdir, runner, model_fingerprint=model.fingerprint,
+                       key=jax.random.key(int(config.seed)), need_id=False)
 
 
 def main(config: ml_collections.ConfigDict, workdir: str) -> None:

@@ -30,10 +30,10 @@ DATA = "data"
 MODEL = "model"
 
 
-def make_mesh(num_devices: int = -1, devices: Sequence[Any] | None = None) -> jax.sharding.Mesh:
-  """A (data, model=1) mesh over ``num_devices`` devices (-1: all of them)."""
+def make_mesh(num_devices: int | None = None, devices: Sequence[Any] | None = None) -> jax.sharding.Mesh:
+  """A (data, model=1) mesh over ``num_devices`` devices (None: all of them)."""
   devices = list(devices if devices is not None else jax.devices())
-  if num_devices not in (-1, 0):
+  if num_devices is not None:
     if num_devices > len(devices):
       raise ValueError(f"parallel.num_devices={num_devices} but only {len(devices)} devices are visible")
     devices = devices[:num_devices]
@@ -237,7 +237,7 @@ def process_slice(n: int, process_index: int | None = None, process_count: int |
   return range(n * index // count, n * (index + 1) // count)
 
 
-def local_mesh(num_devices: int = -1) -> jax.sharding.Mesh:
+def local_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
   """A mesh over this host's devices only: hosts then run independently (no collectives)."""
   return make_mesh(num_devices, devices=jax.local_devices())
 

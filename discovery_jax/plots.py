@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+from discovery_jax import fileio
+
 
 def new_figure(figsize: tuple[float, float] = (5.0, 3.6), dpi: int = 100):
   """A matplotlib Figure on its own Agg canvas."""
@@ -18,8 +20,6 @@ def new_figure(figsize: tuple[float, float] = (5.0, 3.6), dpi: int = 100):
 def save_figure(fig, path: str) -> str:
   """Lays out ``fig`` and writes it to ``path`` (PNG) atomically; returns ``path``."""
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp-{os.getpid()}.png")
   fig.tight_layout()
-  fig.savefig(tmp, format="png")
-  os.replace(tmp, path)
+  fileio.atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png"), ".png")
   return path

@@ -18,7 +18,9 @@ import os
 import ml_collections
 import numpy as np
 
-from discovery_jax import checkpoint, cli, diffusion, inversion, quality
+from discovery_jax import cli, fileio, settings
+from discovery_jax.data.inputs import open_inputs
+from discovery_jax.metrics import reconstruction
 from discovery_jax.data import images
 from discovery_jax.progress import Progress
 
@@ -48,12 +50,10 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
   cli.prepare_workdir(workdir, config, "reconstruct")
   out_dir = os.path.join(workdir, "reconstruct")
   os.makedirs(out_dir, exist_ok=True)
-  folder = config.reconstruct.get("input_dir", "") or config.data.ood_dir
+  folder = settings.path_or_none(config.reconstruct.get("input_dir")) or config.data.ood_dir
   model = cli.load_model(config)
-  s = cli.sampling_settings(config)
-  runner = inversion.DDIMRunner(model.eps, s["t_0"], s["n_steps"], diffusion.Schedule.from_config(config.diffusion),
-                                s["batch_size"], cli.make_mesh(config))
-  scan = inversion.open_inputs(folder, config)
+  runner = cli.make_runner(config, model, cli.make_mesh(config))
+  scan = open_inputs(folder, settings.input_options(config))
   results_path = os.path.join(out_dir, "results.jsonl")
   done = _read_results(results_path)
   todo = [i for i, it in enumerate(scan.items) if it.name not in done]
@@ -69,7 +69,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
       images.save_png(os.path.join(out_dir, f"grid_{grid_id:04d}.png"),
                       images.make_grid(_comparison_rows(x, rec), ncol=1))
       for row, i in enumerate(idx):
-        entry = {"name": scan.items[i].name, **quality.compare(x[row], rec[row])}
+        entry = {"name": scan.items[i].name, **reconstruction.compare(x[row], rec[row])}
         results.write(json.dumps(entry) + "\n")
         done[entry["name"]] = entry
       results.flush()
@@ -79,7 +79,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
   rows = [done[it.name] for it in scan.items if it.name in done]
   finite = lambda k: [r[k] for r in rows if np.isfinite(r[k])]
   means = {k: float(np.mean(finite(k))) if finite(k) else float("inf") for k in METRICS}
-  summary = {"count": len(rows), "folder": os.path.abspath(folder), "t_0": s["t_0"], "n_steps": s["n_steps"],
+  summary = {"count": len(rows), "folder": os.path.abspath(folder), "t_0": runner.t_0, "n_steps": runner.n_steps,
              "mean": means, "skipped": scan.skipped, "per_image": rows, "images_per_second": progress.rate,
              "metrics_on": "[0, 1] pixels; SSIM: Gaussian window sigma 1.5 (11x11)"}
   cli.write_json(os.path.join(out_dir, "metrics.json"), summary)
@@ -88,7 +88,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
   writer.writeheader()
   writer.writerows({"name": r["name"], **{k: r[k] for k in METRICS}} for r in rows)
   writer.writerow({"name": "MEAN", **means})
-  checkpoint.atomic_write_text(os.path.join(out_dir, "metrics.csv"), buf.getvalue())
+  fileio.atomic_write_text(os.path.join(out_dir, "metrics.csv"), buf.getvalue())
   print(f"reconstructed {len(rows)} images: mean PSNR {means['psnr']:.2f} dB, SSIM {means['ssim']:.4f}, "
         f"MSE {means['mse']:.5f} -> {out_dir}")
 

@@ -33,9 +33,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from discovery_jax import checkpoint, cli, configlib, diffusion, geometry, inversion, parallel
+from discovery_jax import cli, configlib, discovery, fileio, parallel, settings
 from discovery_jax.data import images
-from discovery_jax.data.bank import LatentBank
+from discovery_jax.data.bank import LatentBank, bank_path, prepare_banks
+from discovery_jax.runner import DDIMRunner
 
 METHODS = ("discovery", "gaussian", "renoise")
 # Keys of the run: one root seed, one fold per purpose.
@@ -72,35 +73,29 @@ def find_latents(config: ml_collections.ConfigDict, method: str, banks: dict, ro
   n = int(config.sample.num_samples)
   ood, idb = banks["ood"].latents(), banks["id"].latents()
   disc = config.discovery
-  prior = geometry.fit_prior(ood, disc.prior_kind)
+  options = settings.discovery_options(config)
+  prior = discovery.fit_prior(ood, options.prior_kind)
   if method == "discovery":
-    max_candidates = int(disc.max_candidates) if int(disc.max_candidates) > 0 else None
-    guard = None if disc.guard in ("", "none") else disc.guard
-    result = geometry.discover(
-        ood, idb, num_samples=n, key=jax.random.fold_in(root, KEY_DISCOVERY), mode=disc.mode,
-        max_candidates=max_candidates, num_interior=int(disc.num_interior), num_refs=int(disc.num_refs),
-        max_per_path=int(disc.max_per_path) or None,
-        tolerance_scale=float(disc.tolerance_scale), prior=prior, guard=guard,
-        guard_margin=float(disc.guard_margin), opt_steps=int(disc.opt_steps), opt_lr=float(disc.opt_lr),
-        mesh=mesh)
+    result = discovery.discover(ood, idb, num_samples=n, key=jax.random.fold_in(root, KEY_DISCOVERY),
+                                options=options, prior=prior, mesh=mesh)
     record = result.summary()
     record["num_samples_requested"] = n
     record["_arrays"] = {k: np.asarray(getattr(result, k)) for k in (
         "candidate_index", "path_index", "source_index", "t", "id_ref_index", "ood_ref_index", "stats",
         "guard_logit")}
     logging.info("discovery (%s): %d/%d latents from %d candidates (acceptance %.4f, %.0f candidates/s); "
-                 "targets %s", disc.mode, result.num_accepted, n, result.num_candidates, result.acceptance_rate,
+                 "targets %s", options.mode, result.num_accepted, n, result.num_candidates, result.acceptance_rate,
                  result.candidates_per_second, record["targets"])
     return result.latents, record
   key = jax.random.fold_in(root, KEY_BASELINE)
   if method == "gaussian":
-    latents = geometry.sample_gaussian_baseline(prior, n, key)
+    latents = discovery.sample_gaussian_baseline(prior, n, key)
   elif method == "renoise":
-    latents = geometry.renoise_baseline(ood, n, key, float(disc.renoise_strength), prior=prior)
+    latents = discovery.renoise_baseline(ood, n, key, float(disc.renoise_strength), prior=prior)
   else:
     raise ValueError(f"config.sample.methods: unknown method {method!r}; choose from {METHODS}")
   record = {"num_accepted": n, "num_samples_requested": n, "prior": prior.summary(), "mode": method}
-  record["comparison"] = geometry.compare_to_bank(latents, ood, idb)
+  record["comparison"] = discovery.compare_to_bank(latents, ood, idb)
   return latents.astype(np.float32), record
 
 
@@ -127,13 +122,9 @@ def stage_latents(config: ml_collections.ConfigDict, workdir: str, method: str, 
                 complete=latents.shape[0] == int(config.sample.num_samples))
   arrays = record.pop("_arrays", None)
   if arrays is not None:  # per-latent provenance: references used, criteria values, slerp positions.
-    tmp = os.path.join(out, f"latents_meta.tmp-{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, os.path.join(out, "latents_meta.npz"))
-  tmp = path_npy + f".tmp-{os.getpid()}.npy"
-  np.save(tmp, np.asarray(latents, np.float32))
-  os.replace(tmp, path_npy)
-  cli.write_json(path_json, record)
+    fileio.atomic_save_npz(os.path.join(out, "latents_meta.npz"), **arrays)
+  fileio.atomic_save_npy(path_npy, np.asarray(latents, np.float32))
+  fileio.atomic_write_json(path_json, record)
   if not record["complete"]:
     rej = record.get("rejections", {})
     raise DiscoveryBudgetError(
@@ -161,7 +152,7 @@ def _supersede(out: str, why: str, keep: tuple[str, ...] = ()) -> str:
   return archive
 
 
-def _images_identity(config: ml_collections.ConfigDict, out: str, runner: inversion.DDIMRunner) -> dict:
+def _images_identity(config: ml_collections.ConfigDict, out: str, runner: DDIMRunner) -> dict:
   """What the stored images of a method depend on beyond the model and the seed."""
   with open(os.path.join(out, "latents.json")) as f:
     latents_digest = json.load(f).get("request_digest")
@@ -187,7 +178,7 @@ def _physical(bank: LatentBank) -> tuple[Any, int] | None:
 
 
 def stage_images(config: ml_collections.ConfigDict, workdir: str, method: str, latents: np.ndarray,
-                 runner: inversion.DDIMRunner, root: jax.Array, fingerprint: str, physical) -> dict:
+                 runner: DDIMRunner, root: jax.Array, fingerprint: str, physical) -> dict:
   """Denoises ``latents`` into this host's shards of the method's dataset."""
   from discovery_jax.data import dataset, fits_output, scientific
   out = _method_dir(workdir, method)
@@ -260,9 +251,7 @@ def finish_method(config: ml_collections.ConfigDict, workdir: str, method: str, 
     from discovery_jax.data import fits_output, scientific
     transform, channels = physical
     phys = scientific.from_model_output(np.asarray(samples), transform, channels=channels, clip=True)
-    tmp = os.path.join(out, "samples_physical.tmp.npy")
-    np.save(tmp, phys.astype(np.float32))
-    os.replace(tmp, os.path.join(out, "samples_physical.npy"))
+    fileio.atomic_save_npy(os.path.join(out, "samples_physical.npy"), phys.astype(np.float32))
     fits_output.save_preview_grid(os.path.join(out, "grid_physical.png"), phys[:g])
     info.update(samples_physical=os.path.join(out, "samples_physical.npy"),
                 grid_physical=os.path.join(out, "grid_physical.png"))
@@ -283,26 +272,22 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
       raise ValueError(f"config.sample.methods: unknown method {m!r}; choose from {METHODS}")
   if int(config.sample.num_samples) < 1:
     raise ValueError(f"config.sample.num_samples must be >= 1, got {config.sample.num_samples}")
-  if int(config.discovery.max_per_path) < 0:
-    raise ValueError(f"config.discovery.max_per_path must be >= 0 (0 keeps every accepted point of a path), "
-                     f"got {config.discovery.max_per_path}")
+  settings.discovery_options(config)  # bad discovery settings fail before any work.
   model = cli.load_model(config)
-  s = cli.sampling_settings(config)
-  schedule = diffusion.Schedule.from_config(config.diffusion)
-  mesh = parallel.local_mesh(int(config.parallel.get("num_devices", -1)))
-  runner = inversion.DDIMRunner(model.eps, s["t_0"], s["n_steps"], schedule, s["batch_size"], mesh)
+  mesh = parallel.local_mesh(settings.num_devices(config))
+  runner = cli.make_runner(config, model, mesh)
   root = jax.random.key(int(config.seed))
   timings = {}
 
   t = time.time()
   if main_host:
-    banks = inversion.prepare_banks(config, workdir, runner, model_fingerprint=model.fingerprint,
-                                    key=jax.random.fold_in(root, KEY_ID_BANK))
+    banks = prepare_banks(settings.bank_sources(config), workdir, runner, model_fingerprint=model.fingerprint,
+                          key=jax.random.fold_in(root, KEY_ID_BANK))
   parallel.sync_hosts("banks")
   if not main_host:
-    banks = {"ood": LatentBank.open(inversion.bank_path(workdir, "ood"))}
-    id_dir = "id" if config.data.get("id_dir", "") else "id_model"
-    banks["id"] = LatentBank.open(inversion.bank_path(workdir, id_dir))
+    banks = {"ood": LatentBank.open(bank_path(workdir, "ood"))}
+    id_dir = "id" if settings.path_or_none(config.data.get("id_dir")) else "id_model"
+    banks["id"] = LatentBank.open(bank_path(workdir, id_dir))
   timings["banks"] = round(time.time() - t, 3)
   physical = _physical(banks["ood"])
 
@@ -329,7 +314,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
   if not main_host:
     return
   evaluation_report = None
-  if config.sample.evaluate and config.data.get("eval_dir", ""):
+  if config.sample.evaluate and settings.path_or_none(config.data.get("eval_dir")):
     from discovery_jax import evaluate
     t = time.time()
     evaluation_report = evaluate.run_evaluation(config, workdir)

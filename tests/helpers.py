@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import numpy as np
@@ -99,3 +100,16 @@ def write_config(path, base: str, family: str, checkpoint: str, settings: dict) 
   with open(path, "w") as f:
     f.write(text)
   return str(path)
+
+
+def criteria_numpy(candidate: np.ndarray, id_refs: np.ndarray, ood_refs: np.ndarray) -> np.ndarray:
+  """The three criteria computed directly in float64 (reference implementation)."""
+  c = np.asarray(candidate, np.float64).ravel()
+  idr = np.asarray(id_refs, np.float64).reshape(len(id_refs), -1)
+  oor = np.asarray(ood_refs, np.float64).reshape(len(ood_refs), -1)
+  ang = lambda a, b: math.degrees(math.acos(max(-1.0, min(1.0, a @ b / (np.linalg.norm(a) * np.linalg.norm(b))))))
+  dist = np.mean([np.linalg.norm(c - r) for r in idr])
+  ang0 = np.mean([ang(c, r) for r in oor])
+  vecs = oor - c
+  angv = np.mean([ang(vecs[j], vecs[k]) for j in range(len(oor)) for k in range(j + 1, len(oor))])
+  return np.array([dist, ang0, angv])

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from discovery_jax import geometry as geo
+from discovery_jax import discovery as geo
 
 D = 3072
 SHAPE = (32, 32, 3)

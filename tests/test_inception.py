@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from convert import inception as convert_inception
-from discovery_jax import features
+from discovery_jax.metrics import features
 from tests import helpers
 
 # ---------------------------------------------------------------------------
@@ -271,7 +271,7 @@ def test_loads_and_runs_without_torch(reference, tmp_path):
       import sys
       sys.modules['torch'] = None
       import numpy as np
-      from discovery_jax import features
+      from discovery_jax.metrics import features
       ex = features.create_extractor('inception', inception_path={out!r}, batch_size=2)
       x = np.load({str(tmp_path / 'x.npy')!r})
       got = ex(x, value_range=(0.0, 1.0), quantize=False)

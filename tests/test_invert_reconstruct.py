@@ -12,7 +12,9 @@ import pytest
 from PIL import Image
 
 from convert.writer import convert_checkpoint
-from discovery_jax import cli, configlib, diffusion, invert, inversion, models, quality
+from discovery_jax import cli, configlib, diffusion, fileio, invert, models, settings
+from discovery_jax import runner as inversion
+from discovery_jax.metrics import reconstruction as quality
 from discovery_jax.data import images
 from discovery_jax.data.bank import BankError, LatentBank, check_compatible
 from tests import helpers
@@ -102,7 +104,7 @@ def test_reconstruct_cli_end_to_end(tmp_path, converted):
   config = make_config(converted["ddpm"], "ddpm", folder, t_0=300, n_steps=5)
   model = cli.load_model(config)
   runner = inversion.DDIMRunner(model.eps, 300, 5, batch_size=4)
-  x = inversion.load_batch([os.path.join(folder, "img000.png")], inversion.image_options(config))
+  x = np.stack([images.load_image(os.path.join(folder, "img000.png"), settings.image_options(config))])
   expected = quality.compare(x[0], runner.generate(runner.invert(x))[0])
   got = next(r for r in metrics["per_image"] if r["name"] == "img000.png")
   assert got["psnr"] == pytest.approx(expected["psnr"], abs=1e-3)
@@ -120,11 +122,11 @@ def test_invert_cli_writes_a_bank_readable_without_copies(tmp_path, converted):
   assert isinstance(latents, np.memmap) and latents.shape == (6, 32, 32, 3)
   assert bank.metadata["t_0"] == 300 and bank.metadata["n_steps"] == 5
   assert [i["name"] for i in bank.metadata["items"]] == sorted(os.listdir(folder))
-  assert bank.metadata["items"][0]["sha256"] == images.file_sha256(os.path.join(folder, "img000.png"))
+  assert bank.metadata["items"][0]["sha256"] == fileio.sha256_file(os.path.join(folder, "img000.png"))
   # The stored latents are the DDIM inversion of the images.
   config = make_config(converted["iddpm"], "iddpm", folder, t_0=300, n_steps=5)
   model = cli.load_model(config)
-  x = inversion.load_batch([os.path.join(folder, n) for n in bank.names[:2]], inversion.image_options(config))
+  x = np.stack([images.load_image(os.path.join(folder, n), settings.image_options(config)) for n in bank.names[:2]])
   np.testing.assert_allclose(latents[:2], np.asarray(diffusion.ddim_invert(model.eps, x, t_0=300, n_steps=5)),
                              atol=1e-5)
 

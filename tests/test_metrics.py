@@ -7,7 +7,8 @@ import pickle
 import numpy as np
 import pytest
 
-from discovery_jax import features, metrics
+from discovery_jax.metrics import features
+from discovery_jax.metrics import scores as metrics
 
 
 def _normal(n, d, seed, shift=0.0):

@@ -2,11 +2,11 @@
 
 import jax
 import numpy as np
-import ml_collections
 import pytest
 
 from convert import torch_to_flax
-from discovery_jax import diffusion, geometry, inversion, models, parallel, training
+from discovery_jax import diffusion, discovery as geometry, models, parallel, runner as inversion
+from discovery_jax.optim import trainer as training
 from tests import helpers
 
 
@@ -74,7 +74,7 @@ def test_data_parallel_gradients_equal_single_device():
     assert np.abs(a - b).max() <= 1e-5 * max(1.0, np.abs(a).max())
 
   # One full optimizer step on 8 devices runs and gives the same loss.
-  tc = ml_collections.ConfigDict(dict(learning_rate=1e-3, warmup_steps=0, grad_clip=1.0, ema_decay=0.9))
+  tc = training.TrainOptions(steps=1, batch_size=8, learning_rate=1e-3, warmup_steps=0, grad_clip=1.0, ema_decay=0.9)
   tx = training.make_optimizer(tc)
   step = training.make_train_step(module, tx, diffusion.DEFAULT_SCHEDULE.alphas_cumprod, 1, 0.9, True)
   mesh = parallel.make_mesh(8)

@@ -82,8 +82,8 @@ def test_sample_writes_every_output(sampled):
 
 def test_discovered_latents_meet_the_criteria(sampled):
   """Recomputed independently (float64 numpy) with the references each latent used."""
-  from discovery_jax import geometry
   from discovery_jax.data.bank import LatentBank
+  from tests.helpers import criteria_numpy
   workdir, _ = sampled
   out = workdir / "samples" / "discovery"
   rec = json.loads((out / "latents.json").read_text())
@@ -94,7 +94,7 @@ def test_discovered_latents_meet_the_criteria(sampled):
   values, tols = np.asarray(rec["targets"]["values"]), np.asarray(rec["targets"]["tolerances"])
   assert rec["num_accepted"] == 6 and 0 < rec["acceptance_rate"] <= 1 and np.all(tols > 0)
   for k in range(6):
-    c = geometry.criteria_numpy(latents[k], idb[meta["id_ref_index"][k]], ood[meta["ood_ref_index"][k]])
+    c = criteria_numpy(latents[k], idb[meta["id_ref_index"][k]], ood[meta["ood_ref_index"][k]])
     np.testing.assert_allclose(c, meta["stats"][k], rtol=1e-3)
     assert np.all(np.abs(c - values) <= tols * (1 + 1e-3)), (k, c, values, tols)
 

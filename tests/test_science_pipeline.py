@@ -12,8 +12,10 @@ import pytest
 from astropy.io import fits
 
 from convert.writer import convert_checkpoint
-from discovery_jax import configlib, inversion
-from discovery_jax.data import fits_output, scientific, synthetic, transforms
+from discovery_jax import configlib, settings
+from discovery_jax.data import inputs as inversion
+from discovery_jax.data import fits_output, scientific, transforms
+from tests import synthetic_fields as synthetic
 from discovery_jax.data.bank import LatentBank
 from tests import helpers
 
@@ -33,7 +35,7 @@ def fields(tmp_path_factory, vectors_available):
 
 def test_fits_set_to_model_space_never_passes_nan(fields):
   config = configlib.load_config_file(fields["config"])
-  inputs = inversion.open_inputs(config.data.ood_dir, config)
+  inputs = inversion.open_inputs(config.data.ood_dir, settings.input_options(config))
   assert inputs.kind == "scientific" and len(inputs) == 12  # 9 fields + 3 cube planes.
   assert any("[" in item.name for item in inputs.items)  # cube planes are named file[plane].
   x = inputs.load(list(range(len(inputs))))
@@ -44,7 +46,7 @@ def test_fits_set_to_model_space_never_passes_nan(fields):
   assert t.kind == "log" and t.clip_lo is not None
   # Model space back to physical units: the resized physical field, up to float32.
   phys = scientific.from_model_output(x[:1], t, channels=1)
-  expected = scientific.load_field_set([inputs.paths[0]], scientific.options_from_config(config))[0].data
+  expected = scientific.load_field_set([inputs.paths[0]], settings.scientific_options(config))[0].data
   clipped = np.clip(expected, t.clip_lo, t.clip_hi)  # percentile clipping: the one lossy step.
   np.testing.assert_allclose(phys[0], clipped, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
 

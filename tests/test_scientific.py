@@ -11,8 +11,9 @@ import pytest
 from astropy.io import fits
 from PIL import Image
 
-from discovery_jax import science
-from discovery_jax.data import fits_output, scientific, synthetic, transforms
+from discovery_jax.metrics import physics as science
+from discovery_jax.data import fits_output, scientific, transforms
+from tests import synthetic_fields as synthetic
 from discovery_jax.data.images import InputError
 from discovery_jax.data.scientific import ScientificOptions
 

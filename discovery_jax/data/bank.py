@@ -22,9 +22,14 @@ import os
 import time
 from typing import Any, Sequence
 
+import jax
 import numpy as np
+from absl import logging
 
-from discovery_jax.checkpoint import atomic_write_text
+from discovery_jax.data.inputs import InputOptions, InputSet, Item, open_inputs
+from discovery_jax.fileio import atomic_write_text
+from discovery_jax.progress import Progress
+from discovery_jax.runner import pure_noise
 
 FORMAT = "discovery_jax.latent_bank"
 VERSION = 1
@@ -37,12 +42,6 @@ IDENTITY_FIELDS = ("model_fingerprint", "t_0", "shape")
 
 class BankError(ValueError):
   """A bank that is missing, incomplete, corrupt or incompatible; names it."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Item:
-  name: str
-  sha256: str
 
 
 class LatentBank:
@@ -187,3 +186,123 @@ def check_compatible(banks: Sequence[LatentBank]) -> None:
         raise BankError(
             f"cannot combine banks from different {what}: {first.path} has {key}={first.metadata.get(key)!r}, "
             f"{other.path} has {key}={other.metadata.get(key)!r}")
+
+
+# ---------------------------------------------------------------------------
+# Building the banks of a run.
+
+
+def invert_inputs(inputs: InputSet, bank_dir: str, runner, *, model_fingerprint: str,
+                  source: str = "", desc: str = "invert") -> LatentBank:
+  """Inverts every input into the bank at ``bank_dir`` (resumes a partial bank)."""
+  shape = inputs.load([0]).shape[1:]
+  extra = {"source_folder": os.path.abspath(source) if source else "", "skipped": inputs.skipped,
+           "input_kind": inputs.kind}
+  if inputs.transform is not None:
+    extra.update(intensity_transform=inputs.transform, physical_channels=inputs.physical_channels,
+                 fields=inputs.fields_info)
+  bank = LatentBank.create(bank_dir, inputs.items, shape, model_fingerprint=model_fingerprint, t_0=runner.t_0,
+                           n_steps=runner.n_steps, extra=extra)
+  pending = bank.pending_indices()
+  if not pending:
+    logging.info("%s: bank %s is already complete (%d latents)", desc, bank_dir, bank.count)
+    return bank
+  logging.info("%s: %d inputs from %s -> %s (%d already done, %d skipped)", desc, bank.count, source or "memory",
+               bank_dir, bank.count - len(pending), len(inputs.skipped))
+  progress = Progress(bank.count, "images", desc, already_done=bank.count - len(pending))
+  for start in range(0, len(pending), runner.global_batch):
+    idx = pending[start:start + runner.global_batch]
+    bank.write(idx, runner.invert(inputs.load(idx)))
+    progress.update(len(idx))
+  bank.update_metadata(seconds=progress.summary()["seconds"])
+  return bank
+
+
+# ---------------------------------------------------------------------------
+# The model's own in-domain reference bank.
+
+ID_SOURCES = ("generate_invert", "trajectory")
+
+
+def model_id_bank(bank_dir: str, runner, count: int, key: jax.Array, *, model_fingerprint: str,
+                  source: str = "generate_invert", shape: Sequence[int]) -> LatentBank:
+  """ID reference latents at t_0 made by the frozen model itself (no ID images needed).
+
+  ``'generate_invert'`` (default): DDIM-generate ID images from pure noise
+  x_T ~ N(0, I) (t: T-1 -> 0), then invert them to t_0 exactly like the OOD
+  images. Both banks then come from the same inversion procedure, so a
+  difference between them reflects the domains, not the procedure.
+  ``'trajectory'``: the model's DDIM trajectory from pure noise stopped at t_0
+  (half the cost; latents of the generative direction, not of inversion).
+  Sample i draws its noise from ``fold_in(key, i)``: resumable and independent
+  of batch size and device count.
+  """
+  if source not in ID_SOURCES:
+    raise ValueError(f"discovery.id_source must be one of {ID_SOURCES}, got {source!r}")
+  if count < 2:
+    raise ValueError(f"discovery.num_id_latents must be >= 2, got {count}")
+  items = [Item(f"model_sample_{i:06d}", f"{source}:fold_in(key,{i})") for i in range(count)]
+  bank = LatentBank.create(bank_dir, items, shape, model_fingerprint=model_fingerprint, t_0=runner.t_0,
+                           n_steps=runner.n_steps, extra={"source": f"model:{source}"})
+  pending = bank.pending_indices()
+  if not pending:
+    return bank
+  top = runner.at(runner.schedule.num_timesteps - 1)
+  progress = Progress(count, "latents", f"ID bank ({source})", already_done=count - len(pending))
+  for start in range(0, len(pending), runner.global_batch):
+    idx = np.asarray(pending[start:start + runner.global_batch])
+    noise = pure_noise(key, idx, shape)
+    if source == "generate_invert":
+      latents = runner.invert(top.generate(noise))
+    else:
+      latents = top.generate_to(noise, runner.t_0)
+    bank.write(idx.tolist(), latents)
+    progress.update(len(idx))
+  return bank
+
+
+# ---------------------------------------------------------------------------
+# The banks of a run.
+
+
+def bank_path(workdir: str, name: str) -> str:
+  return os.path.join(workdir, "banks", name)
+
+
+@dataclasses.dataclass(frozen=True)
+class BankSources:
+  """Where a run's banks come from (the typed form of ``config.data`` / ``config.discovery``).
+
+  ood_dir: the few-shot target images; id_dir: in-domain reference images (None:
+  the model's own latents, ``num_id_latents`` of them made by ``id_source``).
+  """
+
+  ood_dir: str | None
+  id_dir: str | None
+  inputs: InputOptions
+  num_id_latents: int = 64
+  id_source: str = "generate_invert"
+
+
+def prepare_banks(sources: BankSources, workdir: str, runner, *, model_fingerprint: str, key: jax.Array,
+                  need_id: bool = True) -> dict:
+  """The OOD bank and the ID reference bank of a run; every bank resumes where it
+  stopped. Returns {'ood': LatentBank, 'id': LatentBank}."""
+  banks = {}
+  for name, folder in (("ood", sources.ood_dir), ("id", sources.id_dir)):
+    if not folder:
+      continue
+    inputs = open_inputs(folder, sources.inputs)
+    if inputs.skipped:
+      logging.warning("%s: skipping %d unreadable file(s): %s", folder, len(inputs.skipped),
+                      ", ".join(s["path"] for s in inputs.skipped[:5]))
+    banks[name] = invert_inputs(inputs, bank_path(workdir, name), runner, model_fingerprint=model_fingerprint,
+                                source=folder, desc=f"invert {name}")
+  if "ood" not in banks:
+    raise ValueError("config.data.ood_dir is empty: give the folder of few-shot target-domain images")
+  if need_id and "id" not in banks:
+    banks["id"] = model_id_bank(bank_path(workdir, "id_model"), runner, sources.num_id_latents, key,
+                                model_fingerprint=model_fingerprint, source=sources.id_source,
+                                shape=banks["ood"].shape)
+  check_compatible(list(banks.values()))
+  return banks

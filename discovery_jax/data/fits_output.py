@@ -30,6 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from discovery_jax import fileio
 from discovery_jax.data.transforms import Transform
 
 PROVENANCE_CARDS = {
@@ -49,14 +50,7 @@ def _tmp_path(path: str, suffix: str) -> str:
 
 def _atomic(path: str, suffix: str, write) -> str:
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  tmp = _tmp_path(path, suffix)
-  try:
-    write(tmp)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  fileio.atomic_write_with(path, write, suffix)
   return path
 
 

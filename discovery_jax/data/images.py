@@ -13,13 +13,14 @@ crops the largest central square first and keeps the aspect ratio.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import os
 from typing import Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from discovery_jax import fileio
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 RESAMPLE = {
@@ -71,14 +72,6 @@ def list_files(folder: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> lis
   if not found:
     raise InputError(f"input folder {folder} contains no files with extension {', '.join(extensions)}")
   return found
-
-
-def file_sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
 
 
 HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
@@ -171,9 +164,7 @@ def save_png(path: str, image: np.ndarray) -> None:
   arr = image if image.dtype == np.uint8 else to_uint8(image)
   if arr.ndim == 3 and arr.shape[-1] == 1:
     arr = arr[..., 0]
-  tmp = f"{path}.tmp-{os.getpid()}.png"
-  Image.fromarray(arr).save(tmp)
-  os.replace(tmp, path)
+  fileio.atomic_write_with(path, lambda tmp: Image.fromarray(arr).save(tmp, format="png"), ".png")
 
 
 def make_grid(images: np.ndarray, ncol: int | None = None, pad: int = 2, pad_value: float = 1.0) -> np.ndarray:

@@ -72,10 +72,6 @@ class ScientificInputError(InputError):
   """A scientific file that cannot be used as input; the message names it."""
 
 
-def _none_if_empty(value: Any) -> Any:
-  return None if value in (None, "", (), []) else value
-
-
 @dataclasses.dataclass(frozen=True)
 class ScientificOptions:
   """How scientific files become fields (``config.data`` fields of the same names)."""
@@ -138,24 +134,6 @@ class Field:
   @property
   def name(self) -> str:
     return self.info["name"]
-
-
-def options_from_config(config: Any) -> ScientificOptions:
-  """ScientificOptions from ``config.model`` (image_size, in_channels) and ``config.data``.
-
-  Empty strings/tuples in the config mean "not set" (ml_collections cannot hold None
-  for a field that is sometimes a tuple).
-  """
-  data = config.get("data", {}) if hasattr(config, "get") else {}
-  get = lambda k, d: data.get(k, d) if hasattr(data, "get") else d
-  keep = get("keep_cards", KEEP_CARDS)
-  return ScientificOptions(
-      image_size=int(config.model.image_size), channels=int(config.model.in_channels),
-      resize=get("resize", "stretch"), resample=get("scientific_resample", "auto"),
-      hdu=_none_if_empty(get("hdu", None)), cube_axis=_none_if_empty(get("cube_axis", None)),
-      cube_slices=_none_if_empty(get("cube_slices", None)), cube_channels=_none_if_empty(get("cube_channels", None)),
-      npz_key=_none_if_empty(get("npz_key", None)), fill=get("fill", "median"),
-      keep_cards=keep if isinstance(keep, str) else tuple(keep), same_size=bool(get("same_size", True)))
 
 
 def list_scientific_files(folder: str) -> list[str]:

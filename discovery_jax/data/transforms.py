@@ -305,16 +305,3 @@ def fit_transform(kind: str, arrays: Sequence[np.ndarray] | np.ndarray, *, per_c
               "data_min": [float(v) for v in data.min(axis=0)], "data_max": [float(v) for v in data.max(axis=0)]}
   return Transform(kind=kind, s_min=s_min, s_max=s_max, per_channel=per_channel, clip_lo=clip_lo, clip_hi=clip_hi,
                    clip_percentiles=clip_percentiles, offset=off, floor=flo, softening=soft, fit_info=fit_info)
-
-
-def transform_from_config(cfg: Any) -> dict:
-  """Keyword arguments of ``fit_transform`` from a config-like mapping.
-
-  Recognised keys: kind, per_channel, clip_percentiles (pair, or empty/None for
-  none), offset, softening (None = automatic).
-  """
-  get = (lambda k, d: cfg.get(k, d)) if hasattr(cfg, "get") else (lambda k, d: getattr(cfg, k, d))
-  clip = get("clip_percentiles", None)
-  clip = tuple(float(v) for v in clip) if clip not in (None, (), [], "") else None
-  return {"kind": str(get("kind", "asinh")), "per_channel": bool(get("per_channel", False)),
-          "clip_percentiles": clip, "offset": get("offset", None), "softening": get("softening", None)}

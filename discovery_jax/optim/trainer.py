@@ -15,18 +15,48 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from absl import logging
 
-from discovery_jax import checkpoint, diffusion, models, parallel
+from discovery_jax import checkpoint, diffusion, fileio, models, parallel
+from discovery_jax.data import images
+from discovery_jax.data.inputs import open_image_folder
+from discovery_jax.runner import DDIMRunner
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainOptions:
+  """One training run (the typed form of ``config.train`` / ``config.finetune``)."""
+
+  steps: int
+  batch_size: int
+  learning_rate: float
+  warmup_steps: int = 0
+  grad_clip: float = 0.0
+  ema_decay: float = 0.999
+  weight_decay: float = 0.0
+  hflip: bool = False
+  seed: int = 0
+  log_every: int = 50
+  checkpoint_every: int = 500
+  keep_checkpoints: int = 2
+  num_preview: int = 16
+  b1: float = 0.9
+  b2: float = 0.999
+  adam_eps: float = 1e-8
+
+  @classmethod
+  def from_mapping(cls, section) -> "TrainOptions":
+    """The fields of ``section`` that name an option (others, like ``data``, are ignored)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in dict(section).items() if k in names and v is not None})
 
 
 @flax.struct.dataclass
@@ -37,19 +67,18 @@ class TrainState:
   opt_state: Any
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def make_optimizer(cfg: TrainOptions) -> optax.GradientTransformation:
   """Adam with linear warm-up, global-norm clipping and optional weight decay."""
   lr = float(cfg.learning_rate)
-  warmup = int(cfg.get("warmup_steps", 0))
+  warmup = int(cfg.warmup_steps)
   schedule = optax.join_schedules(
       [optax.linear_schedule(0.0, lr, max(warmup, 1)), optax.constant_schedule(lr)], [max(warmup, 1)]
   ) if warmup > 0 else optax.constant_schedule(lr)
   parts = []
-  if float(cfg.get("grad_clip", 0.0)) > 0:
+  if float(cfg.grad_clip) > 0:
     parts.append(optax.clip_by_global_norm(float(cfg.grad_clip)))
-  parts.append(optax.adam(schedule, b1=float(cfg.get("b1", 0.9)), b2=float(cfg.get("b2", 0.999)),
-                          eps=float(cfg.get("adam_eps", 1e-8))))
-  if float(cfg.get("weight_decay", 0.0)) > 0:
+  parts.append(optax.adam(schedule, b1=float(cfg.b1), b2=float(cfg.b2), eps=float(cfg.adam_eps)))
+  if float(cfg.weight_decay) > 0:
     parts.append(optax.add_decayed_weights(float(cfg.weight_decay)))
   return optax.chain(*parts)
 
@@ -132,9 +161,8 @@ class ArrayDataset:
     return self.images[idx], positions.astype(np.uint32)
 
 
-def load_training_images(source: str, options) -> np.ndarray:
+def load_training_images(source: str, options: images.ImageOptions) -> np.ndarray:
   """A folder of images, or an .npz/.npy file holding uint8 or [-1, 1] float images."""
-  from discovery_jax import inversion
   if os.path.isfile(source) and source.endswith((".npz", ".npy")):
     data = np.load(source)
     arr = data["images"] if isinstance(data, np.lib.npyio.NpzFile) else data
@@ -147,7 +175,7 @@ def load_training_images(source: str, options) -> np.ndarray:
     if arr.shape[1:] != want:
       raise ValueError(f"{source}: images of shape {arr.shape[1:]}, the model needs {want}")
     return arr
-  scan = inversion.open_image_folder(source, options, "skip", -1)
+  scan = open_image_folder(source, options, "skip")
   return scan.load(range(len(scan)))
 
 
@@ -161,7 +189,7 @@ def _manager(directory: str, keep: int):
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
-def train_loop(module: nn.Module, params: Any, data: ArrayDataset, cfg: ml_collections.ConfigDict, workdir: str,
+def train_loop(module: nn.Module, params: Any, data: ArrayDataset, cfg: TrainOptions, workdir: str,
                *, schedule: diffusion.Schedule, mesh=None, eps_channels: int,
                should_stop: Callable[[int], bool] | None = None) -> TrainState:
   """Trains until ``cfg.steps``, resuming from the newest checkpoint in ``workdir``.
@@ -173,9 +201,9 @@ def train_loop(module: nn.Module, params: Any, data: ArrayDataset, cfg: ml_colle
   tx = make_optimizer(cfg)
   batch_size = parallel.round_up(int(cfg.batch_size), parallel.data_size(mesh))
   step_fn = make_train_step(module, tx, schedule.alphas_cumprod, eps_channels, float(cfg.ema_decay),
-                            bool(cfg.get("hflip", False)))
+                            bool(cfg.hflip))
   state = init_state(params, tx)
-  manager = _manager(os.path.join(workdir, "checkpoints"), int(cfg.get("keep_checkpoints", 2)))
+  manager = _manager(os.path.join(workdir, "checkpoints"), int(cfg.keep_checkpoints))
   latest = manager.latest_step()
   if latest is not None:
     with checkpoint.quiet_orbax():
@@ -183,10 +211,10 @@ def train_loop(module: nn.Module, params: Any, data: ArrayDataset, cfg: ml_colle
       state = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
     logging.info("resumed from step %d (%s)", latest, manager.directory)
   state = parallel.replicate(state, mesh)
-  key = jax.random.key(int(cfg.get("seed", 0)))
+  key = jax.random.key(int(cfg.seed))
   total = int(cfg.steps)
   log_path = os.path.join(workdir, "train_log.jsonl")
-  every_log, every_ckpt = int(cfg.get("log_every", 50)), int(cfg.get("checkpoint_every", 500))
+  every_log, every_ckpt = int(cfg.log_every), int(cfg.checkpoint_every)
   start_step = int(state.step)
   t0, last = time.time(), time.time()
   losses = []
@@ -253,36 +281,27 @@ def plot_loss(workdir: str, path: str) -> None:
 
 def sample_from_noise(module: nn.Module, params: Any, count: int, *, schedule: diffusion.Schedule, n_steps: int,
                       key: jax.Array, batch_size: int = 16, mesh=None, start_index: int = 0) -> np.ndarray:
-  """Unconditional DDIM samples x_T ~ N(0, I) -> x_0 (sample i from fold_in(key, i))."""
-  from discovery_jax import inversion
-  runner = inversion.DDIMRunner(diffusion.eps_fn(module, params), schedule.num_timesteps - 1, n_steps, schedule,
-                                batch_size, mesh)
+  """Unconditional DDIM samples of a model (sample i from ``runner.pure_noise(key, i)``)."""
+  runner = DDIMRunner(diffusion.eps_fn(module, params), schedule.num_timesteps - 1, n_steps, schedule, batch_size,
+                      mesh)
   shape = (module.image_size, module.image_size, module.in_channels)
-  index = jnp.arange(start_index, start_index + count, dtype=jnp.uint32)
-  noise = np.asarray(jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), shape))(index))
-  return runner.generate(noise)
+  return runner.sample_from_noise(key, range(start_index, start_index + count), shape)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, *, section: str, params: Any, model_config: dict,
-        data_source: str, metadata: dict) -> dict:
-  """Trains ``params`` on ``data_source`` with ``config[section]`` and writes:
+def run(options: TrainOptions, workdir: str, *, params: Any, model_config: dict, data_source: str,
+        image_options: images.ImageOptions, schedule: diffusion.Schedule, preview_steps: int, mesh: Any,
+        metadata: dict) -> dict:
+  """Trains ``params`` on ``data_source`` and writes:
 
   ``WORKDIR/model/`` (a discovery_jax checkpoint of the EMA weights),
   ``samples.png`` (DDIM samples from pure noise), ``loss.png``, ``train_log.jsonl``,
   ``summary.json``. Rerunning resumes from the newest checkpoint.
   """
-  from discovery_jax import inversion
-  from discovery_jax.data import images
-  cfg = config[section]
   module = models.create_model(model_config)
-  mesh = parallel.make_mesh(int(config.get("parallel", {}).get("num_devices", -1)))
-  options = images.ImageOptions(image_size=module.image_size, channels=module.in_channels,
-                                resize=config.data.resize, resample=config.data.resample, alpha=config.data.alpha)
-  data = ArrayDataset(load_training_images(data_source, options), seed=int(cfg.get("seed", 0)))
-  logging.info("%s: %d training images %s from %s", section, len(data.images), data.images.shape[1:], data_source)
-  schedule = diffusion.Schedule.from_config(config.get("diffusion"))
+  data = ArrayDataset(load_training_images(data_source, image_options), seed=int(options.seed))
+  logging.info("%d training images %s from %s", len(data.images), data.images.shape[1:], data_source)
   start = time.time()
-  state = train_loop(module, params, data, cfg, workdir, schedule=schedule, mesh=mesh,
+  state = train_loop(module, params, data, options, workdir, schedule=schedule, mesh=mesh,
                      eps_channels=models.eps_channels(model_config))
   ema = jax.device_get(state.ema_params)
   out_model = os.path.join(workdir, "model")
@@ -290,16 +309,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, section: str, params
                         metadata={**metadata, "trained_steps": int(state.step), "data": os.path.abspath(data_source),
                                   "num_training_images": len(data.images)})
   plot_loss(workdir, os.path.join(workdir, "loss.png"))
-  n_preview = int(cfg.get("num_preview", 16))
-  if n_preview > 0:
-    preview = sample_from_noise(module, ema, n_preview, schedule=schedule, n_steps=int(config.sampling.n_steps),
-                                key=jax.random.key(int(cfg.get("seed", 0)) + 1), mesh=mesh)
+  if options.num_preview > 0:
+    preview = sample_from_noise(module, ema, options.num_preview, schedule=schedule, n_steps=preview_steps,
+                                key=jax.random.key(int(options.seed) + 1), mesh=mesh)
     images.save_png(os.path.join(workdir, "samples.png"), images.make_grid(preview))
   log = read_log(workdir)
   summary = {"steps": int(state.step), "final_loss": log[-1]["loss"] if log else None,
              "seconds_this_run": round(time.time() - start, 1), "model": out_model,
-             "num_training_images": len(data.images), "batch_size": int(cfg.batch_size),
-             "learning_rate": float(cfg.learning_rate)}
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=1)
+             "num_training_images": len(data.images), "batch_size": int(options.batch_size),
+             "learning_rate": float(options.learning_rate)}
+  fileio.atomic_write_json(os.path.join(workdir, "summary.json"), summary)
   return summary

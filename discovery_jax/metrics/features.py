@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
+
 import json
 import os
 from typing import Any, Callable, Iterable, Mapping
@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from discovery_jax import fileio
 from discovery_jax.models import inception
 
 INCEPTION_SIZE = 299
@@ -156,10 +157,7 @@ class FeatureExtractor:
 
 
 def _weights_hash(arrays: Iterable[np.ndarray]) -> str:
-  digest = hashlib.sha256()
-  for a in arrays:
-    digest.update(np.ascontiguousarray(a, np.float32).tobytes())
-  return digest.hexdigest()[:16]
+  return fileio.sha256_arrays(arrays)[:16]
 
 
 # ---------------------------------------------------------------------------
@@ -286,12 +284,41 @@ def pixel_extractor(size: int | None = 64, *, batch_size: int = 256) -> FeatureE
   return FeatureExtractor("pixels", dim, run, batch_size, {"size": size})
 
 
-EXTRACTORS = ("inception", "random_conv", "random_projection", "pixels")
+def learned_extractor(path: str | None = None, *, image_shape: tuple[int, ...] | None = None,
+                      batch_size: int = 256) -> FeatureExtractor:
+  """The project's learned feature network (``metrics.feature_net``; default: the
+  committed one). Grayscale of the input (channel mean), at the net's own size:
+  images of another size are refused, not resized (features of resampled images are
+  not the ones the net was trained on)."""
+  from discovery_jax.metrics import feature_net
+  module, params, meta = feature_net.load(path)
+  want = feature_net.image_shape(meta)
+  if image_shape is not None and tuple(image_shape[:2]) != want[:2]:
+    raise ValueError(f"the feature network {path or feature_net.ASSET_DIR} takes {want[0]}x{want[1]} images, these are "
+                     f"{image_shape[0]}x{image_shape[1]}; use evaluate.features='inception' (with inception_path) or "
+                     "'random_conv'")
+
+  @jax.jit
+  def run(params, x):
+    gray = 2.0 * jnp.mean(x, axis=-1, keepdims=True) - 1.0
+    return module.apply({"params": params}, gray)[0]
+
+  info = {"weights_sha256": meta["weights_sha256"][:16], "classes": len(meta.get("class_names", [])),
+          "test_accuracy": meta.get("test_accuracy", {}).get("overall"), "image_shape": list(want)}
+  return FeatureExtractor("learned", int(meta["architecture"]["embed_dim"]), functools.partial(run, params),
+                          batch_size, info)
 
 
-def create_extractor(name: str, *, inception_path: str | None = None, **kwargs: Any) -> FeatureExtractor:
-  """By name, for configs: 'inception' (needs ``inception_path``), 'random_conv',
-  'random_projection' or 'pixels'; ``kwargs`` go to the constructor."""
+EXTRACTORS = ("learned", "inception", "random_conv", "random_projection", "pixels")
+
+
+def create_extractor(name: str, *, inception_path: str | None = None, feature_net_path: str | None = None,
+                     image_shape: tuple[int, ...] | None = None, **kwargs: Any) -> FeatureExtractor:
+  """By name, for configs: 'learned' (the project's feature network), 'inception'
+  (needs ``inception_path``), 'random_conv', 'random_projection' or 'pixels';
+  ``kwargs`` go to the constructor."""
+  if name == "learned":
+    return learned_extractor(feature_net_path, image_shape=image_shape, **kwargs)
   if name == "inception":
     if not inception_path:
       raise ValueError("the 'inception' extractor needs inception_path= (a folder written by "

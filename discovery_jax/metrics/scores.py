@@ -1,8 +1,8 @@
 """Sample-quality metrics over feature arrays (N, F): pure numpy/scipy/sklearn, float64.
 
 Every function returns plain Python floats/ints (or dicts of them), ready for JSON.
-Features come from ``discovery_jax.features`` (Inception pool3 for FID/KID; the
-stand-ins elsewhere). What each metric answers for this project (METHOD.md step 9):
+Features come from ``discovery_jax.metrics.features`` (Inception pool3 for FID/KID; the
+stand-ins elsewhere). What each metric answers for this project (docs/method.md, "Evaluation"):
 
 * ``fid_from_features`` / ``kid``: distance of the generated set to held-out real
   target images (KID is unbiased, so it is the one to trust with few real images);

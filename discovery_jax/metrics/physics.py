@@ -1,7 +1,7 @@
 """Field statistics for evaluating generated scientific data against held-out real data.
 
 FID is meaningless for a radiation field; the field's own statistics are not
-(METHOD.md, step 9). Two families, both computed on PHYSICAL values (after the
+(docs/method.md, "Evaluation"). Two families, both computed on PHYSICAL values (after the
 inverse transform), optionally on a log10/asinh value scale:
 
 - One-point statistics: pixel-value histograms of both sets on COMMON bins

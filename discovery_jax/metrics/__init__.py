@@ -1,0 +1,2 @@
+"""Judging generated sets: sample-quality scores, feature extractors, reconstruction
+quality, physical statistics, and the evaluator that puts them in one table."""

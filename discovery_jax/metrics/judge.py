@@ -1,0 +1,161 @@
+"""A domain judge that cannot be fooled, and the copy / near-duplicate checks.
+
+The judge is a k-NN realism test (Kynkaanniemi et al. 2019) against REAL images in
+a feature space: a sample is a target-domain hit only when it lies inside the
+manifold of real target features (the union of balls around each real reference,
+radius its k-th nearest-neighbour distance, scaled so that held-out real target
+images fall inside at a calibrated rate) AND it is not closer to the in-domain
+manifold. A blank, constant or noise image lies inside neither manifold
+("neither"); a model's own image lies inside the in-domain one. A two-class
+classifier cannot say "neither": it sends every input to one side, which is how the
+old hit rate called 64 black images galaxies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from discovery_jax.metrics.scores import as_features, nearest_neighbours, pairwise_distances
+
+TARGET, IN_DOMAIN, NEITHER = "target", "in_domain", "neither"
+
+
+def kth_neighbour_radii(x: np.ndarray, k: int) -> np.ndarray:
+  """Distance from each row of ``x`` to its k-th nearest OTHER row."""
+  d = pairwise_distances(x, x)
+  np.fill_diagonal(d, np.inf)
+  return np.partition(d, k - 1, axis=1)[:, k - 1]
+
+
+def manifold_score(query: np.ndarray, support: np.ndarray, radii: np.ndarray) -> np.ndarray:
+  """min_j |q - s_j| / r_j: <= 1 means inside the union of the support's balls."""
+  return (pairwise_distances(query, support) / np.maximum(radii, 1e-12)[None, :]).min(axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifold:
+  """Balls of radius ``scale`` x k-NN radius around real reference features."""
+
+  support: np.ndarray
+  radii: np.ndarray
+  scale: float
+  k: int
+  calibration: dict
+
+  @classmethod
+  def fit(cls, reference: Any, calibration: Any | None = None, *, k: int = 3, coverage: float = 0.95,
+          name: str = "reference") -> "Manifold":
+    """Radii from ``reference``; ``scale`` (>= 1) is the ``coverage`` quantile of the
+    manifold scores of ``calibration`` (real images of the same domain NOT in the
+    reference), so that fraction of fresh real images counts as inside. Without a
+    calibration set the reference's own leave-one-out scores are used."""
+    ref = as_features(reference, name)
+    if ref.shape[0] <= k:
+      raise ValueError(f"the {name} set has {ref.shape[0]} images; a k-NN manifold with k={k} needs more than {k}")
+    radii = kth_neighbour_radii(ref, k)
+    if calibration is not None:
+      cal = as_features(calibration, f"{name} calibration")
+      scores = manifold_score(cal, ref, radii)
+      how = f"{len(cal)} held-out real images"
+    else:
+      d = pairwise_distances(ref, ref) / np.maximum(radii, 1e-12)[None, :]
+      np.fill_diagonal(d, np.inf)
+      scores = d.min(axis=1)
+      how = f"leave-one-out over the {len(ref)} references"
+    scale = max(1.0, float(np.quantile(scores, coverage)))
+    return cls(ref, radii, scale, int(k), {"coverage": float(coverage), "on": how,
+                                           "inside_at_scale_1": float(np.mean(scores <= 1.0)),
+                                           "num_reference": int(len(ref))})
+
+  def score(self, features: np.ndarray) -> np.ndarray:
+    return manifold_score(features, self.support, self.radii) / self.scale
+
+
+@dataclasses.dataclass(frozen=True)
+class DomainJudge:
+  """Three-way verdict per sample: target, in-domain or neither."""
+
+  target: Manifold
+  in_domain: Manifold | None
+
+  @classmethod
+  def fit(cls, target_reference: Any, target_calibration: Any | None = None, id_reference: Any | None = None,
+          *, k: int = 3, coverage: float = 0.95) -> "DomainJudge":
+    target = Manifold.fit(target_reference, target_calibration, k=k, coverage=coverage, name="target reference")
+    in_domain = None
+    if id_reference is not None:
+      in_domain = Manifold.fit(id_reference, None, k=k, coverage=coverage, name="in-domain reference")
+    return cls(target, in_domain)
+
+  def verdicts(self, features: Any) -> np.ndarray:
+    x = as_features(features)
+    t = self.target.score(x)
+    out = np.where(t <= 1.0, TARGET, NEITHER).astype(object)
+    if self.in_domain is not None:
+      i = self.in_domain.score(x)
+      out[(i <= 1.0) & (i <= t)] = IN_DOMAIN
+    return out
+
+  def rates(self, features: Any) -> dict:
+    v = self.verdicts(features)
+    return {"ood_hit_rate": float(np.mean(v == TARGET)), "id_fallback_rate": float(np.mean(v == IN_DOMAIN)),
+            "neither_rate": float(np.mean(v == NEITHER)), "num_samples": int(len(v))}
+
+  def describe(self) -> dict:
+    out = {"kind": "k-NN realism against real target features (Kynkaanniemi et al. 2019), in-domain manifold "
+                   "for mode interference", "k": self.target.k, "target": self.target.calibration,
+           "target_scale": self.target.scale}
+    if self.in_domain is not None:
+      out.update(in_domain=self.in_domain.calibration, in_domain_scale=self.in_domain.scale)
+    return out
+
+
+def nn_distance_quantile(heldout: np.ndarray, q: float) -> float:
+  """The q-quantile of nearest-neighbour distances among held-out real images."""
+  d = pairwise_distances(heldout, heldout)
+  np.fill_diagonal(d, np.inf)
+  return float(np.quantile(d.min(axis=1), q))
+
+
+def near_duplicate_rate(samples: Any, heldout: Any, *, quantile: float = 0.05) -> dict:
+  """Fraction of samples whose nearest OTHER sample is closer than the ``quantile`` of
+  nearest-neighbour distances among held-out real images (two real images are rarely
+  that close: neighbouring points of one path that denoise alike are)."""
+  x, h = as_features(samples, "samples"), as_features(heldout, "heldout")
+  if len(x) < 2:
+    raise ValueError("near_duplicate_rate needs at least 2 samples")
+  threshold = nn_distance_quantile(h, quantile)
+  d = pairwise_distances(x, x)
+  np.fill_diagonal(d, np.inf)
+  nn = d.min(axis=1)
+  return {"near_duplicate_rate": float(np.mean(nn < threshold)), "threshold": threshold,
+          "quantile": float(quantile), "distinct_rate": float(np.mean(nn >= threshold))}
+
+
+def copy_flags(samples: Any, fewshot: Any, heldout: Any, *, quantile: float = 0.05) -> dict:
+  """Samples closer to a few-shot image than the ``quantile`` of held-out real images'
+  nearest few-shot distances are flagged as copies (fresh real images are that close
+  only ``quantile`` of the time)."""
+  x, f, h = as_features(samples, "samples"), as_features(fewshot, "fewshot"), as_features(heldout, "heldout")
+  d_x, _ = nearest_neighbours(x, f)
+  d_h, _ = nearest_neighbours(h, f)
+  threshold = float(np.quantile(d_h, quantile))
+  return {"copy_rate": float(np.mean(d_x < threshold)), "copy_threshold": threshold, "quantile": float(quantile),
+          "flags": d_x < threshold}
+
+
+def coverage_density(real: Any, fake: Any, *, k: int = 5) -> dict:
+  """Density and coverage (Naeem et al. 2020): balls of k-NN radius around REAL
+  samples; density counts how many balls each fake falls in (1 on average for a
+  matching distribution, robust to real outliers), coverage the fraction of real
+  samples whose ball holds at least one fake."""
+  r, f = as_features(real, "real"), as_features(fake, "fake")
+  if r.shape[0] <= k:
+    raise ValueError(f"coverage/density with k={k} needs more than {k} real samples, got {r.shape[0]}")
+  radii = kth_neighbour_radii(r, k)
+  inside = pairwise_distances(f, r) <= radii[None, :]
+  return {"density": float(inside.sum() / (k * f.shape[0])), "coverage": float(inside.any(axis=0).mean()),
+          "k": int(k)}

@@ -1,0 +1,1 @@
+"""Changing weights: eps-prediction training from scratch and the fine-tuning baseline."""

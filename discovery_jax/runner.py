@@ -1,0 +1,119 @@
+"""Batched, sharded DDIM over any number of inputs: images -> latents and back.
+
+``DDIMRunner`` runs ``diffusion.ddim_loop`` at one fixed per-device batch size
+(padding the last batch, so nothing recompiles) under a jit that declares its
+shardings: batches split over the mesh's data axis, weights and the time grid
+replicated. A sample's bits then never depend on the device count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from discovery_jax import diffusion, parallel
+
+
+def pure_noise(key: jax.Array, sample_index: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+  """x_T ~ N(0, I) of samples ``sample_index``: sample i from ``fold_in(key, i)``."""
+  index = jnp.asarray(np.asarray(sample_index), jnp.uint32)
+  return np.asarray(jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), tuple(shape)))(index))
+
+
+@dataclasses.dataclass
+class DDIMRunner:
+  """Inversion / generation of any number of inputs in fixed-size batches
+  (``batch_size`` per device; the global batch is that times the mesh's data axis)."""
+
+  fn: diffusion.EpsFn
+  t_0: int = diffusion.DEFAULT_T0
+  n_steps: int = diffusion.DEFAULT_STEPS
+  schedule: diffusion.Schedule = diffusion.DEFAULT_SCHEDULE
+  batch_size: int = 8
+  mesh: Any = None
+
+  def __post_init__(self):
+    diffusion.check_ddim_args(self.t_0, self.n_steps, 0.0, self.schedule.num_timesteps)
+    # Per device: every device runs the same shapes whatever the device count, so a
+    # sample's bits do not depend on it (XLA's kernels accumulate in an order that
+    # depends on the batch shape).
+    self.batch_size = max(1, int(self.batch_size))
+    self.global_batch = self.batch_size * parallel.data_size(self.mesh)
+    self._params = parallel.replicate(self.fn.params, self.mesh)
+    self._alphas = parallel.replicate(jnp.asarray(self.schedule.alphas_cumprod, jnp.float32), self.mesh)
+    self._inv = diffusion.inversion_pairs(self.t_0, self.n_steps)
+    self._gen = diffusion.generation_pairs(self.t_0, self.n_steps)
+
+  def at(self, t_0: int) -> "DDIMRunner":
+    """The same model, schedule, batch and mesh at another t_0."""
+    return DDIMRunner(self.fn, t_0, self.n_steps, self.schedule, self.batch_size, self.mesh)
+
+  def _loop(self, x: np.ndarray, pairs, eta: float = 0.0, keys=None) -> np.ndarray:
+    n = x.shape[0]
+    xb = parallel.shard_batch(parallel.pad_batch(x, self.global_batch), self.mesh)
+    if keys is not None:
+      keys = parallel.shard_batch(parallel.pad_batch(keys, self.global_batch), self.mesh)
+    ts, ts_next = parallel.replicate((jnp.asarray(pairs[0]), jnp.asarray(pairs[1])), self.mesh)
+    run = _sharded_loop(self.fn, self.mesh, float(eta), keys is not None)
+    return np.asarray(run(self._params, xb, ts, ts_next, self._alphas, keys))[:n]
+
+  def _batched(self, x: np.ndarray, run: Callable[[np.ndarray, slice], np.ndarray]) -> np.ndarray:
+    outs = [run(x[i:i + self.global_batch], slice(i, i + self.global_batch))
+            for i in range(0, x.shape[0], self.global_batch)]
+    return np.concatenate(outs, axis=0)
+
+  def invert(self, x0: np.ndarray) -> np.ndarray:
+    """Images (N, H, W, C) in [-1, 1] -> latents x_{t_0} (N, H, W, C)."""
+    return self._batched(np.asarray(x0, np.float32), lambda b, _: self._loop(b, self._inv))
+
+  def generate(self, x_t: np.ndarray, *, eta: float = 0.0, key: jax.Array | None = None,
+               sample_index: Sequence[int] | None = None) -> np.ndarray:
+    """Latents x_{t_0} -> images x_0; with eta > 0 sample i uses fold_in(key, sample_index[i])."""
+    x_t = np.asarray(x_t, np.float32)
+    diffusion.check_ddim_args(self.t_0, self.n_steps, eta, self.schedule.num_timesteps)
+    if eta > 0 and key is None:
+      raise ValueError("eta > 0 needs a random key")
+    index = np.arange(x_t.shape[0]) if sample_index is None else np.asarray(sample_index)
+    keys = _raw_keys(diffusion.sample_keys(key, index)) if eta > 0 else None
+    run = lambda b, sl: self._loop(b, self._gen, eta=eta, keys=None if keys is None else keys[sl])
+    return self._batched(x_t, run)
+
+  def generate_to(self, x_t: np.ndarray, t_stop: int) -> np.ndarray:
+    """Deterministic DDIM from x_{t_0} down to exactly x_{t_stop}: this runner's
+    grid steps above t_stop, the last one landing on t_stop."""
+    ts = self._gen[0]
+    ts = ts[ts > t_stop]
+    pairs = (ts, np.append(ts[1:], t_stop).astype(np.int32))
+    return self._batched(np.asarray(x_t, np.float32), lambda b, _: self._loop(b, pairs))
+
+  def sample_from_noise(self, key: jax.Array, sample_index: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+    """Unconditional samples: x_T = ``pure_noise(key, i)`` generated from T-1 down to 0
+    with this runner's number of steps."""
+    top = self.at(self.schedule.num_timesteps - 1)
+    return top.generate(pure_noise(key, sample_index, shape))
+
+
+@functools.lru_cache(maxsize=None)
+def _sharded_loop(fn: diffusion.EpsFn, mesh: Any, eta: float, with_keys: bool):
+  """The jitted DDIM loop with declared shardings on ``mesh`` (plain jit without one)."""
+
+  def loop(params, x, ts, ts_next, alphas, keys):
+    return diffusion.ddim_loop(fn.apply, params, x, ts, ts_next, alphas, eta=eta, keys=keys)
+
+  if mesh is None:
+    return jax.jit(loop)
+  rep, batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+  return jax.jit(loop, in_shardings=(rep, batch, rep, rep, rep, batch if with_keys else None),
+                 out_shardings=batch)
+
+
+def _raw_keys(keys: jax.Array) -> np.ndarray:
+  """Typed or raw PRNG keys -> raw uint32 key data (paddable, shardable numpy)."""
+  if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
+    keys = jax.random.key_data(keys)
+  return np.asarray(keys)
