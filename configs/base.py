@@ -72,13 +72,20 @@ def get_config():
   config.sample.num_samples = 64
   config.sample.evaluate = True            # evaluate against data.eval_dir when it is set
 
-  # Latent discovery (docs/method.md; discovery_jax.discovery). Every target
-  # and tolerance is computed from the banks; these settings only scale them.
+  # Latent discovery (docs/method.md; discovery_jax.discovery). Every target and
+  # tolerance is computed from the banks and the few-shot images; these settings only scale them.
   config.discovery = ml_collections.ConfigDict()
-  # 'rejection' (official: keep slerp candidates that meet the criteria) or 'optimize' (Adam moves
-  # each candidate onto them first: 4-92x the acceptance (measured), for when rejection's budget runs out;
-  # on the embedded demo its images were further from the held-out set, see README "Embedded demo").
-  config.discovery.mode = "rejection"
+  # 'typical' (default): residual steps from few-shot latents toward prior draws, judged on their
+  # denoised images against the few-shot set's own leave-one-out statistics (see README "Embedded
+  # demo" for what it wins and loses). 'rejection': the paper's procedure (slerp + latent criteria),
+  # unchanged; 'optimize': the paper's criteria met by Adam.
+  config.discovery.mode = "typical"
+  config.discovery.strength_range = (0.2, 0.9)   # typical: step toward the prior, drawn per candidate
+  config.discovery.band = (0.2, 0.9)             # typical: few-shot leave-one-out NN-distance quantiles kept
+  config.discovery.separation_quantile = 0.05    # typical: closer than this few-shot quantile = the same image
+  config.discovery.pool_factor = 8               # typical: at most this many candidates per sample
+  config.discovery.image_guard = True            # typical: drop images closer to the model's own than to the few-shot
+  config.discovery.selection_features = "random_conv"  # typical: the feature space it judges in (not the evaluation's)
   config.discovery.num_interior = 20       # slerp points per (OOD latent, prior draw) pair (official: 20)
   config.discovery.num_refs = 10           # reference latents per criterion (official R = 10)
   config.discovery.max_per_path = placeholder(int)  # accepted points kept per slerp path (None: all, official)
@@ -136,7 +143,7 @@ def get_config():
   # Evaluation (python -m discovery_jax.evaluate; also run by `sample` when
   # config.sample.evaluate is set and held-out data exist).
   config.evaluate = ml_collections.ConfigDict()
-  config.evaluate.features = "inception"  # 'inception' (FID; needs inception_path), 'random_conv', 'pixels'
+  config.evaluate.features = "inception"  # 'inception' (FID; needs inception_path), 'learned' (32x32), 'random_conv'
   config.evaluate.inception_path = placeholder(str)  # a folder written by `python -m convert.inception`
   config.evaluate.id_dir = placeholder(str)          # held-out in-domain images (None: data.id_dir)
   config.evaluate.generated = placeholder(str)       # "name=path,..." (None: WORKDIR/samples/*/samples.npy)

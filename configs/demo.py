@@ -25,7 +25,7 @@ def get_config():
   config.data.eval_dir = os.path.join(ASSETS, "ood_heldout")
   config.data.id_dir = None  # the model's own latents are the ID reference bank
   config.evaluate.id_dir = os.path.join(ASSETS, "id_heldout")
-  config.evaluate.features = "random_conv"  # no Inception weights offline: a fixed random conv net
+  config.evaluate.features = "learned"  # the project's feature network (assets/feature_net); Inception is for 256 RGB
   config.sampling.t_0 = 400
   config.sampling.n_steps = 20
   config.sampling.batch_size = 32

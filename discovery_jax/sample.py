@@ -67,14 +67,40 @@ def _digest(obj: Any) -> str:
   return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _typical_latents(config: ml_collections.ConfigDict, banks: dict, root: jax.Array, runner: DDIMRunner,
+                     prior) -> tuple[np.ndarray, dict]:
+  """Typical discovery: candidates denoised by ``runner`` and judged on their images."""
+  from discovery_jax.data.inputs import load_all
+  from discovery_jax.metrics import features as features_lib
+  n = int(config.sample.num_samples)
+  options = settings.typical_options(config)
+  fewshot, _ = load_all(config.data.ood_dir, settings.input_options(config),
+                        transform=banks["ood"].metadata.get("intensity_transform"))
+  extractor = features_lib.create_extractor(config.discovery.get("selection_features") or "random_conv")
+  own = runner.generate(np.asarray(banks["id"].latents())) if options.guard else None
+  result = discovery.discover_typical(
+      banks["ood"].latents(), num_samples=n, key=jax.random.fold_in(root, KEY_DISCOVERY),
+      denoise=lambda z: np.clip(runner.generate(z), -1.0, 1.0), features=extractor, fewshot_images=fewshot,
+      own_images=own, options=options, prior=prior, log=logging.info)
+  record = result.summary()
+  record["num_samples_requested"] = n
+  record["_arrays"] = {"candidate_index": result.candidate_index, "source_index": result.source_index,
+                       "strength": result.strength, "nn_fewshot": result.nn_fewshot}
+  logging.info("discovery (typical): %d/%d latents from %d candidates; rejections %s", result.num_accepted, n,
+               result.num_candidates, result.rejections)
+  return result.latents, record
+
+
 def find_latents(config: ml_collections.ConfigDict, method: str, banks: dict, root: jax.Array,
-                 mesh=None) -> tuple[np.ndarray, dict]:
+                 mesh=None, runner: DDIMRunner | None = None) -> tuple[np.ndarray, dict]:
   """The latents of ``method`` and a JSON-ready record of how they were found."""
   n = int(config.sample.num_samples)
   ood, idb = banks["ood"].latents(), banks["id"].latents()
   disc = config.discovery
   options = settings.discovery_options(config)
   prior = discovery.fit_prior(ood, options.prior_kind)
+  if method == "discovery" and options.mode == "typical":
+    return _typical_latents(config, banks, root, runner, prior)
   if method == "discovery":
     result = discovery.discover(ood, idb, num_samples=n, key=jax.random.fold_in(root, KEY_DISCOVERY),
                                 options=options, prior=prior, mesh=mesh)
@@ -100,7 +126,7 @@ def find_latents(config: ml_collections.ConfigDict, method: str, banks: dict, ro
 
 
 def stage_latents(config: ml_collections.ConfigDict, workdir: str, method: str, banks: dict,
-                  root: jax.Array, mesh=None) -> tuple[np.ndarray, dict]:
+                  root: jax.Array, mesh=None, runner: DDIMRunner | None = None) -> tuple[np.ndarray, dict]:
   """Finds (or reuses) the latents of ``method``: ``latents.npy`` + ``latents.json``."""
   out = _method_dir(workdir, method)
   os.makedirs(out, exist_ok=True)
@@ -117,7 +143,7 @@ def stage_latents(config: ml_collections.ConfigDict, workdir: str, method: str, 
       # Different latents: their images must not mix with the old ones, and the old run is kept.
       _supersede(out, f"latents request {record.get('request_digest')} -> {digest}")
   start = time.time()
-  latents, record = find_latents(config, method, banks, root, mesh)
+  latents, record = find_latents(config, method, banks, root, mesh, runner)
   record.update(request_digest=digest, request=request, seconds=round(time.time() - start, 3),
                 complete=latents.shape[0] == int(config.sample.num_samples))
   arrays = record.pop("_arrays", None)
@@ -127,6 +153,11 @@ def stage_latents(config: ml_collections.ConfigDict, workdir: str, method: str, 
   fileio.atomic_write_json(path_json, record)
   if not record["complete"]:
     rej = record.get("rejections", {})
+    if record.get("mode") == "typical":
+      raise DiscoveryBudgetError(
+          f"discovery found {latents.shape[0]} of {config.sample.num_samples} latents within "
+          f"{record.get('num_candidates')} candidates (saved to {path_npy}); rejections: {rej}. Raise "
+          "config.discovery.pool_factor, or widen config.discovery.band / strength_range")
     raise DiscoveryBudgetError(
         f"discovery found {latents.shape[0]} of {config.sample.num_samples} latents within "
         f"{record.get('num_candidates')} candidates (saved to {path_npy}); the criterion that rejected most is "
@@ -298,7 +329,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
   for method in methods:
     t = time.time()
     # Every host computes the same latents (deterministic); the main host stores them.
-    latents, record = (stage_latents(config, workdir, method, banks, root, disc_mesh) if main_host
+    latents, record = (stage_latents(config, workdir, method, banks, root, disc_mesh, runner) if main_host
                        else (None, None))
     parallel.sync_hosts(f"latents-{method}")
     if not main_host:

@@ -14,7 +14,7 @@ from discovery_jax import diffusion
 from discovery_jax.data import images, scientific
 from discovery_jax.data.bank import BankSources
 from discovery_jax.data.inputs import InputOptions
-from discovery_jax.discovery import DiscoveryOptions
+from discovery_jax.discovery import DiscoveryOptions, TypicalOptions
 
 
 def _get(section: Any, key: str, default: Any = None) -> Any:
@@ -90,6 +90,18 @@ def discovery_options(config: Any) -> DiscoveryOptions:
         prior_kind=d.prior_kind, guard=None if guard in (None, "", "none") else guard,
         guard_margin=float(d.guard_margin), opt_steps=int(d.opt_steps), opt_lr=float(d.opt_lr))
   except ValueError as e:
+    raise ValueError(f"config.discovery: {e}") from None
+
+
+def typical_options(config: Any) -> TypicalOptions:
+  """The 'typical' discovery settings of ``config.discovery``."""
+  d = config.discovery
+  try:
+    return TypicalOptions(strength_range=tuple(float(v) for v in _get(d, "strength_range", (0.2, 0.9))),
+                          band=tuple(float(v) for v in _get(d, "band", (0.2, 0.9))),
+                          separation_quantile=float(_get(d, "separation_quantile", 0.05)),
+                          pool_factor=int(_get(d, "pool_factor", 8)), guard=bool(_get(d, "image_guard", True)))
+  except (TypeError, ValueError) as e:
     raise ValueError(f"config.discovery: {e}") from None
 
 

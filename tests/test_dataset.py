@@ -115,6 +115,7 @@ def test_resume_after_partial_runs(tmp_path, reference):
   assert_same_dataset(tmp_path, reference)
 
 
+@pytest.mark.slow
 def test_sigkill_midway_then_rerun(tmp_path, reference):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   cmd = [sys.executable, os.path.abspath(__file__), "worker", str(tmp_path), "--sleep", "30"]
@@ -168,6 +169,7 @@ def test_truncated_and_corrupt_shards_are_reported_and_regenerated(tmp_path, ref
   assert_same_dataset(directory, reference)
 
 
+@pytest.mark.slow
 def test_two_hosts_write_disjoint_shards_whose_union_is_the_dataset(tmp_path, reference):
   host0 = make_writer(tmp_path, 0, 2, write_images=True)
   host1 = make_writer(tmp_path, 1, 2, write_images=True)
@@ -182,6 +184,7 @@ def test_two_hosts_write_disjoint_shards_whose_union_is_the_dataset(tmp_path, re
   assert_same_dataset(tmp_path, reference)
 
 
+@pytest.mark.slow
 def test_resume_with_a_different_process_count(tmp_path, reference):
   assert make_writer(tmp_path, 0, 3).write_pending(fake_examples) == [0, 3]  # then the 3-host job stops.
   assert make_writer(tmp_path, 0, 2).write_pending(fake_examples) == [2, 4]

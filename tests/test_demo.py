@@ -6,6 +6,7 @@ same model, data, t_0, steps and discovery settings.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -13,6 +14,8 @@ import numpy as np
 import pytest
 
 from tests import helpers
+
+pytestmark = pytest.mark.slow  # end-to-end runs of the entry points: the full tier only
 
 ASSETS = os.path.join(helpers.REPO, "discovery_jax", "assets", "demo")
 
@@ -56,3 +59,60 @@ def test_demo_discovers_galaxies_not_animals(demo_run):
   # New images, not copies: nearest few-shot neighbours are no closer than held-out galaxies' are.
   assert row["memorization"]["num_exact_copies"] == 0
   assert row["nn_ratio"] >= 1.0, row["nn_ratio"]
+
+
+def _write_pngs(folder, images):
+  from discovery_jax.data import images as images_lib
+  os.makedirs(folder, exist_ok=True)
+  for i, x in enumerate(images):
+    images_lib.save_png(os.path.join(folder, f"img_{i:03d}.png"), x)
+
+
+@pytest.fixture(scope="module")
+def fooling_sets(tmp_path_factory):
+  """The demo's evaluation judging what must not pass as discoveries: 64 blank, 64 noise and
+  64 in-domain images, verbatim copies of the few-shot set; and 64 real held-out galaxies the
+  judge never saw (the evaluation's held-out folder is the other 192)."""
+  from discovery_jax.data import images as images_lib
+  root = tmp_path_factory.mktemp("fool")
+  opts = images_lib.ImageOptions(image_size=32, channels=1)
+  load = lambda d, names: np.stack([images_lib.load_image(os.path.join(ASSETS, d, n), opts) for n in names])
+  held = sorted(os.listdir(os.path.join(ASSETS, "ood_heldout")))
+  rng = np.random.default_rng(0)
+  eval_dir = root / "eval"
+  os.makedirs(eval_dir)
+  for n in held[64:]:
+    shutil.copy(os.path.join(ASSETS, "ood_heldout", n), eval_dir / n)
+  ids = sorted(os.listdir(os.path.join(ASSETS, "id_heldout")))
+  sets = {"blank": np.full((64, 32, 32, 1), -1.0, np.float32),
+          "gray": np.zeros((64, 32, 32, 1), np.float32),
+          "noise": rng.uniform(-1, 1, (64, 32, 32, 1)).astype(np.float32),
+          "in_domain": load("id_heldout", ids[::3][:64]),
+          "copies": load("ood_fewshot", sorted(os.listdir(os.path.join(ASSETS, "ood_fewshot"))) * 2),
+          "unseen_real": load("ood_heldout", held[:64])}
+  # The in-domain images the judge compares with must not be the ones judged.
+  id_dir = root / "id"
+  _write_pngs(str(id_dir), load("id_heldout", [n for k, n in enumerate(ids) if k % 3 != 0]))
+  paths = []
+  for name, x in sets.items():
+    np.save(root / f"{name}.npy", x)
+    paths.append(f"{name}={root / (name + '.npy')}")
+  workdir = root / "run"
+  proc = subprocess.run(
+      [sys.executable, "-m", "discovery_jax.evaluate", "--config=configs/demo.py", f"--workdir={workdir}",
+       f"--config.data.eval_dir={eval_dir}", f"--config.evaluate.id_dir={id_dir}",
+       "--config.evaluate.generated=" + ",".join(paths)], capture_output=True, text=True, cwd=helpers.REPO)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  report = json.loads((workdir / "evaluation" / "report.json").read_text())
+  return {r["name"]: r for r in report["rows"]}
+
+
+def test_the_evaluation_cannot_be_fooled(fooling_sets):
+  rows = fooling_sets
+  for name in ("blank", "gray", "noise", "in_domain"):
+    assert rows[name]["ood_hit_rate"] <= 0.10, (name, rows[name]["ood_hit_rate"])
+  assert rows["in_domain"]["id_fallback_rate"] >= 0.8, rows["in_domain"]["domain_rates"]
+  assert rows["copies"]["frac_near_copies"] >= 0.9, rows["copies"]["frac_near_copies"]
+  assert rows["copies"]["near_duplicate_rate"] >= 0.9  # every image appears twice
+  assert rows["unseen_real"]["ood_hit_rate"] >= 0.9, rows["unseen_real"]["domain_rates"]
+  assert rows["unseen_real"]["frac_near_copies"] <= 0.2

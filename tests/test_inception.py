@@ -23,6 +23,8 @@ from convert import inception as convert_inception
 from discovery_jax.metrics import features
 from tests import helpers
 
+pytestmark = pytest.mark.slow  # Inception at 299x299 against torch: the full tier only
+
 # ---------------------------------------------------------------------------
 # PyTorch reference of the FID network (pool3 output).
 

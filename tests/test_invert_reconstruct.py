@@ -131,6 +131,7 @@ def test_invert_cli_writes_a_bank_readable_without_copies(tmp_path, converted):
                              atol=1e-5)
 
 
+@pytest.mark.slow
 def test_interrupted_invert_resumes_without_redoing_work(tmp_path, converted, monkeypatch):
   folder = write_images(str(tmp_path / "imgs"), 7)
   config = make_config(converted["iddpm"], "iddpm", folder, batch_size=2)

@@ -76,3 +76,16 @@ def test_coverage_and_density_see_collapse():
 def test_too_few_references_is_one_clear_error():
   with pytest.raises(ValueError, match="needs more than 3"):
     judge.Manifold.fit(np.zeros((3, 4)), k=3)
+
+
+def test_a_contrast_floor_keeps_empty_images_out_when_the_domain_has_faint_members():
+  """Features of a faint real image can sit next to those of an empty frame."""
+  rng, target, _ = _clouds(5)
+  contrast = rng.uniform(0.05, 0.5, 300)
+  contrast[:3] = 0.001  # a few nearly empty real images
+  j = judge.DomainJudge.fit(target[:200], target[200:300], target_contrast=contrast)
+  blank_feats = target[:64] + 1e-3  # embedded where real images are
+  assert j.rates(blank_feats, np.zeros(64))["ood_hit_rate"] == 0.0
+  assert j.rates(blank_feats, np.full(64, 0.2))["ood_hit_rate"] >= 0.9
+  with pytest.raises(ValueError, match="contrast"):
+    j.rates(blank_feats)

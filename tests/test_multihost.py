@@ -105,6 +105,8 @@ import pytest  # noqa: E402
 
 from discovery_jax import parallel  # noqa: E402
 
+pytestmark = pytest.mark.slow  # several processes and a real coordinator: the full tier only
+
 
 def _run_two_processes(tmp_path):
   port = str(_free_port())

@@ -50,6 +50,7 @@ def test_sharded_candidate_scoring_equals_single_device():
   assert d == candidates[0].size
 
 
+@pytest.mark.slow
 def test_data_parallel_gradients_equal_single_device():
   """The loss and its gradient on a batch sharded over 8 devices equal the
   single-device ones (what a data-parallel training step relies on)."""
@@ -86,6 +87,7 @@ def test_data_parallel_gradients_equal_single_device():
   np.testing.assert_array_equal(np.asarray(params["conv_in"]["kernel"]).shape, (3, 3, 1, 32))  # not donated away.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["rejection", "optimize"])
 def test_discovery_on_eight_devices_is_bitwise_the_single_device_result(mode):
   rng = np.random.default_rng(0)

@@ -16,6 +16,8 @@ from convert.writer import convert_checkpoint
 from tests import helpers
 from tests.test_invert_reconstruct import write_images
 
+pytestmark = pytest.mark.slow  # end-to-end runs of the entry points: the full tier only
+
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, vectors_available):

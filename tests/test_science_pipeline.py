@@ -19,6 +19,8 @@ from tests import synthetic_fields as synthetic
 from discovery_jax.data.bank import LatentBank
 from tests import helpers
 
+pytestmark = pytest.mark.slow  # end-to-end runs of the entry points: the full tier only
+
 
 @pytest.fixture(scope="module")
 def fields(tmp_path_factory, vectors_available):

@@ -27,7 +27,7 @@ from discovery_jax.discovery.kernels import KernelConfig, materialise, path_kern
 from discovery_jax.discovery.linalg import MAT_BLOCK, ROW_BLOCK, check_banks, latent_shape
 from discovery_jax.discovery.prior import GaussianPrior, fit_prior
 
-MODES = ("rejection", "optimize")
+MODES = ("typical", "rejection", "optimize")
 OPT_BASES = ("global", "refs")
 GUARDS = ("mean_diff", "logistic")
 _RECORD_KEYS = ("candidate_index", "path_index", "source_index", "t", "id_ref_index", "ood_ref_index", "stats",
@@ -50,7 +50,7 @@ class DiscoveryOptions:
   depend on it).
   """
 
-  mode: str = "rejection"
+  mode: str = "rejection"  # the paper's procedure; the `sample` default is 'typical' (discover_typical)
   max_candidates: int | None = None
   num_interior: int = 20
   num_refs: int = 10
@@ -332,6 +332,8 @@ def discover(ood_bank: Any, id_bank: Any, *, num_samples: int, key: jax.Array,
   acceptances (the first in global order) or ``options.max_candidates`` candidates.
   """
   options = dataclasses.replace(options or DiscoveryOptions(), **overrides)
+  if options.mode == "typical":
+    raise ValueError("mode='typical' judges denoised images: use discovery.discover_typical (sample does)")
   search = _setup(ood_bank, id_bank, int(num_samples), key, options, targets, prior,
                   fitted_guard or options.guard, mesh)
   if out is not None and (out.shape[0] < num_samples or tuple(out.shape[1:]) != search.shape):

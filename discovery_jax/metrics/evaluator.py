@@ -129,9 +129,12 @@ class Evaluator:
     quarter = n // 4
     self.split = {"reference": np.sort(perm[2 * quarter:]), "calibration": np.sort(perm[:quarter]),
                   "test": np.sort(perm[quarter:2 * quarter])}
-    self.judge = judge_lib.DomainJudge.fit(
-        np.concatenate([self.few, self.held[self.split["reference"]]]), self.held[self.split["calibration"]],
-        self.id, k=options.judge_k, coverage=options.judge_coverage)
+    reference = np.concatenate([self.few, self.held[self.split["reference"]]])
+    contrast = judge_lib.pixel_contrast(np.concatenate([real.fewshot, real.heldout_ood[self.split["reference"]],
+                                                        real.heldout_ood[self.split["calibration"]]]))
+    self.judge = judge_lib.DomainJudge.fit(reference, self.held[self.split["calibration"]], self.id,
+                                           k=options.judge_k, coverage=options.judge_coverage,
+                                           target_contrast=contrast)
     self.kid_subset = options.kid_subset_size
 
   def describe(self) -> dict:
@@ -178,8 +181,11 @@ class Evaluator:
       if len(feats) > 1:
         dups = judge_lib.near_duplicate_rate(feats, self.held, quantile=self.options.duplicate_quantile)
         out["near_duplicate_rate"] = dups["near_duplicate_rate"]
-    judged = self.held[self.split["test"]] if is_reference else feats
-    rates = self.judge.rates(judged)
+    if is_reference:
+      judged, contrast = self.held[self.split["test"]], self.real.heldout_ood[self.split["test"]]
+    else:
+      judged, contrast = feats, samples
+    rates = self.judge.rates(judged, judge_lib.pixel_contrast(contrast))
     out["ood_hit_rate"], out["id_fallback_rate"] = rates["ood_hit_rate"], rates["id_fallback_rate"]
     out["neither_rate"] = rates["neither_rate"]
     out["domain_rates"] = rates

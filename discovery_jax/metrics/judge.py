@@ -5,8 +5,12 @@ a feature space: a sample is a target-domain hit only when it lies inside the
 manifold of real target features (the union of balls around each real reference,
 radius its k-th nearest-neighbour distance, scaled so that held-out real target
 images fall inside at a calibrated rate) AND it is not closer to the in-domain
-manifold. A blank, constant or noise image lies inside neither manifold
-("neither"); a model's own image lies inside the in-domain one. A two-class
+manifold. A noise image lies inside neither manifold ("neither"); a model's own
+image lies inside the in-domain one. Features alone cannot see that an image is
+empty when the target domain has nearly empty members (faint radio sources on a
+black frame embed next to a black frame), so a sample with less pixel contrast than
+all but ``contrast_quantile`` of the real target images is also "neither": it
+carries less structure than the domain ever does. A two-class
 classifier cannot say "neither": it sends every input to one side, which is how the
 old hit rate called 64 black images galaxies.
 """
@@ -74,40 +78,56 @@ class Manifold:
     return manifold_score(features, self.support, self.radii) / self.scale
 
 
+def pixel_contrast(images: Any) -> np.ndarray:
+  """Per-image standard deviation of the pixel values (0 for a constant image)."""
+  x = np.asarray(images, np.float64)
+  return x.reshape(len(x), -1).std(axis=1)
+
+
 @dataclasses.dataclass(frozen=True)
 class DomainJudge:
   """Three-way verdict per sample: target, in-domain or neither."""
 
   target: Manifold
   in_domain: Manifold | None
+  contrast_floor: float = 0.0
 
   @classmethod
   def fit(cls, target_reference: Any, target_calibration: Any | None = None, id_reference: Any | None = None,
-          *, k: int = 3, coverage: float = 0.95) -> "DomainJudge":
+          *, k: int = 3, coverage: float = 0.95, target_contrast: Any | None = None,
+          contrast_quantile: float = 0.01) -> "DomainJudge":
+    """``target_contrast``: pixel contrasts of real target images (``pixel_contrast``);
+    the floor is their ``contrast_quantile``."""
     target = Manifold.fit(target_reference, target_calibration, k=k, coverage=coverage, name="target reference")
     in_domain = None
     if id_reference is not None:
       in_domain = Manifold.fit(id_reference, None, k=k, coverage=coverage, name="in-domain reference")
-    return cls(target, in_domain)
+    floor = 0.0 if target_contrast is None else float(np.quantile(np.asarray(target_contrast), contrast_quantile))
+    return cls(target, in_domain, floor)
 
-  def verdicts(self, features: Any) -> np.ndarray:
+  def verdicts(self, features: Any, contrast: Any | None = None) -> np.ndarray:
+    """``contrast``: the samples' pixel contrasts (needed when the judge has a floor)."""
     x = as_features(features)
     t = self.target.score(x)
     out = np.where(t <= 1.0, TARGET, NEITHER).astype(object)
     if self.in_domain is not None:
       i = self.in_domain.score(x)
       out[(i <= 1.0) & (i <= t)] = IN_DOMAIN
+    if self.contrast_floor > 0:
+      if contrast is None:
+        raise ValueError("this judge has a pixel-contrast floor: pass the samples' contrast")
+      out[(np.asarray(contrast) < self.contrast_floor) & (out == TARGET)] = NEITHER
     return out
 
-  def rates(self, features: Any) -> dict:
-    v = self.verdicts(features)
+  def rates(self, features: Any, contrast: Any | None = None) -> dict:
+    v = self.verdicts(features, contrast)
     return {"ood_hit_rate": float(np.mean(v == TARGET)), "id_fallback_rate": float(np.mean(v == IN_DOMAIN)),
             "neither_rate": float(np.mean(v == NEITHER)), "num_samples": int(len(v))}
 
   def describe(self) -> dict:
     out = {"kind": "k-NN realism against real target features (Kynkaanniemi et al. 2019), in-domain manifold "
                    "for mode interference", "k": self.target.k, "target": self.target.calibration,
-           "target_scale": self.target.scale}
+           "target_scale": self.target.scale, "pixel_contrast_floor": self.contrast_floor}
     if self.in_domain is not None:
       out.update(in_domain=self.in_domain.calibration, in_domain_scale=self.in_domain.scale)
     return out

@@ -1,0 +1,257 @@
+"""Discovery that earns its place: typical candidates around the prior mean, judged in
+image space by criteria computed from the few-shot set itself.
+
+The paper slerps an OOD latent toward a prior draw and keeps candidates whose latent
+angles match the bank's. Slerping two latents that share the bank mean lifts the
+mean component, so only points next to the source pass: near-copies. Here:
+
+* candidates interpolate the RESIDUALS: z = m + sqrt(1 - s^2) (x_src - m) + s sigma eps,
+  a variance-preserving step from a few-shot latent toward a draw of the fitted prior
+  (s = 0: the source, s = 1: a fresh prior draw), so every candidate keeps the bank's
+  norm and angle statistics whatever s is; s is drawn per candidate over a wide range;
+* candidates are denoised and judged on what matters, their images: a new image of
+  the domain is as far from the few-shot images as a few-shot image is from the
+  others (leave-one-out), so a candidate is kept when its nearest few-shot distance
+  lies in that band: closer is a copy, further is not the domain;
+* never two from nearly the same place: a candidate closer to an accepted one than
+  the few-shot images ever are to each other is dropped;
+* mode interference: a candidate closer to the model's own images than to the
+  few-shot images is dropped.
+
+Everything is computed from the banks and the few-shot images; nothing is tuned per
+domain. Keys: candidate g draws its source order, strength and noise from ``fold_in``
+of named sub-keys and g, so results never depend on batch or device count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from discovery_jax.discovery.linalg import as_rows, latent_shape
+from discovery_jax.discovery.prior import GaussianPrior, fit_prior, standard_normal
+
+_KEY_SOURCE, _KEY_STRENGTH, _KEY_NOISE = 0, 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class TypicalOptions:
+  """strength_range: the candidates' step toward the prior, drawn uniformly per
+  candidate; band: leave-one-out quantiles of few-shot nearest-neighbour distances
+  that bound an accepted image's nearest few-shot distance; separation_quantile: the
+  few-shot quantile below which two accepted images count as the same; pool_factor:
+  at most this many candidates per requested sample; guard: drop candidates closer to
+  the model's own images than to the few-shot images."""
+
+  strength_range: tuple[float, float] = (0.2, 0.9)
+  band: tuple[float, float] = (0.2, 0.9)
+  separation_quantile: float = 0.05
+  pool_factor: int = 8
+  guard: bool = True
+  batch: int = 64
+
+  def __post_init__(self):
+    lo, hi = self.strength_range
+    if not 0.0 <= lo <= hi <= 1.0:
+      raise ValueError(f"strength_range must satisfy 0 <= low <= high <= 1, got {self.strength_range}")
+    qlo, qhi = self.band
+    if not 0.0 <= qlo < qhi <= 1.0:
+      raise ValueError(f"band must be two quantiles 0 <= low < high <= 1, got {self.band}")
+    if not 0.0 <= self.separation_quantile < 1.0:
+      raise ValueError(f"separation_quantile must lie in [0, 1), got {self.separation_quantile}")
+    if self.pool_factor < 1 or self.batch < 1:
+      raise ValueError(f"pool_factor and batch must be >= 1, got {self.pool_factor}, {self.batch}")
+
+
+# ---------------------------------------------------------------------------
+# Candidates (pure, jitted).
+
+
+@jax.jit
+def _candidates(rows: jax.Array, prior: GaussianPrior, order: jax.Array, key: jax.Array, index: jax.Array,
+                s_lo: jax.Array, s_hi: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  n = rows.shape[0]
+  k_strength, k_noise = jax.random.fold_in(key, _KEY_STRENGTH), jax.random.fold_in(key, _KEY_NOISE)
+
+  def one(g):
+    src = order[g % n]
+    s = s_lo + (s_hi - s_lo) * jax.random.uniform(jax.random.fold_in(k_strength, g))
+    eps = standard_normal(jax.random.fold_in(k_noise, g), rows.shape[1])
+    z = prior.mean + jnp.sqrt(1.0 - s * s) * (rows[src] - prior.mean) + s * jnp.sqrt(prior.var) * eps
+    return z, src, s
+
+  return jax.vmap(one)(index)
+
+
+def typical_candidates(ood_bank: Any, prior: GaussianPrior, key: jax.Array, candidate_index: Any,
+                       strength_range: tuple[float, float] = (0.2, 0.9)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Candidates g of ``candidate_index``: (latents (n, *shape), source index, strength).
+
+  Sources cycle through a key-seeded permutation of the bank, so every few-shot latent
+  seeds the same number of candidates."""
+  rows = jnp.asarray(as_rows(ood_bank))
+  order = jax.random.permutation(jax.random.fold_in(key, _KEY_SOURCE), rows.shape[0]).astype(jnp.int32)
+  index = jnp.atleast_1d(jnp.asarray(candidate_index, jnp.uint32))
+  z, src, s = _candidates(rows, prior, order, key, index, jnp.float32(strength_range[0]),
+                          jnp.float32(strength_range[1]))
+  return np.asarray(z).reshape((-1,) + latent_shape(ood_bank)), np.asarray(src), np.asarray(s)
+
+
+# ---------------------------------------------------------------------------
+# Criteria from the few-shot images (pure numpy).
+
+
+def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
+  return np.sqrt(np.maximum(sq, 0.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageCriteria:
+  """Targets computed from the few-shot features (and the model's own images)."""
+
+  fewshot: np.ndarray  # (N, F)
+  band: tuple[float, float]  # accepted nearest few-shot distance
+  separation: float  # minimum distance between two accepted images
+  own: np.ndarray | None  # (M, F) features of the model's own images, for the guard
+  loo_distances: np.ndarray  # (N,) leave-one-out nearest-neighbour distances among the few-shot images
+
+  @classmethod
+  def fit(cls, fewshot_features: Any, own_features: Any | None, options: TypicalOptions) -> "ImageCriteria":
+    f = np.asarray(fewshot_features, np.float64)
+    if f.shape[0] < 4:
+      raise ValueError(f"image-space discovery needs at least 4 few-shot images (leave-one-out distances), "
+                       f"got {f.shape[0]}")
+    d = _distances(f, f)
+    np.fill_diagonal(d, np.inf)
+    loo = d.min(axis=1)
+    band = (float(np.quantile(loo, options.band[0])), float(np.quantile(loo, options.band[1])))
+    return cls(f, band, float(np.quantile(loo, options.separation_quantile)),
+               None if own_features is None or not options.guard else np.asarray(own_features, np.float64), loo)
+
+  def judge(self, features: np.ndarray) -> dict:
+    """Per candidate: nearest few-shot distance and index, whether it is in the band,
+    and whether it is on the model's own side (the guard)."""
+    d = _distances(features, self.fewshot)
+    nn, idx = d.min(axis=1), d.argmin(axis=1)
+    out = {"nn_fewshot": nn, "nn_index": idx, "too_close": nn < self.band[0], "too_far": nn > self.band[1]}
+    out["own_side"] = (_distances(features, self.own).min(axis=1) < nn if self.own is not None
+                       else np.zeros(len(nn), bool))
+    return out
+
+  def summary(self) -> dict:
+    return {"band": list(self.band), "separation": self.separation, "num_fewshot": int(len(self.fewshot)),
+            "loo_nn_median": float(np.median(self.loo_distances)), "guard": self.own is not None}
+
+
+def select(features: np.ndarray, verdict: dict, accepted: np.ndarray, separation: float, needed: int) -> np.ndarray:
+  """Greedy, in candidate order: the positions of candidates in the band, off the
+  model's side, and at least ``separation`` from every accepted image (including
+  those accepted from this batch). ``accepted``: (A, F) features accepted so far."""
+  ok = ~(verdict["too_close"] | verdict["too_far"] | verdict["own_side"])
+  kept: list[int] = []
+  kept_feats = [np.asarray(accepted, np.float64)] if len(accepted) else []
+  for i in np.flatnonzero(ok):
+    if len(kept) >= needed:
+      break
+    x = features[i:i + 1]
+    if kept_feats and _distances(x, np.concatenate(kept_feats)).min() < separation:
+      continue
+    kept.append(int(i))
+    kept_feats.append(np.asarray(x, np.float64))
+  return np.asarray(kept, np.int64)
+
+
+# ---------------------------------------------------------------------------
+# The search.
+
+
+@dataclasses.dataclass
+class TypicalResult:
+  latents: np.ndarray
+  images: np.ndarray
+  candidate_index: np.ndarray
+  source_index: np.ndarray
+  strength: np.ndarray
+  nn_fewshot: np.ndarray
+  num_candidates: int
+  rejections: dict
+  criteria: dict
+  prior: dict
+  seconds: float
+  options: dict
+
+  @property
+  def num_accepted(self) -> int:
+    return int(self.latents.shape[0])
+
+  def summary(self) -> dict:
+    return {"mode": "typical", "num_accepted": self.num_accepted, "num_candidates": self.num_candidates,
+            "acceptance_rate": self.num_accepted / max(self.num_candidates, 1), "rejections": self.rejections,
+            "criteria": self.criteria, "prior": self.prior, "seconds": self.seconds, "config": self.options,
+            "strength_accepted": {"mean": float(np.mean(self.strength)) if len(self.strength) else None,
+                                  "min": float(np.min(self.strength)) if len(self.strength) else None,
+                                  "max": float(np.max(self.strength)) if len(self.strength) else None}}
+
+
+def discover_typical(ood_bank: Any, *, num_samples: int, key: jax.Array, denoise: Callable[[np.ndarray], np.ndarray],
+                     features: Callable[[np.ndarray], np.ndarray], fewshot_images: np.ndarray,
+                     own_images: np.ndarray | None = None, options: TypicalOptions | None = None,
+                     prior: GaussianPrior | None = None, log: Callable[[str], None] | None = None) -> TypicalResult:
+  """Typical candidates, denoised in batches (``denoise``: latents -> images), judged by
+  ``features`` of their images against the few-shot images' own leave-one-out
+  statistics, kept until ``num_samples`` or ``pool_factor * num_samples`` candidates.
+
+  Returns the accepted latents AND their images (``denoise`` is deterministic, so these
+  are the samples). Fewer than asked when the pool runs out (the caller decides).
+  """
+  options = options or TypicalOptions()
+  if num_samples < 1:
+    raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+  start = time.perf_counter()
+  prior = prior or fit_prior(ood_bank)
+  criteria = ImageCriteria.fit(features(fewshot_images), None if own_images is None else features(own_images), options)
+  budget = options.pool_factor * num_samples
+  lat, imgs, idx, srcs, strengths, nns, feats = [], [], [], [], [], [], []
+  rejections = {"too_close": 0, "too_far": 0, "own_side": 0, "duplicate": 0}
+  accepted_feats = np.zeros((0, criteria.fewshot.shape[1]))
+  n_acc = examined = 0
+  for g0 in range(0, budget, options.batch):
+    g = np.arange(g0, min(budget, g0 + options.batch))
+    z, src, s = typical_candidates(ood_bank, prior, key, g, options.strength_range)
+    x = denoise(z)
+    f = np.asarray(features(x), np.float64)
+    verdict = criteria.judge(f)
+    keep = select(f, verdict, accepted_feats, criteria.separation, num_samples - n_acc)
+    last = keep[-1] + 1 if n_acc + len(keep) >= num_samples else len(g)
+    examined += int(last)
+    seen = slice(0, last)
+    rejections["too_close"] += int(verdict["too_close"][seen].sum())
+    rejections["too_far"] += int(verdict["too_far"][seen].sum())
+    in_band = ~(verdict["too_close"] | verdict["too_far"])
+    rejections["own_side"] += int((in_band & verdict["own_side"])[seen].sum())
+    eligible = int((in_band & ~verdict["own_side"])[seen].sum())
+    rejections["duplicate"] += eligible - len(keep)
+    if len(keep):
+      lat.append(z[keep]), imgs.append(x[keep]), idx.append(g[keep]), srcs.append(src[keep])
+      strengths.append(s[keep]), nns.append(verdict["nn_fewshot"][keep]), feats.append(f[keep])
+      accepted_feats = np.concatenate([accepted_feats, f[keep]])
+      n_acc += len(keep)
+    if log:
+      log(f"typical discovery: {n_acc}/{num_samples} accepted after {g0 + len(g)} candidates")
+    if n_acc >= num_samples:
+      break
+  cat = lambda xs, tail, dt: np.concatenate(xs).astype(dt) if xs else np.zeros((0,) + tail, dt)
+  shape = latent_shape(ood_bank)
+  return TypicalResult(
+      latents=cat(lat, shape, np.float32), images=cat(imgs, tuple(fewshot_images.shape[1:]), np.float32),
+      candidate_index=cat(idx, (), np.int64), source_index=cat(srcs, (), np.int64),
+      strength=cat(strengths, (), np.float32), nn_fewshot=cat(nns, (), np.float64), num_candidates=examined,
+      rejections=rejections, criteria=criteria.summary(), prior=prior.summary(),
+      seconds=time.perf_counter() - start, options=dataclasses.asdict(options))
