@@ -80,8 +80,8 @@ def get_config():
   # demo" for what it wins and loses). 'rejection': the paper's procedure (slerp + latent criteria),
   # unchanged; 'optimize': the paper's criteria met by Adam.
   config.discovery.mode = "typical"
-  config.discovery.strength_range = (0.2, 0.9)   # typical: step toward the prior, drawn per candidate
-  config.discovery.band = (0.2, 0.9)             # typical: few-shot leave-one-out NN-distance quantiles kept
+  config.discovery.strength_range = (0.1, 0.7)   # typical: step toward the prior, drawn per candidate
+  config.discovery.band = (0.1, 0.7)             # typical: few-shot leave-one-out NN-distance quantiles kept
   config.discovery.separation_quantile = 0.05    # typical: closer than this few-shot quantile = the same image
   config.discovery.pool_factor = 8               # typical: at most this many candidates per sample
   config.discovery.image_guard = True            # typical: drop images closer to the model's own than to the few-shot
@@ -90,7 +90,9 @@ def get_config():
   config.discovery.num_refs = 10           # reference latents per criterion (official R = 10)
   config.discovery.max_per_path = placeholder(int)  # accepted points kept per slerp path (None: all, official)
   config.discovery.tolerance_scale = 1.0   # tolerance = this x the spread among real OOD latents
-  config.discovery.prior_kind = "pooled"   # 'pooled' (official: one scalar variance) or 'diagonal'
+  # 'pooled' (one scalar variance), 'diagonal', or 'published_head' (the published HEAD: fitted on the
+  # ID bank with np.var over all entries, 1.036x the pooled per-dimension variance on its banks)
+  config.discovery.prior_kind = "pooled"
   config.discovery.guard = "mean_diff"     # mode-interference guard: 'mean_diff', 'logistic' or 'none'
   config.discovery.guard_margin = 0.0
   config.discovery.opt_steps = 200

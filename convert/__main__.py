@@ -15,7 +15,6 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from convert import torch_to_flax
 from convert.writer import convert_checkpoint
 from discovery_jax import checkpoint, models
 
@@ -39,7 +38,7 @@ def main(argv):
   try:
     summary = convert_checkpoint(_TORCH.value or _DIFFUSERS.value, _OUTPUT.value, model_config,
                       diffusers=bool(_DIFFUSERS.value), overwrite=_OVERWRITE.value)
-  except (torch_to_flax.CheckpointError, checkpoint.CheckpointError, models.ModelConfigError) as e:
+  except (checkpoint.CheckpointError, models.ModelConfigError) as e:
     print(f"convert: error: {e}", file=sys.stderr)
     sys.exit(1)
   print(f"converted {summary['num_tensors']} tensors ({summary['num_params']:,} parameters, "

@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
   args = parser.parse_args(argv)
   try:
     summary = convert_inception(args.pth, args.output, overwrite=args.overwrite)
-  except (CheckpointError, checkpoint.CheckpointError) as e:
+  except CheckpointError as e:
     print(f"convert.inception: error: {e}", file=sys.stderr)
     return 1
   note = "" if summary["official_fid_weights"] else (

@@ -22,7 +22,7 @@ from typing import Any, Mapping
 import flax.traverse_util
 import numpy as np
 
-from discovery_jax import models
+from discovery_jax import checkpoint, models
 
 LEAF_TO_TORCH = {"kernel": "weight", "scale": "weight", "bias": "bias"}
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "ema_model", "ema", "params", "net", "module")
@@ -31,8 +31,8 @@ CONV1D_MODULES = ("qkv", "proj_out")  # 1-D convolutions of guided-diffusion's a
 MAX_LISTED = 8
 
 
-class CheckpointError(ValueError):
-  """A file that cannot be read as a checkpoint, or that does not fit the config."""
+# One error type for every checkpoint problem, read or write, in the package and here.
+CheckpointError = checkpoint.CheckpointError
 
 
 # ---------------------------------------------------------------------------

@@ -28,8 +28,8 @@ METADATA_FILE = "metadata.json"
 PARAMS_DIR = "params"
 
 
-class CheckpointError(RuntimeError):
-  """A checkpoint that cannot be read, or written."""
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be read, written or converted; the message names it."""
 
 
 def _jsonable(value: Any) -> Any:

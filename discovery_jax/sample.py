@@ -98,7 +98,10 @@ def find_latents(config: ml_collections.ConfigDict, method: str, banks: dict, ro
   ood, idb = banks["ood"].latents(), banks["id"].latents()
   disc = config.discovery
   options = settings.discovery_options(config)
-  prior = discovery.fit_prior(ood, options.prior_kind)
+  if options.prior_kind == "published_head":  # the published HEAD: the ID bank, np.var over all entries.
+    prior = discovery.fit_prior_published_head(idb)
+  else:
+    prior = discovery.fit_prior(ood, options.prior_kind)
   if method == "discovery" and options.mode == "typical":
     return _typical_latents(config, banks, root, runner, prior)
   if method == "discovery":

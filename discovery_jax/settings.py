@@ -97,8 +97,8 @@ def typical_options(config: Any) -> TypicalOptions:
   """The 'typical' discovery settings of ``config.discovery``."""
   d = config.discovery
   try:
-    return TypicalOptions(strength_range=tuple(float(v) for v in _get(d, "strength_range", (0.2, 0.9))),
-                          band=tuple(float(v) for v in _get(d, "band", (0.2, 0.9))),
+    return TypicalOptions(strength_range=tuple(float(v) for v in _get(d, "strength_range", (0.1, 0.7))),
+                          band=tuple(float(v) for v in _get(d, "band", (0.1, 0.7))),
                           separation_quantile=float(_get(d, "separation_quantile", 0.05)),
                           pool_factor=int(_get(d, "pool_factor", 8)), guard=bool(_get(d, "image_guard", True)))
   except (TypeError, ValueError) as e:

@@ -43,11 +43,13 @@ def test_candidates_depend_on_their_index_only():
 def test_band_and_separation_come_from_the_fewshot_set():
   rng = np.random.default_rng(1)
   few = rng.standard_normal((32, 16))
-  crit = typical.ImageCriteria.fit(few, None, typical.TypicalOptions())
+  options = typical.TypicalOptions()
+  crit = typical.ImageCriteria.fit(few, None, options)
   d = np.sqrt(((few[:, None] - few[None]) ** 2).sum(-1))
   np.fill_diagonal(d, np.inf)
   loo = d.min(1)
-  assert crit.band == (pytest.approx(np.quantile(loo, 0.2)), pytest.approx(np.quantile(loo, 0.9)))
+  assert crit.band == (pytest.approx(np.quantile(loo, options.band[0])),
+                       pytest.approx(np.quantile(loo, options.band[1])))
   copies = few[:5] + 1e-6
   far = few[:5] * 50
   v = crit.judge(np.concatenate([copies, far]))
@@ -102,3 +104,17 @@ def test_bad_options_and_tiny_fewshot_sets_are_refused():
     discovery.TypicalOptions(strength_range=(0.5, 1.5))
   with pytest.raises(ValueError, match="at least 4 few-shot"):
     typical.ImageCriteria.fit(np.zeros((3, 4)), None, typical.TypicalOptions())
+
+
+def test_the_published_head_prior_is_available_and_differs_as_documented():
+  """Fitted on the ID bank, np.var over all entries about one scalar mean: it also counts
+  the spread of the per-dimension means, so it exceeds the pooled per-dimension variance."""
+  rng = np.random.default_rng(0)
+  idb = (rng.standard_normal((64, 8, 8, 3)) + rng.normal(0, 0.2, (1, 8, 8, 3))).astype(np.float32)
+  head = discovery.fit_prior_published_head(idb)
+  pooled = discovery.fit_prior(idb)
+  np.testing.assert_allclose(float(head.var), np.var(idb), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(head.mean), idb.reshape(64, -1).mean(0), atol=1e-6)
+  assert float(head.var) > float(pooled.var)
+  with pytest.raises(ValueError, match="published_head"):
+    discovery.discover(idb, idb, num_samples=1, key=jax.random.key(0), prior_kind="published_head", num_refs=5)

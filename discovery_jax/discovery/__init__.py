@@ -9,8 +9,8 @@ from discovery_jax.discovery.criteria import (CRITERIA, REJECTION_REASONS, Targe
 from discovery_jax.discovery.driver import (DiscoveryOptions, DiscoveryResult, discover, select_chunk)
 from discovery_jax.discovery.guard import LinearGuard, fit_guard, guard_logits
 from discovery_jax.discovery.linalg import as_rows, bank_mean, check_banks, gram, norms
-from discovery_jax.discovery.prior import (GaussianPrior, fit_prior, gaussian_geometry, sample_prior,
-                                           standard_normal)
+from discovery_jax.discovery.prior import (GaussianPrior, fit_prior, fit_prior_published_head, gaussian_geometry,
+                                           sample_prior, standard_normal)
 from discovery_jax.discovery.typical import TypicalOptions, TypicalResult, discover_typical, typical_candidates
 from discovery_jax.discovery.statistics import (angles_at_origin, angles_at_vertex, centre_distance, describe_bank,
                                                 norm_vs_chi, pairwise_distances, random_triples)

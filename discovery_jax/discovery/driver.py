@@ -30,6 +30,8 @@ from discovery_jax.discovery.prior import GaussianPrior, fit_prior
 MODES = ("typical", "rejection", "optimize")
 OPT_BASES = ("global", "refs")
 GUARDS = ("mean_diff", "logistic")
+# published_head: the published HEAD prior (ID bank, np.var of all entries), fitted by the caller.
+PRIOR_KINDS = ("pooled", "diagonal", "published_head")
 _RECORD_KEYS = ("candidate_index", "path_index", "source_index", "t", "id_ref_index", "ood_ref_index", "stats",
                 "guard_logit")
 
@@ -79,6 +81,8 @@ class DiscoveryOptions:
       raise ValueError(f"max_candidates must be >= 1 or None (1000 x num_samples), got {self.max_candidates}")
     if self.num_interior < 1 or self.chunk_paths < 1:
       raise ValueError(f"num_interior and chunk_paths must be >= 1, got {self.num_interior}, {self.chunk_paths}")
+    if self.prior_kind not in PRIOR_KINDS:
+      raise ValueError(f"prior_kind must be one of {PRIOR_KINDS}, got {self.prior_kind!r}")
     if not self.tolerance_scale > 0:
       raise ValueError(f"tolerance_scale must be > 0, got {self.tolerance_scale}")
 
@@ -334,6 +338,9 @@ def discover(ood_bank: Any, id_bank: Any, *, num_samples: int, key: jax.Array,
   options = dataclasses.replace(options or DiscoveryOptions(), **overrides)
   if options.mode == "typical":
     raise ValueError("mode='typical' judges denoised images: use discovery.discover_typical (sample does)")
+  if prior is None and options.prior_kind == "published_head":
+    raise ValueError("prior_kind='published_head' is fitted on the ID bank: pass "
+                     "prior=fit_prior_published_head(id_bank)")
   search = _setup(ood_bank, id_bank, int(num_samples), key, options, targets, prior,
                   fitted_guard or options.guard, mesh)
   if out is not None and (out.shape[0] < num_samples or tuple(out.shape[1:]) != search.shape):

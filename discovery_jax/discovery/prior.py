@@ -74,6 +74,24 @@ def fit_prior(latents: Any, kind: str = "pooled") -> GaussianPrior:
   return GaussianPrior(jnp.asarray(mean, jnp.float32), jnp.asarray(var), kind, latent_shape(latents), n)
 
 
+def fit_prior_published_head(id_latents: Any) -> GaussianPrior:
+  """The published code's HEAD prior, kept as an option: fitted on the ID bank, with the
+  per-dimension mean and ``np.var`` over all N*d entries about ONE scalar mean (biased),
+  which also counts the spread of the per-dimension means."""
+  rows = as_rows(id_latents)
+  n, d = rows.shape
+  if n < 2:
+    raise ValueError(f"fitting a variance needs at least 2 latents, got {n}")
+  total, sq = np.zeros(d, np.float64), 0.0
+  for _, b in row_blocks(rows):
+    total += b.sum(0, dtype=np.float64)
+  grand = total.sum() / (n * d)
+  for _, b in row_blocks(rows):
+    sq += float(np.square(b.astype(np.float64) - grand).sum())
+  return GaussianPrior(jnp.asarray(total / n, jnp.float32), jnp.asarray(np.float32(sq / (n * d))), "published_head",
+                       latent_shape(id_latents), n)
+
+
 def standard_normal(key: jax.Array, dim: int) -> jax.Array:
   """(dim,) N(0, 1) from one threefry key: ``sqrt(2) erfinv(u)``, u uniform in (-1, 1)
   from the words ``threefry_2x32(key, 0..dim-1)``.

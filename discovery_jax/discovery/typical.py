@@ -48,8 +48,8 @@ class TypicalOptions:
   at most this many candidates per requested sample; guard: drop candidates closer to
   the model's own images than to the few-shot images."""
 
-  strength_range: tuple[float, float] = (0.2, 0.9)
-  band: tuple[float, float] = (0.2, 0.9)
+  strength_range: tuple[float, float] = (0.1, 0.7)
+  band: tuple[float, float] = (0.1, 0.7)
   separation_quantile: float = 0.05
   pool_factor: int = 8
   guard: bool = True
@@ -89,7 +89,7 @@ def _candidates(rows: jax.Array, prior: GaussianPrior, order: jax.Array, key: ja
 
 
 def typical_candidates(ood_bank: Any, prior: GaussianPrior, key: jax.Array, candidate_index: Any,
-                       strength_range: tuple[float, float] = (0.2, 0.9)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                       strength_range: tuple[float, float] = (0.1, 0.7)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Candidates g of ``candidate_index``: (latents (n, *shape), source index, strength).
 
   Sources cycle through a key-seeded permutation of the bank, so every few-shot latent
