@@ -70,9 +70,13 @@ def main() -> None:
         continue
       config_path = os.path.join(REPO, "configs", f"{name}.py")
       ckpt = os.path.join(tmp, f"{name}.pt")
-      size_mb = write_random_checkpoint(config_path, ckpt) / 2 ** 20
-      proc = subprocess.run([sys.executable, "-c", CHILD, config_path, ckpt, os.path.join(tmp, f"{name}_flax")],
-                            capture_output=True, text=True, cwd=REPO)
+      size_mb = write_random_checkpoint(config_path, ckpt) / 2**20
+      proc = subprocess.run(
+          [sys.executable, "-c", CHILD, config_path, ckpt, os.path.join(tmp, f"{name}_flax")],
+          capture_output=True,
+          text=True,
+          cwd=REPO,
+      )
       if proc.returncode:
         sys.exit(f"conversion of {name} failed:\n{proc.stderr[-3000:]}")
       r = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -81,13 +85,16 @@ def main() -> None:
       r["peak_minus_baseline_over_file"] = round((r["peak_rss_mb"] - r["baseline_rss_mb"]) / size_mb, 2)
       r["seconds"] = round(r["seconds"], 2)
       results[name] = r
-      print(f"{name:7s} {r['num_tensors']} tensors, {r['num_params']:,} params, file {size_mb:.0f} MB: "
-            f"{r['seconds']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB ({r['peak_over_file']}x the file; "
-            f"{r['peak_minus_baseline_over_file']}x above the {r['baseline_rss_mb']:.0f} MB after imports)")
+      print(
+          f"{name:7s} {r['num_tensors']} tensors, {r['num_params']:,} params, file {size_mb:.0f} MB: "
+          f"{r['seconds']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB ({r['peak_over_file']}x the file; "
+          f"{r['peak_minus_baseline_over_file']}x above the {r['baseline_rss_mb']:.0f} MB after imports)"
+      )
       os.remove(ckpt)
   results["targets"] = {"seconds": 60, "peak_over_file": 3}
-  results["meets_targets"] = all(r["seconds"] < 60 and r["peak_over_file"] < 3
-                                 for k, r in results.items() if k in ("celeba", "afhq"))
+  results["meets_targets"] = all(
+      r["seconds"] < 60 and r["peak_over_file"] < 3 for k, r in results.items() if k in ("celeba", "afhq")
+  )
   print(json.dumps(results))
 
 

@@ -138,16 +138,22 @@ def measure(name: str, args) -> dict:
   size, ch = cfg["image_size"], cfg["in_channels"]
   rng = np.random.default_rng(0)
   x_np = rng.uniform(-1, 1, (args.batch, size, size, ch)).astype(np.float32)
-  inv, gen = (np.stack(p, 1) for p in (diffusion.inversion_pairs(args.t_0, args.n_steps),
-                                       diffusion.generation_pairs(args.t_0, args.n_steps)))
+  inv, gen = (
+      np.stack(p, 1)
+      for p in (diffusion.inversion_pairs(args.t_0, args.n_steps), diffusion.generation_pairs(args.t_0, args.n_steps))
+  )
   schedule = diffusion.DEFAULT_SCHEDULE
   unet_calls = len(inv) + len(gen)
 
   devices = jax.devices()
-  n_dev = 1 if args.single_device else max(d for d in range(1, len(devices) + 1)
-                                           if args.batch % d == 0 and d <= len(devices))
-  runner = inversion.DDIMRunner(fn, args.t_0, args.n_steps, batch_size=args.batch // n_dev,
-                                mesh=parallel.make_mesh(n_dev))
+  n_dev = (
+      1
+      if args.single_device
+      else max(d for d in range(1, len(devices) + 1) if args.batch % d == 0 and d <= len(devices))
+  )
+  runner = inversion.DDIMRunner(
+      fn, args.t_0, args.n_steps, batch_size=args.batch // n_dev, mesh=parallel.make_mesh(n_dev)
+  )
 
   def run_jax():
     runner.generate(runner.invert(x_np))
@@ -156,9 +162,17 @@ def measure(name: str, args) -> dict:
   run_jax()
   compile_s = time.perf_counter() - compile_start
   contenders = {"jax": run_jax}
-  results = {"arch": cfg["arch"], "image_size": size, "in_channels": ch, "batch": args.batch,
-             "t_0": args.t_0, "n_steps": args.n_steps, "unet_calls_per_image": unet_calls,
-             "jax_devices": n_dev, "jax_first_call_s": round(compile_s, 2)}
+  results = {
+      "arch": cfg["arch"],
+      "image_size": size,
+      "in_channels": ch,
+      "batch": args.batch,
+      "t_0": args.t_0,
+      "n_steps": args.n_steps,
+      "unet_calls_per_image": unet_calls,
+      "jax_devices": n_dev,
+      "jax_first_call_s": round(compile_s, 2),
+  }
 
   n_off = min(args.official_images, args.batch)
   if not args.skip_torch:
@@ -179,9 +193,10 @@ def measure(name: str, args) -> dict:
     def run_official():
       with torch.no_grad(), torch_autocast(device, args.dtype):
         for i in range(n_off):  # batch 1, one call per step, as the official loops.
-          lat = official_loop(net, x_t[i:i + 1], inv, betas, learn_sigma, device)
+          lat = official_loop(net, x_t[i : i + 1], inv, betas, learn_sigma, device)
           official_loop(net, lat, gen, betas, learn_sigma, device)
       sync()
+
     contenders.update(torch_batched=run_torch, official_style=run_official)
 
   best = interleaved_best(contenders, args.rounds)
@@ -209,8 +224,11 @@ def measure(name: str, args) -> dict:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--models", default="demo,iddpm_small,ddpm_small",
-                      help="comma list: demo, iddpm_small, ddpm_small, afhq, celeba, church, bedroom")
+  parser.add_argument(
+      "--models",
+      default="demo,iddpm_small,ddpm_small",
+      help="comma list: demo, iddpm_small, ddpm_small, afhq, celeba, church, bedroom",
+  )
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--t_0", type=int, default=900)
   parser.add_argument("--n_steps", type=int, default=20)
@@ -223,19 +241,27 @@ def main() -> None:
   parser.add_argument("--single_device", action="store_true", help="JAX on one device (no host-device mesh)")
   args = parser.parse_args()
 
-  summary = {"platform": jax.devices()[0].platform, "device_kind": jax.devices()[0].device_kind,
-             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-             "dtype": args.dtype, "targets": TARGETS.get(jax.devices()[0].platform, {}), "models": {}}
+  summary = {
+      "platform": jax.devices()[0].platform,
+      "device_kind": jax.devices()[0].device_kind,
+      "cpu_count": os.cpu_count(),
+      "torch_threads": torch.get_num_threads(),
+      "dtype": args.dtype,
+      "targets": TARGETS.get(jax.devices()[0].platform, {}),
+      "models": {},
+  }
   for name in [m for m in args.models.split(",") if m]:
     results = measure(name, args)
     summary["models"][name] = results
     print(f"--- {name}")
     for k, v in results.items():
       print(f"  {k:34s} {v:.4g}" if isinstance(v, float) else f"  {k:34s} {v}")
+
   def rounded(v):
     if isinstance(v, dict):
       return {k: rounded(x) for k, x in v.items()}
     return round(v, 4) if isinstance(v, float) else v
+
   print(json.dumps(rounded(summary)))
 
 

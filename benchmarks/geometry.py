@@ -88,8 +88,9 @@ def vectorised_criteria(x, id_refs, ood_refs):
   n = np.sqrt(np.diag(g))
   iu = np.triu_indices(len(ood_refs), 1)
   cosv = g[iu] / (n[iu[0]] * n[iu[1]])
-  return np.array([dist, np.degrees(np.arccos(np.clip(cos0, -1, 1))).mean(),
-                   np.degrees(np.arccos(np.clip(cosv, -1, 1))).mean()])
+  return np.array(
+      [dist, np.degrees(np.arccos(np.clip(cos0, -1, 1))).mean(), np.degrees(np.arccos(np.clip(cosv, -1, 1))).mean()]
+  )
 
 
 def naive_loop(ood, idb, mean, sigma, targets, num_paths, criteria, seed=0):
@@ -122,9 +123,13 @@ def main() -> None:
   parser.add_argument("--naive-paths", type=int, default=6, help="paths for the official-style loop")
   parser.add_argument("--opt-paths", type=int, default=32, help="paths for the optimisation run")
   parser.add_argument("--tolerance-scale", type=float, default=1.0)
-  parser.add_argument("--devices", type=int, default=1,
-                      help="run the path kernel on this many devices (simulated host devices on a CPU; on one "
-                           "CPU XLA already multithreads the kernel's matmuls, and splitting it was slower here)")
+  parser.add_argument(
+      "--devices",
+      type=int,
+      default=1,
+      help="run the path kernel on this many devices (simulated host devices on a CPU; on one "
+      "CPU XLA already multithreads the kernel's matmuls, and splitting it was slower here)",
+  )
   args = parser.parse_args()
   if args.devices > 1 and "XLA_FLAGS" not in os.environ:
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
@@ -136,8 +141,10 @@ def main() -> None:
 
   d = int(np.prod(SHAPE))
   n = args.bank_size
-  print(f"banks: {n} OOD + {n} ID latents of shape {SHAPE} (d = {d:,}), N(+-0.05, 1) per dimension; "
-        f"R = {NUM_REFS}, {NUM_INTERIOR} candidates per path; device {jax.devices()[0].platform}")
+  print(
+      f"banks: {n} OOD + {n} ID latents of shape {SHAPE} (d = {d:,}), N(+-0.05, 1) per dimension; "
+      f"R = {NUM_REFS}, {NUM_INTERIOR} candidates per path; device {jax.devices()[0].platform}"
+  )
   rng = np.random.default_rng(0)
   ood = rng.standard_normal((n, d), dtype=np.float32) + np.float32(0.05)
   idb = rng.standard_normal((n, d), dtype=np.float32) - np.float32(0.05)
@@ -145,27 +152,40 @@ def main() -> None:
   key = jax.random.key(0)
 
   t0 = time.perf_counter()
-  targets = geo.compute_targets(ood_b, idb_b, num_refs=NUM_REFS, tolerance_scale=args.tolerance_scale,
-                                key=jax.random.key(1))
+  targets = geo.compute_targets(
+      ood_b, idb_b, num_refs=NUM_REFS, tolerance_scale=args.tolerance_scale, key=jax.random.key(1)
+  )
   targets_s = time.perf_counter() - t0
   prior = geo.fit_prior(ood_b)
   guard = geo.fit_guard(ood_b, idb_b)
-  print(f"targets ({targets_s:.1f} s incl. compile): distance {targets.values[0]:.2f} +- {targets.tolerances[0]:.3f}, "
-        f"angle at origin {targets.values[1]:.3f} +- {targets.tolerances[1]:.4f} deg, angle at candidate "
-        f"{targets.values[2]:.3f} +- {targets.tolerances[2]:.4f} deg; real-latent self-acceptance "
-        f"{targets.self_acceptance:.2f}")
+  print(
+      f"targets ({targets_s:.1f} s incl. compile): distance {targets.values[0]:.2f} +- {targets.tolerances[0]:.3f}, "
+      f"angle at origin {targets.values[1]:.3f} +- {targets.tolerances[1]:.4f} deg, angle at candidate "
+      f"{targets.values[2]:.3f} +- {targets.tolerances[2]:.4f} deg; real-latent self-acceptance "
+      f"{targets.self_acceptance:.2f}"
+  )
   mesh = None if args.devices <= 1 else parallel.make_mesh(args.devices)
-  common = dict(key=key, targets=targets, prior=prior, fitted_guard=guard, num_refs=NUM_REFS, num_interior=NUM_INTERIOR,
-                compare=False, mesh=mesh)
+  common = dict(
+      key=key,
+      targets=targets,
+      prior=prior,
+      fitted_guard=guard,
+      num_refs=NUM_REFS,
+      num_interior=NUM_INTERIOR,
+      compare=False,
+      mesh=mesh,
+  )
   print(f"jitted kernels on {parallel.data_size(mesh)} device(s)")
 
   # Jitted rejection search (warm-up compiles the 32-path kernel).
-  geo.discover(ood_b, idb_b, num_samples=10 ** 6, max_candidates=32 * NUM_INTERIOR, **common)
+  geo.discover(ood_b, idb_b, num_samples=10**6, max_candidates=32 * NUM_INTERIOR, **common)
   budget = args.paths * NUM_INTERIOR
-  rej = geo.discover(ood_b, idb_b, num_samples=10 ** 6, max_candidates=budget, **common)
-  print(f"jitted rejection: {rej.num_scored} candidates in {rej.seconds:.2f} s = {rej.candidates_per_second:,.0f} "
-        f"candidates/s (setup {rej.setup_seconds:.2f} s: bank Gram matrices), accepted {rej.num_accepted} "
-        f"({rej.acceptance_rate:.2%}); most rejections: {rej.most_rejecting}")
+  rej = geo.discover(ood_b, idb_b, num_samples=10**6, max_candidates=budget, **common)
+  print(
+      f"jitted rejection: {rej.num_scored} candidates in {rej.seconds:.2f} s = {rej.candidates_per_second:,.0f} "
+      f"candidates/s (setup {rej.setup_seconds:.2f} s: bank Gram matrices), accepted {rej.num_accepted} "
+      f"({rej.acceptance_rate:.2%}); most rejections: {rej.most_rejecting}"
+  )
 
   # Materialised candidates through score_candidates (shared references, 512 candidates already in
   # (CPU) device memory, as a jitted producer leaves them).
@@ -185,42 +205,67 @@ def main() -> None:
   mean, sigma = np.asarray(prior.mean), prior.sigma
   off_total, off_score, off_n, off_acc = naive_loop(ood, idb, mean, sigma, targets, args.naive_paths, "official")
   off_cps, off_score_cps = off_n / off_total, off_n / off_score
-  print(f"official-style loop: {off_n} candidates in {off_total:.2f} s = {off_cps:.1f} candidates/s end to end, "
-        f"{off_score_cps:.1f} candidates/s in the criteria alone")
+  print(
+      f"official-style loop: {off_n} candidates in {off_total:.2f} s = {off_cps:.1f} candidates/s end to end, "
+      f"{off_score_cps:.1f} candidates/s in the criteria alone"
+  )
   vec_total, vec_score, vec_n, _ = naive_loop(ood, idb, mean, sigma, targets, args.naive_paths, "vectorised")
   vec_cps, vec_score_cps = vec_n / vec_total, vec_n / vec_score
-  print(f"vectorised-numpy per-candidate loop: {vec_cps:.1f} candidates/s end to end, {vec_score_cps:.1f} in the "
-        f"criteria alone")
+  print(
+      f"vectorised-numpy per-candidate loop: {vec_cps:.1f} candidates/s end to end, {vec_score_cps:.1f} in the "
+      f"criteria alone"
+  )
 
   # Optimisation mode on its own budget, next to rejection on the same budget.
   opt_budget = args.opt_paths * NUM_INTERIOR
-  geo.discover(ood_b, idb_b, num_samples=10 ** 6, max_candidates=32 * NUM_INTERIOR, mode="optimize", **common)
-  opt = geo.discover(ood_b, idb_b, num_samples=10 ** 6, max_candidates=opt_budget, mode="optimize", **common)
-  rej_same = geo.discover(ood_b, idb_b, num_samples=10 ** 6, max_candidates=opt_budget, **common)
-  print(f"jitted optimisation ({opt.config['opt_steps']} Adam steps): {opt.candidates_per_second:,.0f} candidates/s, "
-        f"accepted {opt.num_accepted}/{opt.num_candidates} ({opt.acceptance_rate:.1%}) vs rejection "
-        f"{rej_same.num_accepted}/{rej_same.num_candidates} ({rej_same.acceptance_rate:.1%}) on the same budget")
+  geo.discover(ood_b, idb_b, num_samples=10**6, max_candidates=32 * NUM_INTERIOR, mode="optimize", **common)
+  opt = geo.discover(ood_b, idb_b, num_samples=10**6, max_candidates=opt_budget, mode="optimize", **common)
+  rej_same = geo.discover(ood_b, idb_b, num_samples=10**6, max_candidates=opt_budget, **common)
+  print(
+      f"jitted optimisation ({opt.config['opt_steps']} Adam steps): {opt.candidates_per_second:,.0f} candidates/s, "
+      f"accepted {opt.num_accepted}/{opt.num_candidates} ({opt.acceptance_rate:.1%}) vs rejection "
+      f"{rej_same.num_accepted}/{rej_same.num_candidates} ({rej_same.acceptance_rate:.1%}) on the same budget"
+  )
 
   speedup = rej.candidates_per_second / off_cps
   score_speedup = score_cps / off_score_cps
-  print(f"speedup, end to end (draw + slerp + references + criteria), jitted rejection vs official-style loop: "
-        f"{speedup:,.0f}x (target >= 100x); vs vectorised-numpy loop: {rej.candidates_per_second / vec_cps:,.0f}x")
-  print(f"speedup, criteria only, score_candidates vs official-style loop: {score_speedup:,.0f}x; vs vectorised-numpy "
-        f"loop: {score_cps / vec_score_cps:,.0f}x")
+  print(
+      f"speedup, end to end (draw + slerp + references + criteria), jitted rejection vs official-style loop: "
+      f"{speedup:,.0f}x (target >= 100x); vs vectorised-numpy loop: {rej.candidates_per_second / vec_cps:,.0f}x"
+  )
+  print(
+      f"speedup, criteria only, score_candidates vs official-style loop: {score_speedup:,.0f}x; vs vectorised-numpy "
+      f"loop: {score_cps / vec_score_cps:,.0f}x"
+  )
   result = {
-      "dim": d, "bank_size": n, "num_refs": NUM_REFS, "num_interior": NUM_INTERIOR, "device": jax.devices()[0].platform,
-      "targets": {"values": list(targets.values), "tolerances": list(targets.tolerances),
-                  "self_acceptance": targets.self_acceptance, "seconds": round(targets_s, 2)},
-      "jitted_rejection_cps": round(rej.candidates_per_second, 1), "jitted_rejection_candidates": rej.num_scored,
-      "jitted_rejection_acceptance": rej.acceptance_rate, "setup_seconds": round(rej.setup_seconds, 2),
+      "dim": d,
+      "bank_size": n,
+      "num_refs": NUM_REFS,
+      "num_interior": NUM_INTERIOR,
+      "device": jax.devices()[0].platform,
+      "targets": {
+          "values": list(targets.values),
+          "tolerances": list(targets.tolerances),
+          "self_acceptance": targets.self_acceptance,
+          "seconds": round(targets_s, 2),
+      },
+      "jitted_rejection_cps": round(rej.candidates_per_second, 1),
+      "jitted_rejection_candidates": rej.num_scored,
+      "jitted_rejection_acceptance": rej.acceptance_rate,
+      "setup_seconds": round(rej.setup_seconds, 2),
       "score_candidates_cps": round(score_cps, 1),
-      "official_loop_cps": round(off_cps, 2), "official_loop_criteria_cps": round(off_score_cps, 2),
+      "official_loop_cps": round(off_cps, 2),
+      "official_loop_criteria_cps": round(off_score_cps, 2),
       "official_loop_candidates": off_n,
-      "vectorised_loop_cps": round(vec_cps, 2), "vectorised_loop_criteria_cps": round(vec_score_cps, 2),
-      "speedup_end_to_end": round(speedup, 1), "speedup_criteria_only": round(score_speedup, 1),
+      "vectorised_loop_cps": round(vec_cps, 2),
+      "vectorised_loop_criteria_cps": round(vec_score_cps, 2),
+      "speedup_end_to_end": round(speedup, 1),
+      "speedup_criteria_only": round(score_speedup, 1),
       "speedup_vs_vectorised_end_to_end": round(rej.candidates_per_second / vec_cps, 1),
-      "optimize_cps": round(opt.candidates_per_second, 1), "optimize_acceptance": opt.acceptance_rate,
-      "rejection_acceptance_same_budget": rej_same.acceptance_rate, "optimize_budget": opt_budget,
+      "optimize_cps": round(opt.candidates_per_second, 1),
+      "optimize_acceptance": opt.acceptance_rate,
+      "rejection_acceptance_same_budget": rej_same.acceptance_rate,
+      "optimize_budget": opt_budget,
       "acceptance_ratio": (opt.acceptance_rate / rej_same.acceptance_rate if rej_same.acceptance_rate else math.inf),
   }
   print(json.dumps(result))

@@ -49,9 +49,15 @@ def _run(args: list[str], log: str) -> float:
 
 
 def _common(fewshot: str, heldout: str, num_samples: int) -> list[str]:
-  return ["--config=configs/demo.py", f"--config.data.ood_dir={fewshot}", f"--config.data.eval_dir={heldout}",
-          f"--config.evaluate.id_dir={os.path.join(ASSETS, 'id_heldout')}", f"--config.sample.num_samples={num_samples}",
-          f"--config.finetune.num_samples={num_samples}", "--config.sample.evaluate=False"]
+  return [
+      "--config=configs/demo.py",
+      f"--config.data.ood_dir={fewshot}",
+      f"--config.data.eval_dir={heldout}",
+      f"--config.evaluate.id_dir={os.path.join(ASSETS, 'id_heldout')}",
+      f"--config.sample.num_samples={num_samples}",
+      f"--config.finetune.num_samples={num_samples}",
+      "--config.sample.evaluate=False",
+  ]
 
 
 def run_domain(name: str, work: str, num_samples: int, finetune: bool) -> dict:
@@ -60,9 +66,14 @@ def run_domain(name: str, work: str, num_samples: int, finetune: bool) -> dict:
   os.makedirs(root, exist_ok=True)
   log = os.path.join(root, "log.txt")
   common = _common(fewshot, heldout, num_samples)
-  seconds = {"sample": _run(["discovery_jax.sample"] + common + [f"--workdir={root}/main",
-                                                                   "--config.sample.methods=discovery,gaussian,renoise"],
-                            log)}
+  seconds = {
+      "sample": _run(
+          ["discovery_jax.sample"]
+          + common
+          + [f"--workdir={root}/main", "--config.sample.methods=discovery,gaussian,renoise"],
+          log,
+      )
+  }
   sets = {m: f"{root}/main/samples/{m}/samples.npy" for m in ("discovery", "gaussian", "renoise")}
   for method, (field, values) in KNOBS.items():
     for value in values:
@@ -70,20 +81,25 @@ def run_domain(name: str, work: str, num_samples: int, finetune: bool) -> dict:
       out = f"{root}/{method}_{str(value).replace(',', '_').strip('()')}"
       if not os.path.isdir(f"{out}/banks") and os.path.isdir(f"{root}/main/banks"):
         shutil.copytree(f"{root}/main/banks", f"{out}/banks")  # same banks: no second inversion.
-      seconds[tag] = _run(["discovery_jax.sample"] + common + [f"--workdir={out}", f"--config.sample.methods={method}",
-                                                               f"--config.{field}={value}"], log)
+      seconds[tag] = _run(
+          ["discovery_jax.sample"]
+          + common
+          + [f"--workdir={out}", f"--config.sample.methods={method}", f"--config.{field}={value}"],
+          log,
+      )
       sets[tag] = f"{out}/samples/{method}/samples.npy"
-  evaluate = ["discovery_jax.evaluate"] + common + [f"--workdir={root}/main",
-                                                    "--config.evaluate.generated=" + ",".join(
-                                                        f"{k}={v}" for k, v in sets.items())]
+  evaluate = (
+      ["discovery_jax.evaluate"]
+      + common
+      + [f"--workdir={root}/main", "--config.evaluate.generated=" + ",".join(f"{k}={v}" for k, v in sets.items())]
+  )
   if finetune:
     seconds["finetune"] = _run(["discovery_jax.finetune"] + common + [f"--workdir={root}/finetune"], log)
     evaluate.append(f"--config.evaluate.finetune_dir={root}/finetune")
   seconds["evaluate"] = _run(evaluate, log)
   with open(f"{root}/main/evaluation/report.json") as f:
     report = json.load(f)
-  return {"rows": report["rows"], "seconds": {k: round(v, 1) for k, v in seconds.items()},
-          "setup": report["setup"]}
+  return {"rows": report["rows"], "seconds": {k: round(v, 1) for k, v in seconds.items()}, "setup": report["setup"]}
 
 
 def verdict(rows: list[dict]) -> dict:
@@ -91,15 +107,19 @@ def verdict(rows: list[dict]) -> dict:
   by = {r["name"]: r for r in rows}
   d = by.get("discovery", {})
   rivals = {m: by[m]["frechet_distance"] for m in METHODS[1:] if m in by}
-  return {"target_rate>=0.9": d.get("ood_hit_rate", 0) >= 0.9,
-          "distinct>=0.9": 1 - d.get("near_duplicate_rate", 1) >= 0.9,
-          "novelty>=1": d.get("nn_ratio", 0) >= 1.0,
-          "lowest_fd": all(d.get("frechet_distance", float("inf")) < v for v in rivals.values()),
-          "fd": d.get("frechet_distance"), "rival_fd": rivals}
+  return {
+      "target_rate>=0.9": d.get("ood_hit_rate", 0) >= 0.9,
+      "distinct>=0.9": 1 - d.get("near_duplicate_rate", 1) >= 0.9,
+      "novelty>=1": d.get("nn_ratio", 0) >= 1.0,
+      "lowest_fd": all(d.get("frechet_distance", float("inf")) < v for v in rivals.values()),
+      "fd": d.get("frechet_distance"),
+      "rival_fd": rivals,
+  }
 
 
 def frontier_figure(results: dict, path: str) -> None:
   from discovery_jax import plots
+
   names = list(results)
   fig = plots.new_figure((3.2 * len(names), 3.0), dpi=100)
   colors = {"discovery": "C0", "renoise": "C1", "gaussian": "C2", "vanilla fine-tuning": "C3"}
@@ -109,8 +129,13 @@ def frontier_figure(results: dict, path: str) -> None:
       base = r["name"].split("@")[0]
       if base not in colors:
         continue
-      ax.scatter(r.get("nn_ratio"), r.get("frechet_distance"), color=colors[base],
-                 marker="o" if "@" not in r["name"] else "x", label=base if "@" not in r["name"] else None)
+      ax.scatter(
+          r.get("nn_ratio"),
+          r.get("frechet_distance"),
+          color=colors[base],
+          marker="o" if "@" not in r["name"] else "x",
+          label=base if "@" not in r["name"] else None,
+      )
     ax.axvline(1.0, color="gray", lw=0.8, ls="--")
     ax.set_title(name, fontsize=9)
     ax.set_xlabel("novelty (NN ratio)", fontsize=8)
@@ -137,21 +162,47 @@ def main() -> None:
     t = time.time()
     results[name] = run_domain(name, args.workdir, args.num_samples, not args.skip_finetune)
     print(f"\n## {name} ({time.time() - t:.0f} s)")
-    cols = ("ood_hit_rate", "neither_rate", "frechet_distance", "kid_mean", "coverage", "nn_ratio",
-            "frac_near_copies", "near_duplicate_rate")
+    cols = (
+        "ood_hit_rate",
+        "neither_rate",
+        "frechet_distance",
+        "kid_mean",
+        "coverage",
+        "nn_ratio",
+        "frac_near_copies",
+        "near_duplicate_rate",
+    )
     print("| method | " + " | ".join(cols) + " |")
     print("|---|" + "---|" * len(cols))
     for r in results[name]["rows"]:
-      print(f"| {r['name']} | " + " | ".join(
-          f"{r[c]:.3f}" if isinstance(r.get(c), (int, float)) else "-" for c in cols) + " |")
+      print(
+          f"| {r['name']} | "
+          + " | ".join(f"{r[c]:.3f}" if isinstance(r.get(c), (int, float)) else "-" for c in cols)
+          + " |"
+      )
     results[name]["verdict"] = verdict(results[name]["rows"])
     print("discovery targets:", {k: v for k, v in results[name]["verdict"].items() if k not in ("rival_fd",)})
   frontier_figure(results, os.path.join(args.workdir, "frontier.png"))
-  summary = {name: {"verdict": r["verdict"],
-                    "rows": {row["name"]: {k: row.get(k) for k in ("ood_hit_rate", "frechet_distance", "nn_ratio",
-                                                                   "near_duplicate_rate", "frac_near_copies",
-                                                                   "coverage")} for row in r["rows"]}}
-             for name, r in results.items()}
+  summary = {
+      name: {
+          "verdict": r["verdict"],
+          "rows": {
+              row["name"]: {
+                  k: row.get(k)
+                  for k in (
+                      "ood_hit_rate",
+                      "frechet_distance",
+                      "nn_ratio",
+                      "near_duplicate_rate",
+                      "frac_near_copies",
+                      "coverage",
+                  )
+              }
+              for row in r["rows"]
+          },
+      }
+      for name, r in results.items()
+  }
   with open(os.path.join(args.workdir, "method.json"), "w") as f:
     json.dump(summary, f, indent=1)
   print(f"frontier figure: {os.path.join(args.workdir, 'frontier.png')}")

@@ -81,21 +81,36 @@ def main() -> None:
       runner.generate(x)
       best = min(best, time.perf_counter() - start)
     ips = runner.global_batch / best
-    row = {"devices": k, "global_batch": runner.global_batch, "images_per_s": ips,
-           "achieved_tflops": flops_per_image * unet_calls * ips / 1e12}
+    row = {
+        "devices": k,
+        "global_batch": runner.global_batch,
+        "images_per_s": ips,
+        "achieved_tflops": flops_per_image * unet_calls * ips / 1e12,
+    }
     if devices[0].platform != "cpu":
       row["mfu"] = row["achieved_tflops"] / (args.peak_tflops * k)
     rows.append(row)
-    print(f"{k:3d} device(s): global batch {runner.global_batch:4d}, {ips:9.2f} images/s, "
-          f"{row['achieved_tflops']:.4f} TFLOP/s" + (f", MFU {row['mfu']:.3f}" if "mfu" in row else ""), flush=True)
+    print(
+        f"{k:3d} device(s): global batch {runner.global_batch:4d}, {ips:9.2f} images/s, "
+        f"{row['achieved_tflops']:.4f} TFLOP/s" + (f", MFU {row['mfu']:.3f}" if "mfu" in row else ""),
+        flush=True,
+    )
   base = rows[0]["images_per_s"]
   for r in rows:
     r["speedup"] = r["images_per_s"] / base
     r["efficiency"] = r["speedup"] / (r["devices"] / rows[0]["devices"])
-  result = {"model": args.model, "image_size": size, "platform": devices[0].platform,
-            "device_kind": devices[0].device_kind, "cpu_cores": os.cpu_count(), "dtype": args.dtype,
-            "per_device_batch": b, "n_steps": args.n_steps,
-            "gflops_per_unet_call_per_image": flops_per_image / 1e9, "rows": rows}
+  result = {
+      "model": args.model,
+      "image_size": size,
+      "platform": devices[0].platform,
+      "device_kind": devices[0].device_kind,
+      "cpu_cores": os.cpu_count(),
+      "dtype": args.dtype,
+      "per_device_batch": b,
+      "n_steps": args.n_steps,
+      "gflops_per_unet_call_per_image": flops_per_image / 1e9,
+      "rows": rows,
+  }
   print(json.dumps(result))
 
 

@@ -32,45 +32,45 @@ def get_config():
 
   # Inputs. Target-domain configs set the folders.
   config.data = ml_collections.ConfigDict()
-  config.data.ood_dir = placeholder(str)   # the few-shot images of the new (out-of-domain) target domain
-  config.data.id_dir = placeholder(str)    # optional in-domain reference images
+  config.data.ood_dir = placeholder(str)  # the few-shot images of the new (out-of-domain) target domain
+  config.data.id_dir = placeholder(str)  # optional in-domain reference images
   config.data.eval_dir = placeholder(str)  # optional held-out target images for evaluation
   config.data.resize = "stretch"  # 'stretch' (official: whole image to a square) or 'center_crop'
   config.data.resample = "lanczos"  # PIL filter (the official code uses LANCZOS/ANTIALIAS)
-  config.data.alpha = "black"    # transparent pixels over 'black' or 'white', or 'drop' alpha
+  config.data.alpha = "black"  # transparent pixels over 'black' or 'white', or 'drop' alpha
   config.data.on_bad_file = "skip"  # 'skip' (report and go on) or 'error' (stop at the first)
   config.data.max_files = placeholder(int)  # use only the first N files (None: all)
-  config.data.format = "auto"    # 'auto' (by extension), 'image' or 'scientific' (FITS/.npy/.npz)
+  config.data.format = "auto"  # 'auto' (by extension), 'image' or 'scientific' (FITS/.npy/.npz)
   # Scientific inputs (see discovery_jax.data.scientific): which HDU / cube planes,
   # how NaN/Inf pixels are filled, and the intensity transform fitted on the
   # few-shot set and inverted on generated samples (physical units back).
-  config.data.hdu = placeholder(str)       # index or EXTNAME; None: the first HDU with image data
+  config.data.hdu = placeholder(str)  # index or EXTNAME; None: the first HDU with image data
   config.data.cube_axis = placeholder(int)  # None: FITS NAXIS3 / the last .npy axis
   # "all" or a tuple of plane indices / a tuple of 1 or 3 plane indices; "" (not set): these two
   # take a string or a tuple, which no single-typed ml_collections placeholder can hold.
-  config.data.cube_slices = ""   # one sample per plane
+  config.data.cube_slices = ""  # one sample per plane
   config.data.cube_channels = ""  # one multi-channel sample
   config.data.npz_key = placeholder(str)  # None: the file's only array
-  config.data.fill = "median"    # NaN/Inf fill: 'median', 'zero', 'min' or a number
-  config.data.same_size = True   # refuse sets whose files differ in size
+  config.data.fill = "median"  # NaN/Inf fill: 'median', 'zero', 'min' or a number
+  config.data.same_size = True  # refuse sets whose files differ in size
   config.data.scientific_resample = "auto"  # area-average down, bilinear up
   config.data.transform = ml_collections.ConfigDict()
   config.data.transform.kind = "asinh"  # 'linear' (min-max), 'log' (log10 + offset) or 'asinh'
   config.data.transform.per_channel = False
   config.data.transform.clip_percentiles = ()  # e.g. (0.5, 99.5); the one lossy step
-  config.data.transform.offset = ml_collections.config_dict.placeholder(float)   # log: None = automatic
+  config.data.transform.offset = ml_collections.config_dict.placeholder(float)  # log: None = automatic
   config.data.transform.softening = ml_collections.config_dict.placeholder(float)  # asinh: None = 1.4826 MAD
 
   # Reconstruction (python -m discovery_jax.reconstruct).
   config.reconstruct = ml_collections.ConfigDict()
   config.reconstruct.input_dir = placeholder(str)  # None: data.ood_dir
-  config.reconstruct.grid_rows = 8    # images per grid file
+  config.reconstruct.grid_rows = 8  # images per grid file
 
   # Sampling new images of the target domain (python -m discovery_jax.sample).
   config.sample = ml_collections.ConfigDict()
   config.sample.methods = ("discovery",)  # any of 'discovery', 'gaussian', 'renoise' (baselines)
   config.sample.num_samples = 64
-  config.sample.evaluate = True            # evaluate against data.eval_dir when it is set
+  config.sample.evaluate = True  # evaluate against data.eval_dir when it is set
 
   # Latent discovery (docs/method.md; discovery_jax.discovery). Every target and
   # tolerance is computed from the banks and the few-shot images; these settings only scale them.
@@ -80,20 +80,20 @@ def get_config():
   # demo" for what it wins and loses). 'rejection': the paper's procedure (slerp + latent criteria),
   # unchanged; 'optimize': the paper's criteria met by Adam.
   config.discovery.mode = "typical"
-  config.discovery.strength_range = (0.1, 0.7)   # typical: step toward the prior, drawn per candidate
-  config.discovery.band = (0.1, 0.7)             # typical: few-shot leave-one-out NN-distance quantiles kept
-  config.discovery.separation_quantile = 0.05    # typical: closer than this few-shot quantile = the same image
-  config.discovery.pool_factor = 8               # typical: at most this many candidates per sample
-  config.discovery.image_guard = True            # typical: drop images closer to the model's own than to the few-shot
+  config.discovery.strength_range = (0.1, 0.7)  # typical: step toward the prior, drawn per candidate
+  config.discovery.band = (0.1, 0.7)  # typical: few-shot leave-one-out NN-distance quantiles kept
+  config.discovery.separation_quantile = 0.05  # typical: closer than this few-shot quantile = the same image
+  config.discovery.pool_factor = 8  # typical: at most this many candidates per sample
+  config.discovery.image_guard = True  # typical: drop images closer to the model's own than to the few-shot
   config.discovery.selection_features = "random_conv"  # typical: the feature space it judges in (not the evaluation's)
-  config.discovery.num_interior = 20       # slerp points per (OOD latent, prior draw) pair (official: 20)
-  config.discovery.num_refs = 10           # reference latents per criterion (official R = 10)
+  config.discovery.num_interior = 20  # slerp points per (OOD latent, prior draw) pair (official: 20)
+  config.discovery.num_refs = 10  # reference latents per criterion (official R = 10)
   config.discovery.max_per_path = placeholder(int)  # accepted points kept per slerp path (None: all, official)
-  config.discovery.tolerance_scale = 1.0   # tolerance = this x the spread among real OOD latents
+  config.discovery.tolerance_scale = 1.0  # tolerance = this x the spread among real OOD latents
   # 'pooled' (one scalar variance), 'diagonal', or 'published_head' (the published HEAD: fitted on the
   # ID bank with np.var over all entries, 1.036x the pooled per-dimension variance on its banks)
   config.discovery.prior_kind = "pooled"
-  config.discovery.guard = "mean_diff"     # mode-interference guard: 'mean_diff', 'logistic' or 'none'
+  config.discovery.guard = "mean_diff"  # mode-interference guard: 'mean_diff', 'logistic' or 'none'
   config.discovery.guard_margin = 0.0
   config.discovery.opt_steps = 200
   config.discovery.opt_lr = 1.0
@@ -104,14 +104,14 @@ def get_config():
 
   # python -m discovery_jax.analyze
   config.analyze = ml_collections.ConfigDict()
-  config.analyze.num_dims = 1000     # dimensions tested for normality
+  config.analyze.num_dims = 1000  # dimensions tested for normality
   config.analyze.num_triples = 2000  # random triangles for vertex angles
 
   # Outputs of `sample`: always a tfds dataset (array_record shards) and samples.npy.
   config.output = ml_collections.ConfigDict()
   config.output.formats = ("png", "fits")  # individual PNG files; FITS for scientific data
   config.output.shard_size = 256
-  config.output.store_latents = True       # keep each sample's latent in the dataset
+  config.output.store_latents = True  # keep each sample's latent in the dataset
   config.output.grid_size = 64
 
   # Training from scratch (python -m discovery_jax.train).
@@ -140,19 +140,19 @@ def get_config():
   config.finetune.warmup_steps = 50
   config.finetune.ema_decay = 0.99
   config.finetune.checkpoint_every = 200
-  config.finetune.num_samples = 64   # unconditional samples of the base and the fine-tuned model
+  config.finetune.num_samples = 64  # unconditional samples of the base and the fine-tuned model
 
   # Evaluation (python -m discovery_jax.evaluate; also run by `sample` when
   # config.sample.evaluate is set and held-out data exist).
   config.evaluate = ml_collections.ConfigDict()
   config.evaluate.features = "inception"  # 'inception' (FID; needs inception_path), 'learned' (32x32), 'random_conv'
   config.evaluate.inception_path = placeholder(str)  # a folder written by `python -m convert.inception`
-  config.evaluate.id_dir = placeholder(str)          # held-out in-domain images (None: data.id_dir)
-  config.evaluate.generated = placeholder(str)       # "name=path,..." (None: WORKDIR/samples/*/samples.npy)
-  config.evaluate.finetune_dir = placeholder(str)    # a `finetune` workdir: the vanilla fine-tuning baseline
+  config.evaluate.id_dir = placeholder(str)  # held-out in-domain images (None: data.id_dir)
+  config.evaluate.generated = placeholder(str)  # "name=path,..." (None: WORKDIR/samples/*/samples.npy)
+  config.evaluate.finetune_dir = placeholder(str)  # a `finetune` workdir: the vanilla fine-tuning baseline
   config.evaluate.kid_subset_size = 100
   config.evaluate.seed = 0
-  config.evaluate.figure_samples = 12     # images per set in evaluation/comparison.png
+  config.evaluate.figure_samples = 12  # images per set in evaluation/comparison.png
 
   # Devices: a data-parallel mesh over all local devices (see discovery_jax.parallel).
   config.parallel = ml_collections.ConfigDict()

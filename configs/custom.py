@@ -18,7 +18,7 @@ def get_config():
   config.checkpoint = "checkpoints/custom"
   config.data.ood_dir = "data/custom/fewshot"
   config.data.eval_dir = None
-  config.data.id_dir = None        # optional: in-domain images; otherwise the model's own latents
+  config.data.id_dir = None  # optional: in-domain images; otherwise the model's own latents
   config.sample.num_samples = 100
   config.sample.methods = ("discovery", "gaussian", "renoise")
   return config

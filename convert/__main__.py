@@ -19,8 +19,11 @@ from convert.writer import convert_checkpoint
 from discovery_jax import checkpoint, models
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file whose `model` field describes the network (required for "
-    "--torch_checkpoint; optional for --diffusers, whose config.json describes it).")
+    "config",
+    None,
+    "Config file whose `model` field describes the network (required for "
+    "--torch_checkpoint; optional for --diffusers, whose config.json describes it).",
+)
 _TORCH = flags.DEFINE_string("torch_checkpoint", None, "A PyTorch state-dict file (.pt/.ckpt/.pth/.bin).")
 _DIFFUSERS = flags.DEFINE_string("diffusers", None, "A diffusers UNet2DModel (or pipeline) folder.")
 _OUTPUT = flags.DEFINE_string("output", None, "Checkpoint directory to write.")
@@ -36,13 +39,20 @@ def main(argv):
     raise app.UsageError("--output=DIR is required")
   model_config = _CONFIG.value.model if _CONFIG.value is not None else None
   try:
-    summary = convert_checkpoint(_TORCH.value or _DIFFUSERS.value, _OUTPUT.value, model_config,
-                      diffusers=bool(_DIFFUSERS.value), overwrite=_OVERWRITE.value)
+    summary = convert_checkpoint(
+        _TORCH.value or _DIFFUSERS.value,
+        _OUTPUT.value,
+        model_config,
+        diffusers=bool(_DIFFUSERS.value),
+        overwrite=_OVERWRITE.value,
+    )
   except (checkpoint.CheckpointError, models.ModelConfigError) as e:
     print(f"convert: error: {e}", file=sys.stderr)
     sys.exit(1)
-  print(f"converted {summary['num_tensors']} tensors ({summary['num_params']:,} parameters, "
-        f"arch={summary['arch']}) in {summary['seconds']} s -> {summary['output']}")
+  print(
+      f"converted {summary['num_tensors']} tensors ({summary['num_params']:,} parameters, "
+      f"arch={summary['arch']}) in {summary['seconds']} s -> {summary['output']}"
+  )
 
 
 if __name__ == "__main__":

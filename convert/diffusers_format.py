@@ -46,12 +46,23 @@ REQUIRED_VALUES = {
 }
 # diffusers' own defaults for keys a config.json may leave out.
 DEFAULTS = {
-    "in_channels": 3, "out_channels": 3, "layers_per_block": 2, "attention_head_dim": 8,
-    "dropout": 0.0, **REQUIRED_VALUES,
+    "in_channels": 3,
+    "out_channels": 3,
+    "layers_per_block": 2,
+    "attention_head_dim": 8,
+    "dropout": 0.0,
+    **REQUIRED_VALUES,
 }
 ATTN_RENAMES = {
-    "group_norm": "norm", "to_q": "q", "query": "q", "to_k": "k", "key": "k",
-    "to_v": "v", "value": "v", "to_out.0": "proj_out", "proj_attn": "proj_out",
+    "group_norm": "norm",
+    "to_q": "q",
+    "query": "q",
+    "to_k": "k",
+    "key": "k",
+    "to_v": "v",
+    "value": "v",
+    "to_out.0": "proj_out",
+    "proj_attn": "proj_out",
 }
 RESNET_RENAMES = {"time_emb_proj": "temb_proj", "conv_shortcut": "nin_shortcut"}
 
@@ -79,22 +90,25 @@ def config_from_diffusers(raw: Mapping[str, Any], source: str) -> dict:
     else:
       ok = got == want
     if not ok:
-      raise CheckpointError(
-          f"{source}: config field {key}={got!r} is not supported; a DDPM UNet has {key}={want!r}")
+      raise CheckpointError(f"{source}: config field {key}={got!r} is not supported; a DDPM UNet has {key}={want!r}")
   channels = [int(c) for c in cfg["block_out_channels"]]
   down, up = list(cfg["down_block_types"]), list(cfg["up_block_types"])
   if len(down) != len(channels) or len(up) != len(channels):
-    raise CheckpointError(f"{source}: {len(channels)} block_out_channels but {len(down)} down and "
-                          f"{len(up)} up block types")
+    raise CheckpointError(
+        f"{source}: {len(channels)} block_out_channels but {len(down)} down and " f"{len(up)} up block types"
+    )
   attn_levels = []
   for i, kind in enumerate(down):
     if kind not in ("DownBlock2D", "AttnDownBlock2D"):
-      raise CheckpointError(f"{source}: down_block_types[{i}]={kind!r} is not supported "
-                            "(DownBlock2D or AttnDownBlock2D)")
+      raise CheckpointError(
+          f"{source}: down_block_types[{i}]={kind!r} is not supported " "(DownBlock2D or AttnDownBlock2D)"
+      )
     want_up = "AttnUpBlock2D" if kind == "AttnDownBlock2D" else "UpBlock2D"
     if up[len(up) - 1 - i] != want_up:
-      raise CheckpointError(f"{source}: up_block_types[{len(up) - 1 - i}]={up[len(up) - 1 - i]!r} "
-                            f"does not mirror down_block_types[{i}]={kind!r} (expected {want_up!r})")
+      raise CheckpointError(
+          f"{source}: up_block_types[{len(up) - 1 - i}]={up[len(up) - 1 - i]!r} "
+          f"does not mirror down_block_types[{i}]={kind!r} (expected {want_up!r})"
+      )
     if kind == "AttnDownBlock2D":
       attn_levels.append(i)
   ch = channels[0]
@@ -114,7 +128,7 @@ def config_from_diffusers(raw: Mapping[str, Any], source: str) -> dict:
       "ch": ch,
       "ch_mult": tuple(c // ch for c in channels),
       "num_res_blocks": int(cfg["layers_per_block"]),
-      "attn_resolutions": tuple(int(size) // 2 ** i for i in attn_levels),
+      "attn_resolutions": tuple(int(size) // 2**i for i in attn_levels),
       "dropout": float(cfg["dropout"]),
       "resamp_with_conv": True,
       "attn_head_channels": -1 if head_dim is None else int(head_dim),
@@ -137,11 +151,16 @@ def rename_state_dict(state: Mapping[str, Any], model_config: Any, source: str) 
 
 
 def _rename(key: str, levels: int) -> str | None:
-  simple = {"time_embedding.linear_1.": "temb.dense.0.", "time_embedding.linear_2.": "temb.dense.1.",
-            "conv_in.": "conv_in.", "conv_norm_out.": "norm_out.", "conv_out.": "conv_out."}
+  simple = {
+      "time_embedding.linear_1.": "temb.dense.0.",
+      "time_embedding.linear_2.": "temb.dense.1.",
+      "conv_in.": "conv_in.",
+      "conv_norm_out.": "norm_out.",
+      "conv_out.": "conv_out.",
+  }
   for old, new in simple.items():
     if key.startswith(old):
-      return new + key[len(old):]
+      return new + key[len(old) :]
   m = re.match(r"(down|up)_blocks\.(\d+)\.(resnets|attentions|downsamplers|upsamplers)\.(\d+)\.(.+)$", key)
   if m:
     side, level, kind, idx, rest = m.groups()
@@ -163,13 +182,14 @@ def _rename(key: str, levels: int) -> str | None:
 def _sub(rest: str, renames: Mapping[str, str]) -> str:
   for old, new in renames.items():
     if rest.startswith(old + "."):
-      return new + rest[len(old):]
+      return new + rest[len(old) :]
   return rest
 
 
 def read_weights(path: str) -> dict:
   if path.endswith(".safetensors"):
     from safetensors.numpy import load_file
+
     try:
       return load_file(path)
     except Exception as e:  # safetensors raises its own error types.
@@ -196,8 +216,9 @@ def read_folder(folder: str, model_config: Any = None) -> tuple[dict, dict]:
     diff = [k for k in want if k not in ("dtype", "precision") and given.get(k) != want[k]]
     if diff:
       raise CheckpointError(
-          f"{config_path} describes a different network than the given model config: " +
-          ", ".join(f"{k}: config.json gives {want[k]!r}, model config has {given.get(k)!r}" for k in diff))
+          f"{config_path} describes a different network than the given model config: "
+          + ", ".join(f"{k}: config.json gives {want[k]!r}, model config has {given.get(k)!r}" for k in diff)
+      )
   weights = next((os.path.join(unet, w) for w in WEIGHT_FILES if os.path.isfile(os.path.join(unet, w))), None)
   if weights is None:
     raise CheckpointError(f"{unet}: no weights file (looked for {', '.join(WEIGHT_FILES)})")

@@ -79,15 +79,18 @@ def check_state_dict(state: Mapping[str, Any], source: str = "state dict") -> di
     raise CheckpointError(
         f"{source} looks like torchvision's ImageNet Inception-v3 (AuxLogits / 1000 classes), not the "
         f"FID network: FID needs pytorch-fid's {OFFICIAL_FILE} (weights of TensorFlow's "
-        "inception-2015-12-05 graph)")
+        "inception-2015-12-05 graph)"
+    )
   ignored = [k for k in state if k.endswith(".num_batches_tracked") or k in FC_SHAPES]
   missing = [k for k in expected if k not in state]
   unexpected = [k for k in state if k not in expected and k not in ignored]
   wrong = [k for k in expected if k in state and _shape(state[k]) != expected[k][1]]
   wrong += [k for k in FC_SHAPES if k in state and _shape(state[k]) != FC_SHAPES[k]]
   if missing or unexpected or wrong:
-    lines = [f"{source} is not the FID Inception-v3 state dict ({len(state)} tensors in the file, "
-             f"{len(expected)} needed):"]
+    lines = [
+        f"{source} is not the FID Inception-v3 state dict ({len(state)} tensors in the file, "
+        f"{len(expected)} needed):"
+    ]
     want = lambda k: expected[k][1] if k in expected else FC_SHAPES[k]
     if wrong:
       lines.append("  wrong shapes: " + _fmt(wrong, lambda k: f"{k} has {_shape(state[k])}, expected {want(k)}"))
@@ -147,12 +150,18 @@ def convert_inception(source: Any, output: str, *, overwrite: bool = False) -> d
   with checkpoint.atomic_directory(output) as tmp:
     with checkpoint.quiet_orbax():
       checkpoint.lean_checkpointer().save(  # synchronous, no host copies.
-          os.path.join(tmp, features.INCEPTION_VARIABLES_DIR), args=ocp.args.PyTreeSave(variables))
-    fileio.atomic_write_text(os.path.join(tmp, features.INCEPTION_METADATA_FILE),
-                                 json.dumps(meta, indent=1, sort_keys=True))
-  return {"output": output, "num_tensors": len(flax.traverse_util.flatten_dict(variables)),
-          "num_params": meta["num_params"], "official_fid_weights": meta["official_fid_weights"],
-          "seconds": round(time.time() - start, 2)}
+          os.path.join(tmp, features.INCEPTION_VARIABLES_DIR), args=ocp.args.PyTreeSave(variables)
+      )
+    fileio.atomic_write_text(
+        os.path.join(tmp, features.INCEPTION_METADATA_FILE), json.dumps(meta, indent=1, sort_keys=True)
+    )
+  return {
+      "output": output,
+      "num_tensors": len(flax.traverse_util.flatten_dict(variables)),
+      "num_params": meta["num_params"],
+      "official_fid_weights": meta["official_fid_weights"],
+      "seconds": round(time.time() - start, 2),
+  }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,11 +175,18 @@ def main(argv: list[str] | None = None) -> int:
   except CheckpointError as e:
     print(f"convert.inception: error: {e}", file=sys.stderr)
     return 1
-  note = "" if summary["official_fid_weights"] else (
-      f" (WARNING: SHA-256 does not start with {OFFICIAL_SHA256_PREFIX}: not the official FID "
-      "weights, values will not be comparable with published FIDs)")
-  print(f"converted {summary['num_tensors']} tensors ({summary['num_params']:,} parameters) in "
-        f"{summary['seconds']} s -> {summary['output']}{note}")
+  note = (
+      ""
+      if summary["official_fid_weights"]
+      else (
+          f" (WARNING: SHA-256 does not start with {OFFICIAL_SHA256_PREFIX}: not the official FID "
+          "weights, values will not be comparable with published FIDs)"
+      )
+  )
+  print(
+      f"converted {summary['num_tensors']} tensors ({summary['num_params']:,} parameters) in "
+      f"{summary['seconds']} s -> {summary['output']}{note}"
+  )
   return 0
 
 

@@ -44,8 +44,8 @@ def _torch():
     import torch
   except ImportError as e:  # pragma: no cover - depends on the install.
     raise ImportError(
-        "reading PyTorch checkpoints needs torch: pip install -e '.[torch]' "
-        "(torch==2.13.0, CPU build)") from e
+        "reading PyTorch checkpoints needs torch: pip install -e '.[torch]' " "(torch==2.13.0, CPU build)"
+    ) from e
   return torch
 
 
@@ -56,6 +56,7 @@ def _return_freed_memory_to_os() -> None:
   memory holds both the PyTorch and the converted copy. No-op off glibc."""
   try:
     import ctypes
+
     libc = ctypes.CDLL("libc.so.6")
     m_mmap_threshold = -3
     libc.mallopt(m_mmap_threshold, 1 << 20)
@@ -69,8 +70,9 @@ def load_torch_file(path: str) -> Any:
   if not os.path.exists(path):
     raise CheckpointError(f"{path}: no such file")
   if os.path.isdir(path):
-    raise CheckpointError(f"{path} is a directory; pass a checkpoint file (or use --diffusers for a "
-                          "diffusers model folder)")
+    raise CheckpointError(
+        f"{path} is a directory; pass a checkpoint file (or use --diffusers for a " "diffusers model folder)"
+    )
   _return_freed_memory_to_os()
   try:
     # No mmap: memory-mapped pages would stay resident beside the converted
@@ -83,7 +85,8 @@ def load_torch_file(path: str) -> Any:
       raise CheckpointError(
           f"{path}: refused: unpickling this file would execute code ({first or 'non-tensor objects'}). "
           "Only plain tensor state dicts are loaded (torch.load(weights_only=True)); re-save the "
-          "weights with torch.save(model.state_dict(), path) from a trusted environment.") from None
+          "weights with torch.save(model.state_dict(), path) from a trusted environment."
+      ) from None
     raise CheckpointError(f"{path} is not a PyTorch checkpoint ({msg.splitlines()[0]})") from None
   except Exception as e:  # torch's unpickler raises anything from IndexError to RuntimeError.
     detail = (str(e).splitlines() or [type(e).__name__])[0]
@@ -97,8 +100,9 @@ def _is_tensor(value: Any) -> bool:
 def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> dict:
   """Finds the name->tensor mapping in ``obj`` and strips a common ``module.`` prefix."""
   if not isinstance(obj, Mapping):
-    raise CheckpointError(f"{source}: expected a state dict (a mapping of names to tensors), "
-                          f"found {type(obj).__name__}")
+    raise CheckpointError(
+        f"{source}: expected a state dict (a mapping of names to tensors), " f"found {type(obj).__name__}"
+    )
   values = list(obj.values())
   if values and all(_is_tensor(v) or isinstance(v, np.ndarray) for v in values):
     state = dict(obj)
@@ -111,10 +115,11 @@ def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> dict:
       return unwrap_state_dict(obj[nested[0]], f"{source}['{nested[0]}']")
     raise CheckpointError(
         f"{source}: no state dict found; top-level keys are {list(obj)[:MAX_LISTED]} "
-        f"(expected tensors, or a wrapper key among {list(WRAPPER_KEYS)})")
+        f"(expected tensors, or a wrapper key among {list(WRAPPER_KEYS)})"
+    )
   for prefix in STRIP_PREFIXES:
     if state and all(k.startswith(prefix) for k in state):
-      state = {k[len(prefix):]: v for k, v in state.items()}
+      state = {k[len(prefix) :]: v for k, v in state.items()}
   return state
 
 
@@ -201,17 +206,22 @@ def check_state_dict(state: Mapping[str, Any], model_config: Any, source: str = 
   if family != cfg["arch"] and family != "diffusers":
     raise CheckpointError(
         f"{source} is a{'n' if family == 'iddpm' else ''} {family} checkpoint (keys such as "
-        f"{next(iter(state))!r}) but the config says model.arch={cfg['arch']!r}")
+        f"{next(iter(state))!r}) but the config says model.arch={cfg['arch']!r}"
+    )
   expected = expected_state_dict(cfg)
   missing = [k for k in expected if k not in state]
   unexpected = [k for k in state if k not in expected]
   wrong = [k for k in expected if k in state and tuple(state[k].shape) != expected[k][1]]
   if missing or unexpected or wrong:
-    lines = [f"{source} does not match the model config (arch={cfg['arch']!r}, "
-             f"{len(state)} tensors in the file, {len(expected)} expected):"]
+    lines = [
+        f"{source} does not match the model config (arch={cfg['arch']!r}, "
+        f"{len(state)} tensors in the file, {len(expected)} expected):"
+    ]
     if wrong:
-      lines.append(f"  wrong shapes: " + _fmt(
-          wrong, lambda k: f"{k} has {tuple(state[k].shape)}, config expects {expected[k][1]}"))
+      lines.append(
+          f"  wrong shapes: "
+          + _fmt(wrong, lambda k: f"{k} has {tuple(state[k].shape)}, config expects {expected[k][1]}")
+      )
     if missing:
       lines.append(f"  missing keys: " + _fmt(missing, lambda k: f"{k} {expected[k][1]}"))
     if unexpected:

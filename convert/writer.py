@@ -21,8 +21,9 @@ def sha256(path: str, chunk: int = 1 << 24) -> str:
   return digest.hexdigest()
 
 
-def convert_checkpoint(source: str, output: str, model_config=None, *, diffusers: bool = False,
-                       overwrite: bool = False) -> dict:
+def convert_checkpoint(
+    source: str, output: str, model_config=None, *, diffusers: bool = False, overwrite: bool = False
+) -> dict:
   """Converts ``source`` and writes ``output``; returns a summary dict."""
   start = time.time()
   if os.path.exists(output) and not overwrite:  # fail before the slow part.
@@ -34,18 +35,32 @@ def convert_checkpoint(source: str, output: str, model_config=None, *, diffusers
     digest = ""
   else:
     if model_config is None:
-      raise torch_to_flax.CheckpointError("--config is required with --torch_checkpoint: it names the "
-                                          "architecture (e.g. configs/afhq.py)")
+      raise torch_to_flax.CheckpointError(
+          "--config is required with --torch_checkpoint: it names the " "architecture (e.g. configs/afhq.py)"
+      )
     params = torch_to_flax.convert_state_dict(source, model_config)
     digest = sha256(source)
   cfg = models.validate(model_config)
   seconds_convert = time.time() - start
   path = checkpoint.save_model(
-      output, params, cfg, overwrite=overwrite,
-      metadata={"source": os.path.abspath(source), "source_sha256": digest,
-                "source_format": "diffusers" if diffusers else "torch", "arch": cfg["arch"]})
+      output,
+      params,
+      cfg,
+      overwrite=overwrite,
+      metadata={
+          "source": os.path.abspath(source),
+          "source_sha256": digest,
+          "source_format": "diffusers" if diffusers else "torch",
+          "arch": cfg["arch"],
+      },
+  )
   num_params = int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
-  return {"output": path, "arch": cfg["arch"], "num_tensors": len(jax.tree_util.tree_leaves(params)),
-          "num_params": num_params, "seconds": round(time.time() - start, 2),
-          "seconds_convert": round(seconds_convert, 2),
-          "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+  return {
+      "output": path,
+      "arch": cfg["arch"],
+      "num_tensors": len(jax.tree_util.tree_leaves(params)),
+      "num_params": num_params,
+      "seconds": round(time.time() - start, 2),
+      "seconds_convert": round(seconds_convert, 2),
+      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+  }

@@ -46,13 +46,17 @@ def _offdiag(m: np.ndarray) -> np.ndarray:
   return m[np.triu_indices(m.shape[0], 1)] if m.shape[0] == m.shape[1] else m.ravel()
 
 
-def analyze_banks(ood: np.ndarray, idb: np.ndarray, out_dir: str, *, num_dims: int = 1000, seed: int = 0,
-                  num_triples: int = 2000) -> dict:
+def analyze_banks(
+    ood: np.ndarray, idb: np.ndarray, out_dir: str, *, num_dims: int = 1000, seed: int = 0, num_triples: int = 2000
+) -> dict:
   """The report (JSON-ready) and plots for an OOD and an ID bank."""
   os.makedirs(out_dir, exist_ok=True)
-  report = {"ood": discovery.describe_bank(ood, num_triples=num_triples, seed=seed),
-            "id": discovery.describe_bank(idb, num_triples=num_triples, seed=seed),
-            "ood_norm_vs_chi": discovery.norm_vs_chi(ood), "id_norm_vs_chi": discovery.norm_vs_chi(idb)}
+  report = {
+      "ood": discovery.describe_bank(ood, num_triples=num_triples, seed=seed),
+      "id": discovery.describe_bank(idb, num_triples=num_triples, seed=seed),
+      "ood_norm_vs_chi": discovery.norm_vs_chi(ood),
+      "id_norm_vs_chi": discovery.norm_vs_chi(idb),
+  }
   gauss_ood = discovery.gaussianity(ood, num_dims=num_dims, seed=seed, return_pvalues=True)
   gauss_id = discovery.gaussianity(idb, num_dims=num_dims, seed=seed, return_pvalues=True)
   p_ood, p_id = gauss_ood.pop("pvalues"), gauss_id.pop("pvalues")
@@ -63,38 +67,64 @@ def analyze_banks(ood: np.ndarray, idb: np.ndarray, out_dir: str, *, num_dims: i
   plots = {}
   prior_o, prior_i = discovery.fit_prior(ood), discovery.fit_prior(idb)
   plots["norms"] = _hist_plot(
-      os.path.join(out_dir, "norms.png"), {"OOD": discovery.norms(ood), "ID": discovery.norms(idb)}, "|x_t0|",
+      os.path.join(out_dir, "norms.png"),
+      {"OOD": discovery.norms(ood), "ID": discovery.norms(idb)},
+      "|x_t0|",
       "latent norms: a thin shell (dashed: sqrt(d) sigma of each fitted prior)",
-      {"OOD shell": prior_o.shell_radius(), "ID shell": prior_i.shell_radius()})
+      {"OOD shell": prior_o.shell_radius(), "ID shell": prior_i.shell_radius()},
+  )
   plots["distances"] = _hist_plot(
       os.path.join(out_dir, "distances.png"),
-      {"OOD-OOD": _offdiag(discovery.pairwise_distances(ood)), "ID-ID": _offdiag(discovery.pairwise_distances(idb)),
-       "OOD-ID": discovery.pairwise_distances(ood, idb)}, "pairwise distance",
-      "pairwise distances (a Gaussian predicts sqrt(2d) sigma)")
+      {
+          "OOD-OOD": _offdiag(discovery.pairwise_distances(ood)),
+          "ID-ID": _offdiag(discovery.pairwise_distances(idb)),
+          "OOD-ID": discovery.pairwise_distances(ood, idb),
+      },
+      "pairwise distance",
+      "pairwise distances (a Gaussian predicts sqrt(2d) sigma)",
+  )
   plots["angles_origin"] = _hist_plot(
       os.path.join(out_dir, "angles_origin.png"),
-      {"OOD-OOD": _offdiag(discovery.angles_at_origin(ood)), "ID-ID": _offdiag(discovery.angles_at_origin(idb)),
-       "OOD-ID": discovery.angles_at_origin(ood, idb)}, "angle at the origin (deg)",
-      "angles between latents at the origin (independent Gaussian draws: ~90 deg)", {"90": 90.0})
+      {
+          "OOD-OOD": _offdiag(discovery.angles_at_origin(ood)),
+          "ID-ID": _offdiag(discovery.angles_at_origin(idb)),
+          "OOD-ID": discovery.angles_at_origin(ood, idb),
+      },
+      "angle at the origin (deg)",
+      "angles between latents at the origin (independent Gaussian draws: ~90 deg)",
+      {"90": 90.0},
+  )
   plots["angles_vertex"] = _hist_plot(
       os.path.join(out_dir, "angles_vertex.png"),
-      {"OOD": discovery.angles_at_vertex(ood, discovery.random_triples(ood.shape[0], num_triples, seed)),
-       "ID": discovery.angles_at_vertex(idb, discovery.random_triples(idb.shape[0], num_triples, seed))},
-      "triangle angle at a vertex (deg)", "angles of latent triangles (Gaussian: ~60 deg)", {"60": 60.0})
+      {
+          "OOD": discovery.angles_at_vertex(ood, discovery.random_triples(ood.shape[0], num_triples, seed)),
+          "ID": discovery.angles_at_vertex(idb, discovery.random_triples(idb.shape[0], num_triples, seed)),
+      },
+      "triangle angle at a vertex (deg)",
+      "angles of latent triangles (Gaussian: ~60 deg)",
+      {"60": 60.0},
+  )
   plots["normality_pvalues"] = _hist_plot(
-      os.path.join(out_dir, "normality_pvalues.png"), {"OOD": p_ood, "ID": p_id},
-      f"per-dimension p-value ({gauss_ood['test']})", "normality tests per dimension (Gaussian: uniform)",
-      {"alpha": 0.05})
+      os.path.join(out_dir, "normality_pvalues.png"),
+      {"OOD": p_ood, "ID": p_id},
+      f"per-dimension p-value ({gauss_ood['test']})",
+      "normality tests per dimension (Gaussian: uniform)",
+      {"alpha": 0.05},
+  )
   report["plots"] = plots
   sep = report["separability"]
   report["claims"] = {
       "ood_gaussian": {
           "fraction_of_dims_rejecting_normality": gauss_ood["fraction_rejected"],
           "expected_under_gaussianity": gauss_ood["expected_fraction"],
-          "norm_ks_pvalue_vs_chi": report["ood_norm_vs_chi"]["ks_pvalue"]},
+          "norm_ks_pvalue_vs_chi": report["ood_norm_vs_chi"]["ks_pvalue"],
+      },
       "separable_from_id": {
-          "heldout_accuracy": sep.get("heldout_accuracy"), "centre_distance": sep.get("centre_distance"),
-          "d_quarter_ratio": sep.get("d_quarter_ratio")}}
+          "heldout_accuracy": sep.get("heldout_accuracy"),
+          "centre_distance": sep.get("centre_distance"),
+          "d_quarter_ratio": sep.get("d_quarter_ratio"),
+      },
+  }
   return report
 
 
@@ -103,20 +133,35 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
   model = cli.load_model(config)
   runner = cli.make_runner(config, model, cli.make_mesh(config))
   from discovery_jax import sample  # the same keys as `sample`, so both reuse one ID bank.
+
   root = jax.random.key(int(config.seed))
-  banks = prepare_banks(settings.bank_sources(config), workdir, runner, model_fingerprint=model.fingerprint,
-                        key=jax.random.fold_in(root, sample.KEY_ID_BANK))
+  banks = prepare_banks(
+      settings.bank_sources(config),
+      workdir,
+      runner,
+      model_fingerprint=model.fingerprint,
+      key=jax.random.fold_in(root, sample.KEY_ID_BANK),
+  )
   a = config.get("analyze", ml_collections.ConfigDict())
-  report = analyze_banks(banks["ood"].latents(), banks["id"].latents(), os.path.join(workdir, "analysis"),
-                         num_dims=int(a.get("num_dims", 1000)), seed=int(config.seed),
-                         num_triples=int(a.get("num_triples", 2000)))
+  report = analyze_banks(
+      banks["ood"].latents(),
+      banks["id"].latents(),
+      os.path.join(workdir, "analysis"),
+      num_dims=int(a.get("num_dims", 1000)),
+      seed=int(config.seed),
+      num_triples=int(a.get("num_triples", 2000)),
+  )
   report["banks"] = {k: {"path": b.path, "count": b.count} for k, b in banks.items()}
   cli.write_json(os.path.join(workdir, "analysis", "report.json"), report)
   g, sep = report["claims"]["ood_gaussian"], report["claims"]["separable_from_id"]
-  print(f"Gaussian OOD prior: {100 * g['fraction_of_dims_rejecting_normality']:.1f}% of dimensions reject normality "
-        f"at 5% (expected {100 * g['expected_under_gaussianity']:.0f}%); norm KS p = {g['norm_ks_pvalue_vs_chi']:.3g}")
-  print(f"Separable from ID: held-out linear accuracy {sep['heldout_accuracy']:.3f}; centre distance "
-        f"{sep['centre_distance']:.2f} = {sep['d_quarter_ratio']:.2f} x sigma d^(1/4)")
+  print(
+      f"Gaussian OOD prior: {100 * g['fraction_of_dims_rejecting_normality']:.1f}% of dimensions reject normality "
+      f"at 5% (expected {100 * g['expected_under_gaussianity']:.0f}%); norm KS p = {g['norm_ks_pvalue_vs_chi']:.3g}"
+  )
+  print(
+      f"Separable from ID: held-out linear accuracy {sep['heldout_accuracy']:.3f}; centre distance "
+      f"{sep['centre_distance']:.2f} = {sep['d_quarter_ratio']:.2f} x sigma d^(1/4)"
+  )
   print(f"-> {os.path.join(workdir, 'analysis')}")
 
 

@@ -46,6 +46,7 @@ def _jsonable(value: Any) -> Any:
 def quiet_orbax():
   """Orbax logs every step of a save at INFO through absl; keep WARNING and up."""
   from absl import logging
+
   old = logging.get_verbosity()
   logging.set_verbosity(logging.WARNING)
   try:
@@ -117,8 +118,12 @@ def save_model(
     with open(os.path.join(tmp, MODEL_CONFIG_FILE), "w") as f:
       json.dump(_jsonable(cfg), f, indent=1, sort_keys=True)
     num_params = int(sum(np.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(params)))
-    meta = {"num_params": num_params, "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "params_fingerprint": params_fingerprint(params), **_jsonable(dict(metadata or {}))}
+    meta = {
+        "num_params": num_params,
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "params_fingerprint": params_fingerprint(params),
+        **_jsonable(dict(metadata or {})),
+    }
     with open(os.path.join(tmp, METADATA_FILE), "w") as f:
       json.dump(meta, f, indent=1, sort_keys=True)
   return output_dir
@@ -130,6 +135,7 @@ def params_fingerprint(params: Any) -> str:
   Identifies the model a latent bank was made with, whatever file it came from.
   """
   import flax.traverse_util
+
   digest = hashlib.sha256()
   for path, leaf in sorted(flax.traverse_util.flatten_dict(params).items()):
     arr = np.ascontiguousarray(np.asarray(leaf, np.float32))
@@ -153,7 +159,8 @@ def read_model_config(checkpoint_dir: str) -> dict:
   if not os.path.isfile(path):
     raise CheckpointError(
         f"{checkpoint_dir} is not a discovery_jax checkpoint: {MODEL_CONFIG_FILE} is missing "
-        "(convert a PyTorch checkpoint with `python -m convert` first)")
+        "(convert a PyTorch checkpoint with `python -m convert` first)"
+    )
   try:
     with open(path) as f:
       return json.load(f)

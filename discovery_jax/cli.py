@@ -21,14 +21,20 @@ from discovery_jax.data import images
 from discovery_jax.data.bank import BankError
 
 CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file (configs/*.py); any field can be overridden as --config.a.b=value.",
-    lock_config=True)
+    "config", None, "Config file (configs/*.py); any field can be overridden as --config.a.b=value.", lock_config=True
+)
 WORKDIR = flags.DEFINE_string("workdir", None, "Output directory; rerunning with the same one resumes.")
 
 # Problems with the user's input: reported as one line, without a traceback
 # (set DISCOVERY_JAX_TRACEBACK=1 to see it).
-USER_ERRORS = (ValueError, FileNotFoundError, checkpoint.CheckpointError, images.InputError, BankError,
-               models.ModelConfigError)
+USER_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    checkpoint.CheckpointError,
+    images.InputError,
+    BankError,
+    models.ModelConfigError,
+)
 # Fields that may differ between a checkpoint and the config (no effect on the weights).
 RUNTIME_MODEL_FIELDS = ("dtype", "precision")
 
@@ -51,7 +57,8 @@ def load_model(config: ml_collections.ConfigDict) -> LoadedModel:
   if not ckpt:
     raise checkpoint.CheckpointError(
         "config.checkpoint is empty: convert a PyTorch checkpoint with `python -m convert "
-        "--torch_checkpoint=FILE --config=CONFIG --output=DIR`, then pass --config.checkpoint=DIR")
+        "--torch_checkpoint=FILE --config=CONFIG --output=DIR`, then pass --config.checkpoint=DIR"
+    )
   if not os.path.isdir(ckpt):
     raise checkpoint.CheckpointError(f"config.checkpoint={ckpt!r} does not exist")
   stored = models.validate(checkpoint.read_model_config(ckpt))
@@ -62,8 +69,9 @@ def load_model(config: ml_collections.ConfigDict) -> LoadedModel:
     diff = [k for k in stored if k not in RUNTIME_MODEL_FIELDS and given.get(k) != stored[k]]
     if diff:
       raise checkpoint.CheckpointError(
-          f"checkpoint {ckpt} does not match config.model: " + "; ".join(
-              f"{k}: checkpoint has {stored[k]!r}, config has {given.get(k)!r}" for k in diff))
+          f"checkpoint {ckpt} does not match config.model: "
+          + "; ".join(f"{k}: checkpoint has {stored[k]!r}, config has {given.get(k)!r}" for k in diff)
+      )
   module, params = checkpoint.load_model(ckpt, **overrides)
   fp = checkpoint.model_fingerprint(ckpt, params)
   return LoadedModel(module, params, fp, models.validate({**stored, **overrides}))
@@ -77,6 +85,7 @@ def make_mesh(config: ml_collections.ConfigDict):
 def make_runner(config: ml_collections.ConfigDict, model: LoadedModel, mesh=None):
   """The DDIM runner of ``config.sampling`` for ``model`` on ``mesh``."""
   from discovery_jax.runner import DDIMRunner
+
   s = settings.sampling_options(config)
   return DDIMRunner(model.eps, s.t_0, s.n_steps, s.schedule, s.batch_size, mesh)
 
@@ -107,6 +116,7 @@ def use_host_devices_per_core() -> None:
   count = int(os.environ.get("DISCOVERY_JAX_CPU_DEVICES", os.cpu_count() or 1))
   if count > 1:
     import jax
+
     try:
       jax.config.update("jax_num_cpu_devices", count)
     except RuntimeError:  # a backend already started (e.g. run from a test process): keep it.

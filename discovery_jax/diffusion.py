@@ -35,15 +35,16 @@ DEFAULT_STEPS = 80
 # Schedules.
 
 
-def beta_schedule(kind: str = "linear", num_timesteps: int = 1000, beta_start: float = 1e-4,
-                  beta_end: float = 0.02) -> np.ndarray:
+def beta_schedule(
+    kind: str = "linear", num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
+) -> np.ndarray:
   """Betas in float64. 'linear' is the schedule of every real base model."""
   if num_timesteps < 2:
     raise ValueError(f"diffusion.num_timesteps must be >= 2, got {num_timesteps}")
   if kind == "linear":
     betas = np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
   elif kind == "quadratic":
-    betas = np.linspace(beta_start ** 0.5, beta_end ** 0.5, num_timesteps, dtype=np.float64) ** 2
+    betas = np.linspace(beta_start**0.5, beta_end**0.5, num_timesteps, dtype=np.float64) ** 2
   elif kind == "cosine":  # improved DDPM (Nichol & Dhariwal), s = 0.008.
     f = lambda t: math.cos((t / num_timesteps + 0.008) / 1.008 * math.pi / 2) ** 2
     betas = np.array([min(1 - f(i + 1) / f(i), 0.999) for i in range(num_timesteps)], np.float64)
@@ -74,9 +75,14 @@ class Schedule:
     if diffusion_config is None:
       return cls.from_betas(beta_schedule())
     get = diffusion_config.get if hasattr(diffusion_config, "get") else lambda k, d: getattr(diffusion_config, k, d)
-    return cls.from_betas(beta_schedule(
-        get("beta_schedule", "linear"), int(get("num_timesteps", 1000)),
-        float(get("beta_start", 1e-4)), float(get("beta_end", 0.02))))
+    return cls.from_betas(
+        beta_schedule(
+            get("beta_schedule", "linear"),
+            int(get("num_timesteps", 1000)),
+            float(get("beta_start", 1e-4)),
+            float(get("beta_end", 0.02)),
+        )
+    )
 
   def alpha_bar(self, t: jax.Array) -> jax.Array:
     """alpha_bar at integer timesteps ``t``; t = -1 gives 1 (the end of generation)."""
@@ -104,8 +110,7 @@ def check_ddim_args(t_0: int, n_steps: int, eta: float = 0.0, num_timesteps: int
   if int(n_steps) != n_steps or n_steps < 2:
     raise ValueError(f"n_steps must be an integer >= 2, got {n_steps!r}")
   if n_steps > t_0 + 1:
-    raise ValueError(f"n_steps={n_steps} is larger than t_0 + 1 = {t_0 + 1}: the time grid would repeat "
-                     "timesteps")
+    raise ValueError(f"n_steps={n_steps} is larger than t_0 + 1 = {t_0 + 1}: the time grid would repeat " "timesteps")
   if not eta >= 0:
     raise ValueError(f"eta must be >= 0, got {eta!r}")
 
@@ -133,8 +138,9 @@ def generation_pairs(t_0: int = DEFAULT_T0, n_steps: int = DEFAULT_STEPS) -> tup
 # One step.
 
 
-def ddim_step(x: jax.Array, eps: jax.Array, a_t: jax.Array, a_next: jax.Array, *, eta: float = 0.0,
-              noise: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+def ddim_step(
+    x: jax.Array, eps: jax.Array, a_t: jax.Array, a_next: jax.Array, *, eta: float = 0.0, noise: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
   """One DDIM update from alpha_bar ``a_t`` to ``a_next``; returns (x_next, x0_pred).
 
   ``a_t`` / ``a_next`` are scalars or per-sample arrays of shape (N,).
@@ -145,7 +151,7 @@ def ddim_step(x: jax.Array, eps: jax.Array, a_t: jax.Array, a_next: jax.Array, *
   if noise is None or eta == 0:
     return jnp.sqrt(a_next) * x0 + jnp.sqrt(1 - a_next) * eps, x0
   c1 = eta * jnp.sqrt(jnp.clip((1 - a_t / a_next) * (1 - a_next) / (1 - a_t), 0.0))
-  c2 = jnp.sqrt(jnp.clip(1 - a_next - c1 ** 2, 0.0))
+  c2 = jnp.sqrt(jnp.clip(1 - a_next - c1**2, 0.0))
   return jnp.sqrt(a_next) * x0 + c2 * eps + c1 * noise, x0
 
 
@@ -182,8 +188,7 @@ class EpsFn:
     return hash((self.module, self.eps_channels))
 
   def __eq__(self, other):
-    return (isinstance(other, EpsFn) and self.module == other.module
-            and self.eps_channels == other.eps_channels)
+    return isinstance(other, EpsFn) and self.module == other.module and self.eps_channels == other.eps_channels
 
 
 def eps_fn(module: nn.Module, params: Any) -> EpsFn:
@@ -262,17 +267,33 @@ def _run(fn, x, ts, ts_next, schedule, eta, keys, outputs):
   return jax.jit(loop)(x, ts, ts_next, alphas, keys=keys)
 
 
-def ddim_invert(fn: EpsFn | Callable, x0: jax.Array, *, t_0: int = DEFAULT_T0, n_steps: int = DEFAULT_STEPS,
-                schedule: Schedule = DEFAULT_SCHEDULE, outputs: Sequence[str] = ()):
+def ddim_invert(
+    fn: EpsFn | Callable,
+    x0: jax.Array,
+    *,
+    t_0: int = DEFAULT_T0,
+    n_steps: int = DEFAULT_STEPS,
+    schedule: Schedule = DEFAULT_SCHEDULE,
+    outputs: Sequence[str] = (),
+):
   """Deterministic DDIM inversion of images ``x0`` (NHWC, [-1, 1]) to x_{t_0}."""
   check_ddim_args(t_0, n_steps, 0.0, schedule.num_timesteps)
   ts, ts_next = inversion_pairs(t_0, n_steps)
   return _run(fn, jnp.asarray(x0, jnp.float32), ts, ts_next, schedule, 0.0, None, outputs)
 
 
-def ddim_generate(fn: EpsFn | Callable, x_t: jax.Array, *, t_0: int = DEFAULT_T0, n_steps: int = DEFAULT_STEPS,
-                  eta: float = 0.0, key: jax.Array | None = None, sample_index: jax.Array | None = None,
-                  schedule: Schedule = DEFAULT_SCHEDULE, outputs: Sequence[str] = ()):
+def ddim_generate(
+    fn: EpsFn | Callable,
+    x_t: jax.Array,
+    *,
+    t_0: int = DEFAULT_T0,
+    n_steps: int = DEFAULT_STEPS,
+    eta: float = 0.0,
+    key: jax.Array | None = None,
+    sample_index: jax.Array | None = None,
+    schedule: Schedule = DEFAULT_SCHEDULE,
+    outputs: Sequence[str] = (),
+):
   """DDIM generation from x_{t_0} down to x_0 (eta = 0: deterministic).
 
   With eta > 0, ``key`` is required and sample i draws its noise from

@@ -63,21 +63,27 @@ def evaluation_options(config: ml_collections.ConfigDict) -> evaluation.Evaluati
   ev = config.evaluate
   seed = ev.get("feature_seed")
   return evaluation.EvaluationOptions(
-      features=ev.features, inception_path=settings.path_or_none(ev.get("inception_path")),
-      feature_seed=None if seed is None else int(seed), kid_subset_size=int(ev.get("kid_subset_size") or 100),
-      seed=int(ev.get("seed") or 0))
+      features=ev.features,
+      inception_path=settings.path_or_none(ev.get("inception_path")),
+      feature_seed=None if seed is None else int(seed),
+      kid_subset_size=int(ev.get("kid_subset_size") or 100),
+      seed=int(ev.get("seed") or 0),
+  )
 
 
-def run_evaluation(config: ml_collections.ConfigDict, workdir: str,
-                   extra_sets: list[tuple[str, np.ndarray]] | None = None) -> dict:
+def run_evaluation(
+    config: ml_collections.ConfigDict, workdir: str, extra_sets: list[tuple[str, np.ndarray]] | None = None
+) -> dict:
   """Evaluates every generated set; returns the report (also written to disk)."""
   out_dir = os.path.join(workdir, "evaluation")
   os.makedirs(out_dir, exist_ok=True)
   inputs = settings.input_options(config)
-  real = evaluation.load_real_data(settings.path_or_none(config.data.ood_dir),
-                                   settings.path_or_none(config.data.get("eval_dir")),
-                                   settings.path_or_none(config.evaluate.get("id_dir"))
-                                   or settings.path_or_none(config.data.get("id_dir")), inputs)
+  real = evaluation.load_real_data(
+      settings.path_or_none(config.data.ood_dir),
+      settings.path_or_none(config.data.get("eval_dir")),
+      settings.path_or_none(config.evaluate.get("id_dir")) or settings.path_or_none(config.data.get("id_dir")),
+      inputs,
+  )
   ev = evaluation.Evaluator(evaluation_options(config), real)
   finetune_dir = settings.path_or_none(config.evaluate.get("finetune_dir"))
   base_samples = None
@@ -88,8 +94,10 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str,
   sets = [(n, evaluation.load_generated(p, inputs, real.transform)) for n, p in generated_sets(config, workdir)]
   sets += list(extra_sets or [])
   if not sets and not finetune_dir:
-    raise ValueError(f"nothing to evaluate: no {workdir}/samples/*/samples.npy and config.evaluate.generated is "
-                     "empty (run `python -m discovery_jax.sample` first)")
+    raise ValueError(
+        f"nothing to evaluate: no {workdir}/samples/*/samples.npy and config.evaluate.generated is "
+        "empty (run `python -m discovery_jax.sample` first)"
+    )
   for name, samples in sets:
     # Tuning-free methods leave the model unchanged: its ID quality is the base model's.
     rows.append(ev.evaluate(samples, name=name, id_samples=base_samples))
@@ -97,24 +105,31 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str,
   if finetune_dir:
     tuned = os.path.join(finetune_dir, "samples.npy")
     if not os.path.isfile(tuned):
-      raise ValueError(f"config.evaluate.finetune_dir={finetune_dir!r} has no samples.npy "
-                       "(run `python -m discovery_jax.finetune` into it first)")
+      raise ValueError(
+          f"config.evaluate.finetune_dir={finetune_dir!r} has no samples.npy "
+          "(run `python -m discovery_jax.finetune` into it first)"
+      )
     tuned_samples = np.load(tuned)
     rows.append(ev.evaluate(tuned_samples, name="vanilla fine-tuning", id_samples=tuned_samples))
     science["vanilla fine-tuning"] = ev.science(tuned_samples, out_dir, "vanilla_fine-tuning")
     sets.append(("vanilla fine-tuning", tuned_samples))
   panels = [("few-shot (real)", real.fewshot), ("held-out (real)", real.heldout_ood)] + sets
-  save_comparison_figure(os.path.join(out_dir, "comparison.png"), panels,
-                         per_row=int(config.evaluate.figure_samples))
+  save_comparison_figure(os.path.join(out_dir, "comparison.png"), panels, per_row=int(config.evaluate.figure_samples))
   table = evaluation.comparison_table(rows)
-  report = {"setup": ev.describe(), "rows": rows, "table_markdown": table,
-            "science": {k: v for k, v in science.items() if v is not None} or None,
-            "notes": {"ood_hit_rate": "fraction of samples a classifier trained on held-out real ID vs OOD calls OOD",
-                      "nn_ratio": "median NN distance of samples to the few-shot set / the same for held-out real "
-                                  "target images (>= 1: as far from the few-shot set as new real images)",
-                      "id_frechet_distance": "the model's own unconditional samples vs held-out ID images (model "
-                                             "quality in its own domain after the method)",
-                      "features": ev.extractor.describe()}}
+  report = {
+      "setup": ev.describe(),
+      "rows": rows,
+      "table_markdown": table,
+      "science": {k: v for k, v in science.items() if v is not None} or None,
+      "notes": {
+          "ood_hit_rate": "fraction of samples a classifier trained on held-out real ID vs OOD calls OOD",
+          "nn_ratio": "median NN distance of samples to the few-shot set / the same for held-out real "
+          "target images (>= 1: as far from the few-shot set as new real images)",
+          "id_frechet_distance": "the model's own unconditional samples vs held-out ID images (model "
+          "quality in its own domain after the method)",
+          "features": ev.extractor.describe(),
+      },
+  }
   cli.write_json(os.path.join(out_dir, "report.json"), report)
   fileio.atomic_write_text(os.path.join(out_dir, "comparison.md"), table + "\n")
   return report

@@ -32,8 +32,16 @@ def write_samples(config: ml_collections.ConfigDict, workdir: str, base: cli.Loa
   key = jax.random.key(int(config.get("seed", 0)))
   mesh = cli.make_mesh(config)
   for name, module, params in (("samples", tuned_module, tuned_params), ("base_samples", base.module, base.params)):
-    x = trainer.sample_from_noise(module, params, count, schedule=schedule, n_steps=int(config.sampling.n_steps),
-                                  key=key, batch_size=int(config.sampling.batch_size), mesh=mesh)
+    x = trainer.sample_from_noise(
+        module,
+        params,
+        count,
+        schedule=schedule,
+        n_steps=int(config.sampling.n_steps),
+        key=key,
+        batch_size=int(config.sampling.batch_size),
+        mesh=mesh,
+    )
     fileio.atomic_save_npy(os.path.join(workdir, f"{name}.npy"), x.astype(np.float32))
 
 
@@ -43,13 +51,22 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
   data = settings.path_or_none(config.finetune.get("data")) or settings.path_or_none(config.data.ood_dir)
   if not data:
     raise ValueError("nothing to fine-tune on: set config.finetune.data or config.data.ood_dir")
-  summary = trainer.run(trainer.TrainOptions.from_mapping(config.finetune), workdir, params=model.params,
-                        model_config=model.model_config, data_source=data,
-                        image_options=settings.image_options(config),
-                        schedule=settings.sampling_options(config).schedule,
-                        preview_steps=int(config.sampling.n_steps), mesh=cli.make_mesh(config),
-                        metadata={"finetuned_from": config.checkpoint, "base_fingerprint": model.fingerprint,
-                                  "trained_by": "discovery_jax.finetune"})
+  summary = trainer.run(
+      trainer.TrainOptions.from_mapping(config.finetune),
+      workdir,
+      params=model.params,
+      model_config=model.model_config,
+      data_source=data,
+      image_options=settings.image_options(config),
+      schedule=settings.sampling_options(config).schedule,
+      preview_steps=int(config.sampling.n_steps),
+      mesh=cli.make_mesh(config),
+      metadata={
+          "finetuned_from": config.checkpoint,
+          "base_fingerprint": model.fingerprint,
+          "trained_by": "discovery_jax.finetune",
+      },
+  )
   write_samples(config, workdir, model)
   print(f"fine-tuned {summary['steps']} steps, final loss {summary['final_loss']:.5f} -> {summary['model']}")
 

@@ -37,8 +37,9 @@ def make_mesh(num_devices: int | None = None, devices: Sequence[Any] | None = No
     if num_devices > len(devices):
       raise ValueError(f"parallel.num_devices={num_devices} but only {len(devices)} devices are visible")
     devices = devices[:num_devices]
-  return jax.sharding.Mesh(np.array(devices).reshape(len(devices), 1), (DATA, MODEL),
-                           axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  return jax.sharding.Mesh(
+      np.array(devices).reshape(len(devices), 1), (DATA, MODEL), axis_types=(jax.sharding.AxisType.Auto,) * 2
+  )
 
 
 def data_size(mesh: jax.sharding.Mesh | None) -> int:
@@ -100,6 +101,7 @@ AUTO = "auto"
 @dataclasses.dataclass(frozen=True)
 class DistributedSetup:
   """How this process joins (or does not join) a multi-process run."""
+
   source: str  # "single", "explicit", "env", "slurm", "tpu" or "auto"
   coordinator_address: str | None = None
   num_processes: int | None = None  # None: detected by jax (source "tpu"/"auto")
@@ -144,9 +146,12 @@ def _on_tpu_vm() -> bool:
   return bool(glob.glob("/dev/accel[0-9]*") or glob.glob("/dev/vfio/[0-9]*"))
 
 
-def distributed_setup(coordinator_address: str | None = None, num_processes: int | None = None,
-                      process_id: int | None = None,
-                      environ: Mapping[str, str] | None = None) -> DistributedSetup:
+def distributed_setup(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> DistributedSetup:
   """Decides how to join a multi-process run, without touching jax (pure; testable).
 
   Order: explicit arguments, then ``DISCOVERY_COORDINATOR`` / ``DISCOVERY_NUM_PROCESSES`` /
@@ -164,20 +169,26 @@ def distributed_setup(coordinator_address: str | None = None, num_processes: int
   if coord == AUTO:
     return DistributedSetup("auto")
   if any(v is not None for v in (coord, num, pid)):
-    names = {"coordinator_address": (coord, ENV_COORDINATOR), "num_processes": (num, ENV_NUM_PROCESSES),
-             "process_id": (pid, ENV_PROCESS_ID)}
+    names = {
+        "coordinator_address": (coord, ENV_COORDINATOR),
+        "num_processes": (num, ENV_NUM_PROCESSES),
+        "process_id": (pid, ENV_PROCESS_ID),
+    }
     missing = [f"{k} (or ${e})" for k, (v, e) in names.items() if v is None]
     try:
       num = None if num is None else int(num)
       pid = None if pid is None else int(pid)
     except ValueError:
-      raise ValueError(f"num_processes={num!r} and process_id={pid!r} must be integers "
-                       f"(${ENV_NUM_PROCESSES}, ${ENV_PROCESS_ID})") from None
+      raise ValueError(
+          f"num_processes={num!r} and process_id={pid!r} must be integers " f"(${ENV_NUM_PROCESSES}, ${ENV_PROCESS_ID})"
+      ) from None
     if num == 1 and pid in (None, 0):
       return DistributedSetup("single", num_processes=1, process_id=0)
     if missing:
-      raise ValueError(f"a multi-process run needs all of coordinator_address, num_processes and process_id; "
-                       f"missing: {', '.join(missing)}")
+      raise ValueError(
+          f"a multi-process run needs all of coordinator_address, num_processes and process_id; "
+          f"missing: {', '.join(missing)}"
+      )
     if num < 1 or not 0 <= pid < num:
       raise ValueError(f"process_id={pid} is not in [0, num_processes={num})")
     if ":" not in coord:
@@ -195,9 +206,12 @@ def distributed_setup(coordinator_address: str | None = None, num_processes: int
   return DistributedSetup("single", num_processes=1, process_id=0)
 
 
-def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None,
-                           initialization_timeout: int = 300) -> DistributedSetup:
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    initialization_timeout: int = 300,
+) -> DistributedSetup:
   """Joins the multi-process run this process belongs to (see ``distributed_setup``).
 
   A no-op for a single process, and idempotent. Must run before anything asks
@@ -211,16 +225,22 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     _INITIALIZED = setup
     return setup
   from jax._src import xla_bridge  # the only way to tell "too late" before jax raises.
+
   if xla_bridge.backends_are_initialized():
     raise RuntimeError(
         f"initialize_distributed ({setup.source}: {setup.num_processes} processes) must run before any jax "
-        "computation or jax.devices() call; call it first thing in main()")
+        "computation or jax.devices() call; call it first thing in main()"
+    )
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if setup.source in ("tpu", "auto"):
     jax.distributed.initialize(initialization_timeout=initialization_timeout)
   else:
-    jax.distributed.initialize(coordinator_address=setup.coordinator_address, num_processes=setup.num_processes,
-                               process_id=setup.process_id, initialization_timeout=initialization_timeout)
+    jax.distributed.initialize(
+        coordinator_address=setup.coordinator_address,
+        num_processes=setup.num_processes,
+        process_id=setup.process_id,
+        initialization_timeout=initialization_timeout,
+    )
   _INITIALIZED = setup
   return setup
 
@@ -255,6 +275,7 @@ def host_to_global(tree: Any, mesh: jax.sharding.Mesh) -> Any:
 
 def global_to_host(tree: Any) -> Any:
   """The rows of each global array that live on this host, as numpy, in global order."""
+
   def local(x):
     if not isinstance(x, jax.Array):
       return np.asarray(x)
@@ -263,6 +284,7 @@ def global_to_host(tree: Any) -> Any:
       start = (shard.index[0].start or 0) if shard.index else 0
       pieces.setdefault(start, shard.data)  # replicas of one block: keep one.
     return np.concatenate([np.asarray(pieces[k]) for k in sorted(pieces)], axis=0)
+
   return jax.tree_util.tree_map(local, tree)
 
 
@@ -270,6 +292,7 @@ def sync_hosts(name: str) -> None:
   """Waits until every process reaches this point (no-op for one process)."""
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     multihost_utils.sync_global_devices(name)
 
 
@@ -278,4 +301,5 @@ def host_max(value: int) -> int:
   if jax.process_count() == 1:
     return int(value)
   from jax.experimental import multihost_utils
+
   return int(np.max(multihost_utils.process_allgather(np.asarray(value, np.int64))))

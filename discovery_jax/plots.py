@@ -12,6 +12,7 @@ def new_figure(figsize: tuple[float, float] = (5.0, 3.6), dpi: int = 100):
   """A matplotlib Figure on its own Agg canvas."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
+
   fig = Figure(figsize=figsize, dpi=dpi)
   FigureCanvasAgg(fig)
   return fig

@@ -14,8 +14,7 @@ class Progress:
   >>> p.update(8)   # after each batch
   """
 
-  def __init__(self, total: int, unit: str = "items", desc: str = "", interval: float = 10.0,
-               already_done: int = 0):
+  def __init__(self, total: int, unit: str = "items", desc: str = "", interval: float = 10.0, already_done: int = 0):
     self.total, self.unit, self.desc, self.interval = int(total), unit, desc, interval
     self.done = int(already_done)
     self.start = time.time()
@@ -40,9 +39,14 @@ class Progress:
     remaining = max(self.total - self.done, 0)
     eta = remaining / rate if rate > 0 else float("inf")
     eta_text = f"{eta:.0f}s" if eta != float("inf") else "?"
-    return (f"{self.desc}: {self.done}/{self.total} {self.unit} "
-            f"({100.0 * self.done / max(self.total, 1):.0f}%), {rate:.2f} {self.unit}/s, ETA {eta_text}")
+    return (
+        f"{self.desc}: {self.done}/{self.total} {self.unit} "
+        f"({100.0 * self.done / max(self.total, 1):.0f}%), {rate:.2f} {self.unit}/s, ETA {eta_text}"
+    )
 
   def summary(self) -> dict:
-    return {"count": self.counted, "seconds": round(time.time() - self.start, 3),
-            f"{self.unit}_per_second": round(self.rate, 3)}
+    return {
+        "count": self.counted,
+        "seconds": round(time.time() - self.start, 3),
+        f"{self.unit}_per_second": round(self.rate, 3),
+    }

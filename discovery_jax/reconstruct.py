@@ -62,12 +62,13 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
   with open(results_path, "a") as results:
     # Process grid by grid so each grid file is written once, complete.
     for g0 in range(0, len(todo), per_grid):
-      idx = todo[g0:g0 + per_grid]
+      idx = todo[g0 : g0 + per_grid]
       x = scan.load(idx)
       rec = runner.generate(runner.invert(x))
       grid_id = min(idx) // per_grid
-      images.save_png(os.path.join(out_dir, f"grid_{grid_id:04d}.png"),
-                      images.make_grid(_comparison_rows(x, rec), ncol=1))
+      images.save_png(
+          os.path.join(out_dir, f"grid_{grid_id:04d}.png"), images.make_grid(_comparison_rows(x, rec), ncol=1)
+      )
       for row, i in enumerate(idx):
         entry = {"name": scan.items[i].name, **reconstruction.compare(x[row], rec[row])}
         results.write(json.dumps(entry) + "\n")
@@ -79,9 +80,17 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
   rows = [done[it.name] for it in scan.items if it.name in done]
   finite = lambda k: [r[k] for r in rows if np.isfinite(r[k])]
   means = {k: float(np.mean(finite(k))) if finite(k) else float("inf") for k in METRICS}
-  summary = {"count": len(rows), "folder": os.path.abspath(folder), "t_0": runner.t_0, "n_steps": runner.n_steps,
-             "mean": means, "skipped": scan.skipped, "per_image": rows, "images_per_second": progress.rate,
-             "metrics_on": "[0, 1] pixels; SSIM: Gaussian window sigma 1.5 (11x11)"}
+  summary = {
+      "count": len(rows),
+      "folder": os.path.abspath(folder),
+      "t_0": runner.t_0,
+      "n_steps": runner.n_steps,
+      "mean": means,
+      "skipped": scan.skipped,
+      "per_image": rows,
+      "images_per_second": progress.rate,
+      "metrics_on": "[0, 1] pixels; SSIM: Gaussian window sigma 1.5 (11x11)",
+  }
   cli.write_json(os.path.join(out_dir, "metrics.json"), summary)
   buf = io.StringIO()
   writer = csv.DictWriter(buf, fieldnames=["name", *METRICS])
@@ -89,8 +98,10 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
   writer.writerows({"name": r["name"], **{k: r[k] for k in METRICS}} for r in rows)
   writer.writerow({"name": "MEAN", **means})
   fileio.atomic_write_text(os.path.join(out_dir, "metrics.csv"), buf.getvalue())
-  print(f"reconstructed {len(rows)} images: mean PSNR {means['psnr']:.2f} dB, SSIM {means['ssim']:.4f}, "
-        f"MSE {means['mse']:.5f} -> {out_dir}")
+  print(
+      f"reconstructed {len(rows)} images: mean PSNR {means['psnr']:.2f} dB, SSIM {means['ssim']:.4f}, "
+      f"MSE {means['mse']:.5f} -> {out_dir}"
+  )
 
 
 if __name__ == "__main__":

@@ -63,16 +63,24 @@ class DDIMRunner:
     return np.asarray(run(self._params, xb, ts, ts_next, self._alphas, keys))[:n]
 
   def _batched(self, x: np.ndarray, run: Callable[[np.ndarray, slice], np.ndarray]) -> np.ndarray:
-    outs = [run(x[i:i + self.global_batch], slice(i, i + self.global_batch))
-            for i in range(0, x.shape[0], self.global_batch)]
+    outs = [
+        run(x[i : i + self.global_batch], slice(i, i + self.global_batch))
+        for i in range(0, x.shape[0], self.global_batch)
+    ]
     return np.concatenate(outs, axis=0)
 
   def invert(self, x0: np.ndarray) -> np.ndarray:
     """Images (N, H, W, C) in [-1, 1] -> latents x_{t_0} (N, H, W, C)."""
     return self._batched(np.asarray(x0, np.float32), lambda b, _: self._loop(b, self._inv))
 
-  def generate(self, x_t: np.ndarray, *, eta: float = 0.0, key: jax.Array | None = None,
-               sample_index: Sequence[int] | None = None) -> np.ndarray:
+  def generate(
+      self,
+      x_t: np.ndarray,
+      *,
+      eta: float = 0.0,
+      key: jax.Array | None = None,
+      sample_index: Sequence[int] | None = None,
+  ) -> np.ndarray:
     """Latents x_{t_0} -> images x_0; with eta > 0 sample i uses fold_in(key, sample_index[i])."""
     x_t = np.asarray(x_t, np.float32)
     diffusion.check_ddim_args(self.t_0, self.n_steps, eta, self.schedule.num_timesteps)
@@ -108,8 +116,7 @@ def _sharded_loop(fn: diffusion.EpsFn, mesh: Any, eta: float, with_keys: bool):
   if mesh is None:
     return jax.jit(loop)
   rep, batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-  return jax.jit(loop, in_shardings=(rep, batch, rep, rep, rep, batch if with_keys else None),
-                 out_shardings=batch)
+  return jax.jit(loop, in_shardings=(rep, batch, rep, rep, rep, batch if with_keys else None), out_shardings=batch)
 
 
 def _raw_keys(keys: jax.Array) -> np.ndarray:

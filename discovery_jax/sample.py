@@ -54,45 +54,81 @@ def _method_dir(workdir: str, method: str) -> str:
 def _latent_request(config: ml_collections.ConfigDict, method: str, banks: dict) -> dict:
   """Everything that determines a method's latents (the resume key)."""
   disc = configlib.to_plain(config.discovery)
-  return {"method": method, "seed": int(config.seed), "num_samples": int(config.sample.num_samples),
-          "discovery": disc if method == "discovery" else None,
-          "renoise_strength": float(config.discovery.renoise_strength) if method == "renoise" else None,
-          "prior_kind": config.discovery.prior_kind,
-          "banks": {k: {"items": [i["sha256"] for i in b.metadata["items"]], "t_0": b.metadata["t_0"],
-                        "model": b.metadata["model_fingerprint"], "n_steps": b.metadata["n_steps"]}
-                    for k, b in banks.items()}}
+  return {
+      "method": method,
+      "seed": int(config.seed),
+      "num_samples": int(config.sample.num_samples),
+      "discovery": disc if method == "discovery" else None,
+      "renoise_strength": float(config.discovery.renoise_strength) if method == "renoise" else None,
+      "prior_kind": config.discovery.prior_kind,
+      "banks": {
+          k: {
+              "items": [i["sha256"] for i in b.metadata["items"]],
+              "t_0": b.metadata["t_0"],
+              "model": b.metadata["model_fingerprint"],
+              "n_steps": b.metadata["n_steps"],
+          }
+          for k, b in banks.items()
+      },
+  }
 
 
 def _digest(obj: Any) -> str:
   return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _typical_latents(config: ml_collections.ConfigDict, banks: dict, root: jax.Array, runner: DDIMRunner,
-                     prior) -> tuple[np.ndarray, dict]:
+def _typical_latents(
+    config: ml_collections.ConfigDict, banks: dict, root: jax.Array, runner: DDIMRunner, prior
+) -> tuple[np.ndarray, dict]:
   """Typical discovery: candidates denoised by ``runner`` and judged on their images."""
   from discovery_jax.data.inputs import load_all
   from discovery_jax.metrics import features as features_lib
+
   n = int(config.sample.num_samples)
   options = settings.typical_options(config)
-  fewshot, _ = load_all(config.data.ood_dir, settings.input_options(config),
-                        transform=banks["ood"].metadata.get("intensity_transform"))
+  fewshot, _ = load_all(
+      config.data.ood_dir, settings.input_options(config), transform=banks["ood"].metadata.get("intensity_transform")
+  )
   extractor = features_lib.create_extractor(config.discovery.get("selection_features") or "random_conv")
   own = runner.generate(np.asarray(banks["id"].latents())) if options.guard else None
   result = discovery.discover_typical(
-      banks["ood"].latents(), num_samples=n, key=jax.random.fold_in(root, KEY_DISCOVERY),
-      denoise=lambda z: np.clip(runner.generate(z), -1.0, 1.0), features=extractor, fewshot_images=fewshot,
-      own_images=own, options=options, prior=prior, log=logging.info)
+      banks["ood"].latents(),
+      num_samples=n,
+      key=jax.random.fold_in(root, KEY_DISCOVERY),
+      denoise=lambda z: np.clip(runner.generate(z), -1.0, 1.0),
+      features=extractor,
+      fewshot_images=fewshot,
+      own_images=own,
+      options=options,
+      prior=prior,
+      log=logging.info,
+  )
   record = result.summary()
   record["num_samples_requested"] = n
-  record["_arrays"] = {"candidate_index": result.candidate_index, "source_index": result.source_index,
-                       "strength": result.strength, "nn_fewshot": result.nn_fewshot}
-  logging.info("discovery (typical): %d/%d latents from %d candidates; rejections %s", result.num_accepted, n,
-               result.num_candidates, result.rejections)
+  record["_arrays"] = {
+      "candidate_index": result.candidate_index,
+      "source_index": result.source_index,
+      "strength": result.strength,
+      "nn_fewshot": result.nn_fewshot,
+  }
+  logging.info(
+      "discovery (typical): %d/%d latents from %d candidates; rejections %s",
+      result.num_accepted,
+      n,
+      result.num_candidates,
+      result.rejections,
+  )
   return result.latents, record
 
 
-def find_latents(config: ml_collections.ConfigDict, method: str, banks: dict, root: jax.Array,
-                 mesh=None, runner: DDIMRunner | None = None) -> tuple[np.ndarray, dict]:
+def find_latents(
+    config: ml_collections.ConfigDict,
+    method: str,
+    banks: dict,
+    root: jax.Array,
+    mesh=None,
+    runner: DDIMRunner | None = None,
+) -> tuple[np.ndarray, dict]:
   """The latents of ``method`` and a JSON-ready record of how they were found."""
   n = int(config.sample.num_samples)
   ood, idb = banks["ood"].latents(), banks["id"].latents()
@@ -105,16 +141,34 @@ def find_latents(config: ml_collections.ConfigDict, method: str, banks: dict, ro
   if method == "discovery" and options.mode == "typical":
     return _typical_latents(config, banks, root, runner, prior)
   if method == "discovery":
-    result = discovery.discover(ood, idb, num_samples=n, key=jax.random.fold_in(root, KEY_DISCOVERY),
-                                options=options, prior=prior, mesh=mesh)
+    result = discovery.discover(
+        ood, idb, num_samples=n, key=jax.random.fold_in(root, KEY_DISCOVERY), options=options, prior=prior, mesh=mesh
+    )
     record = result.summary()
     record["num_samples_requested"] = n
-    record["_arrays"] = {k: np.asarray(getattr(result, k)) for k in (
-        "candidate_index", "path_index", "source_index", "t", "id_ref_index", "ood_ref_index", "stats",
-        "guard_logit")}
-    logging.info("discovery (%s): %d/%d latents from %d candidates (acceptance %.4f, %.0f candidates/s); "
-                 "targets %s", options.mode, result.num_accepted, n, result.num_candidates, result.acceptance_rate,
-                 result.candidates_per_second, record["targets"])
+    record["_arrays"] = {
+        k: np.asarray(getattr(result, k))
+        for k in (
+            "candidate_index",
+            "path_index",
+            "source_index",
+            "t",
+            "id_ref_index",
+            "ood_ref_index",
+            "stats",
+            "guard_logit",
+        )
+    }
+    logging.info(
+        "discovery (%s): %d/%d latents from %d candidates (acceptance %.4f, %.0f candidates/s); " "targets %s",
+        options.mode,
+        result.num_accepted,
+        n,
+        result.num_candidates,
+        result.acceptance_rate,
+        result.candidates_per_second,
+        record["targets"],
+    )
     return result.latents, record
   key = jax.random.fold_in(root, KEY_BASELINE)
   if method == "gaussian":
@@ -128,8 +182,15 @@ def find_latents(config: ml_collections.ConfigDict, method: str, banks: dict, ro
   return latents.astype(np.float32), record
 
 
-def stage_latents(config: ml_collections.ConfigDict, workdir: str, method: str, banks: dict,
-                  root: jax.Array, mesh=None, runner: DDIMRunner | None = None) -> tuple[np.ndarray, dict]:
+def stage_latents(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    method: str,
+    banks: dict,
+    root: jax.Array,
+    mesh=None,
+    runner: DDIMRunner | None = None,
+) -> tuple[np.ndarray, dict]:
   """Finds (or reuses) the latents of ``method``: ``latents.npy`` + ``latents.json``."""
   out = _method_dir(workdir, method)
   os.makedirs(out, exist_ok=True)
@@ -147,8 +208,12 @@ def stage_latents(config: ml_collections.ConfigDict, workdir: str, method: str, 
       _supersede(out, f"latents request {record.get('request_digest')} -> {digest}")
   start = time.time()
   latents, record = find_latents(config, method, banks, root, mesh, runner)
-  record.update(request_digest=digest, request=request, seconds=round(time.time() - start, 3),
-                complete=latents.shape[0] == int(config.sample.num_samples))
+  record.update(
+      request_digest=digest,
+      request=request,
+      seconds=round(time.time() - start, 3),
+      complete=latents.shape[0] == int(config.sample.num_samples),
+  )
   arrays = record.pop("_arrays", None)
   if arrays is not None:  # per-latent provenance: references used, criteria values, slerp positions.
     fileio.atomic_save_npz(os.path.join(out, "latents_meta.npz"), **arrays)
@@ -160,12 +225,14 @@ def stage_latents(config: ml_collections.ConfigDict, workdir: str, method: str, 
       raise DiscoveryBudgetError(
           f"discovery found {latents.shape[0]} of {config.sample.num_samples} latents within "
           f"{record.get('num_candidates')} candidates (saved to {path_npy}); rejections: {rej}. Raise "
-          "config.discovery.pool_factor, or widen config.discovery.band / strength_range")
+          "config.discovery.pool_factor, or widen config.discovery.band / strength_range"
+      )
     raise DiscoveryBudgetError(
         f"discovery found {latents.shape[0]} of {config.sample.num_samples} latents within "
         f"{record.get('num_candidates')} candidates (saved to {path_npy}); the criterion that rejected most is "
         f"{record.get('most_rejecting')!r} (rejections: {rej}). Raise config.discovery.max_candidates, "
-        "loosen config.discovery.tolerance_scale, or use config.discovery.mode='optimize'")
+        "loosen config.discovery.tolerance_scale, or use config.discovery.mode='optimize'"
+    )
   return np.load(path_npy, mmap_mode="r"), record
 
 
@@ -190,13 +257,18 @@ def _images_identity(config: ml_collections.ConfigDict, out: str, runner: DDIMRu
   """What the stored images of a method depend on beyond the model and the seed."""
   with open(os.path.join(out, "latents.json")) as f:
     latents_digest = json.load(f).get("request_digest")
-  return {"latents_digest": latents_digest, "t_0": runner.t_0, "n_steps": runner.n_steps,
-          "eta": float(config.sampling.eta)}
+  return {
+      "latents_digest": latents_digest,
+      "t_0": runner.t_0,
+      "n_steps": runner.n_steps,
+      "eta": float(config.sampling.eta),
+  }
 
 
 def _stale_images(out: str, identity: dict) -> str | None:
   """Why the images already under ``out`` were made from other latents or settings (None: they match)."""
   from discovery_jax.data import dataset
+
   changes = dataset.metadata_changes(os.path.join(out, "dataset"), identity)
   if changes is None:
     return "samples.npy without a dataset" if os.path.isfile(os.path.join(out, "samples.npy")) else None
@@ -208,13 +280,23 @@ def _physical(bank: LatentBank) -> tuple[Any, int] | None:
   if not meta.get("intensity_transform"):
     return None
   from discovery_jax.data import transforms
+
   return transforms.Transform.from_dict(meta["intensity_transform"]), int(meta.get("physical_channels") or 1)
 
 
-def stage_images(config: ml_collections.ConfigDict, workdir: str, method: str, latents: np.ndarray,
-                 runner: DDIMRunner, root: jax.Array, fingerprint: str, physical) -> dict:
+def stage_images(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    method: str,
+    latents: np.ndarray,
+    runner: DDIMRunner,
+    root: jax.Array,
+    fingerprint: str,
+    physical,
+) -> dict:
   """Denoises ``latents`` into this host's shards of the method's dataset."""
   from discovery_jax.data import dataset, fits_output, scientific
+
   out = _method_dir(workdir, method)
   n, shape = int(latents.shape[0]), tuple(latents.shape[1:])
   o = config.output
@@ -228,12 +310,23 @@ def stage_images(config: ml_collections.ConfigDict, workdir: str, method: str, l
   parallel.sync_hosts(f"images-identity-{method}")
   spec = dataset.features_spec(shape, latent_shape=shape if store_latents else None)
   writer = dataset.DatasetWriter(
-      os.path.join(out, "dataset"), f"discovery_{method}", n, int(o.shard_size), spec,
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      metadata={"model_fingerprint": fingerprint, "seed": int(config.seed), "method": method,
-                "config_name": config.get("name", ""), **identity},
+      os.path.join(out, "dataset"),
+      f"discovery_{method}",
+      n,
+      int(o.shard_size),
+      spec,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      metadata={
+          "model_fingerprint": fingerprint,
+          "seed": int(config.seed),
+          "method": method,
+          "config_name": config.get("name", ""),
+          **identity,
+      },
       identity_keys=dataset.DEFAULT_IDENTITY_KEYS + tuple(identity),
-      write_images="png" in formats)
+      write_images="png" in formats,
+  )
   npy_path = os.path.join(out, "samples.npy")
   if not os.path.isfile(npy_path):  # preallocated; rows are written before their shard is recorded.
     if jax.process_index() == 0:
@@ -248,8 +341,7 @@ def stage_images(config: ml_collections.ConfigDict, workdir: str, method: str, l
     os.makedirs(fits_dir, exist_ok=True)
 
   def generate(indices: np.ndarray) -> dict:
-    x = runner.generate(np.asarray(latents[indices]), eta=eta, key=noise_key if eta > 0 else None,
-                        sample_index=indices)
+    x = runner.generate(np.asarray(latents[indices]), eta=eta, key=noise_key if eta > 0 else None, sample_index=indices)
     x = np.clip(x, -1.0, 1.0)
     rows = np.load(npy_path, mmap_mode="r+")
     rows[indices] = x
@@ -259,9 +351,16 @@ def stage_images(config: ml_collections.ConfigDict, workdir: str, method: str, l
       transform, channels = physical
       phys = scientific.from_model_output(x, transform, channels=channels, clip=True)
       for i, p in zip(indices, phys):
-        fits_output.write_sample(fits_dir, int(i), p, formats=("fits",), transform=transform,
-                                 model_fingerprint=fingerprint, config_name=config.get("name", ""),
-                                 seed=int(config.seed))
+        fits_output.write_sample(
+            fits_dir,
+            int(i),
+            p,
+            formats=("fits",),
+            transform=transform,
+            model_fingerprint=fingerprint,
+            config_name=config.get("name", ""),
+            seed=int(config.seed),
+        )
     example = {"image": images.to_uint8(x), "index": indices.astype(np.int64)}
     if store_latents:
       example["latent"] = np.asarray(latents[indices], np.float32)
@@ -279,16 +378,23 @@ def finish_method(config: ml_collections.ConfigDict, workdir: str, method: str, 
   samples = np.load(os.path.join(out, "samples.npy"), mmap_mode="r")
   g = min(int(config.output.grid_size), samples.shape[0])
   images.save_png(os.path.join(out, "grid.png"), images.make_grid(np.asarray(samples[:g])))
-  info = {"dataset": writer.directory, "dataset_complete": report.complete, "dataset_report": report.summary(),
-          "samples_npy": os.path.join(out, "samples.npy"), "grid": os.path.join(out, "grid.png")}
+  info = {
+      "dataset": writer.directory,
+      "dataset_complete": report.complete,
+      "dataset_report": report.summary(),
+      "samples_npy": os.path.join(out, "samples.npy"),
+      "grid": os.path.join(out, "grid.png"),
+  }
   if physical is not None:
     from discovery_jax.data import fits_output, scientific
+
     transform, channels = physical
     phys = scientific.from_model_output(np.asarray(samples), transform, channels=channels, clip=True)
     fileio.atomic_save_npy(os.path.join(out, "samples_physical.npy"), phys.astype(np.float32))
     fits_output.save_preview_grid(os.path.join(out, "grid_physical.png"), phys[:g])
-    info.update(samples_physical=os.path.join(out, "samples_physical.npy"),
-                grid_physical=os.path.join(out, "grid_physical.png"))
+    info.update(
+        samples_physical=os.path.join(out, "samples_physical.npy"), grid_physical=os.path.join(out, "grid_physical.png")
+    )
   return info
 
 
@@ -315,8 +421,13 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
 
   t = time.time()
   if main_host:
-    banks = prepare_banks(settings.bank_sources(config), workdir, runner, model_fingerprint=model.fingerprint,
-                          key=jax.random.fold_in(root, KEY_ID_BANK))
+    banks = prepare_banks(
+        settings.bank_sources(config),
+        workdir,
+        runner,
+        model_fingerprint=model.fingerprint,
+        key=jax.random.fold_in(root, KEY_ID_BANK),
+    )
   parallel.sync_hosts("banks")
   if not main_host:
     banks = {"ood": LatentBank.open(bank_path(workdir, "ood"))}
@@ -332,8 +443,9 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
   for method in methods:
     t = time.time()
     # Every host computes the same latents (deterministic); the main host stores them.
-    latents, record = (stage_latents(config, workdir, method, banks, root, disc_mesh, runner) if main_host
-                       else (None, None))
+    latents, record = (
+        stage_latents(config, workdir, method, banks, root, disc_mesh, runner) if main_host else (None, None)
+    )
     parallel.sync_hosts(f"latents-{method}")
     if not main_host:
       latents = np.load(os.path.join(_method_dir(workdir, method), "latents.npy"), mmap_mode="r")
@@ -350,6 +462,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
   evaluation_report = None
   if config.sample.evaluate and settings.path_or_none(config.data.get("eval_dir")):
     from discovery_jax import evaluate
+
     t = time.time()
     evaluation_report = evaluate.run_evaluation(config, workdir)
     timings["evaluation"] = round(time.time() - t, 3)
@@ -372,23 +485,44 @@ def build_summary(config, workdir, methods, results, banks, timings, evaluation_
   first = methods[0]
   rec = results[first]["latents"]
   summary = {
-      "num_samples": int(config.sample.num_samples), "methods": list(methods), "primary_method": first,
-      "acceptance_rate": rec.get("acceptance_rate"), "candidates_per_second": rec.get("candidates_per_second"),
-      "targets": rec.get("targets"), "seed": int(config.seed),
-      "seeds": {"root": int(config.seed), "fold_in": {"discovery": KEY_DISCOVERY, "id_bank": KEY_ID_BANK,
-                                                       "eta_noise": KEY_NOISE, "baselines": KEY_BASELINE}},
-      "model_fingerprint": fingerprint, "config_name": config.get("name", ""),
-      "t_0": int(config.sampling.t_0), "n_steps": int(config.sampling.n_steps), "eta": float(config.sampling.eta),
-      "banks": {k: {"path": b.path, "count": b.count, "source": b.metadata.get("source", b.metadata.get(
-          "source_folder"))} for k, b in banks.items()},
-      "timings_seconds": timings, "devices": jax.device_count(), "processes": jax.process_count(),
+      "num_samples": int(config.sample.num_samples),
+      "methods": list(methods),
+      "primary_method": first,
+      "acceptance_rate": rec.get("acceptance_rate"),
+      "candidates_per_second": rec.get("candidates_per_second"),
+      "targets": rec.get("targets"),
+      "seed": int(config.seed),
+      "seeds": {
+          "root": int(config.seed),
+          "fold_in": {
+              "discovery": KEY_DISCOVERY,
+              "id_bank": KEY_ID_BANK,
+              "eta_noise": KEY_NOISE,
+              "baselines": KEY_BASELINE,
+          },
+      },
+      "model_fingerprint": fingerprint,
+      "config_name": config.get("name", ""),
+      "t_0": int(config.sampling.t_0),
+      "n_steps": int(config.sampling.n_steps),
+      "eta": float(config.sampling.eta),
+      "banks": {
+          k: {"path": b.path, "count": b.count, "source": b.metadata.get("source", b.metadata.get("source_folder"))}
+          for k, b in banks.items()
+      },
+      "timings_seconds": timings,
+      "devices": jax.device_count(),
+      "processes": jax.process_count(),
       "outputs": {m: {k: v for k, v in r.items() if k != "latents"} for m, r in results.items()},
       "methods_detail": {m: r["latents"] for m, r in results.items()},
   }
   if evaluation_report:
     rows = {r["name"]: r for r in evaluation_report["rows"]}
-    summary["evaluation"] = {"table_markdown": evaluation_report["table_markdown"], "rows": evaluation_report["rows"],
-                             "setup": evaluation_report["setup"]}
+    summary["evaluation"] = {
+        "table_markdown": evaluation_report["table_markdown"],
+        "rows": evaluation_report["rows"],
+        "setup": evaluation_report["setup"],
+    }
     if first in rows:
       summary["ood_hit_rate"] = rows[first].get("ood_hit_rate")
       summary["id_fallback_rate"] = rows[first].get("id_fallback_rate")

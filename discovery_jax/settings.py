@@ -36,45 +36,68 @@ def _opt(value: Any) -> Any:
 
 def image_options(config: Any) -> images.ImageOptions:
   data = config.get("data")
-  return images.ImageOptions(image_size=int(config.model.image_size), channels=int(config.model.in_channels),
-                             resize=_get(data, "resize", "stretch"), resample=_get(data, "resample", "lanczos"),
-                             alpha=_get(data, "alpha", "black"))
+  return images.ImageOptions(
+      image_size=int(config.model.image_size),
+      channels=int(config.model.in_channels),
+      resize=_get(data, "resize", "stretch"),
+      resample=_get(data, "resample", "lanczos"),
+      alpha=_get(data, "alpha", "black"),
+  )
 
 
 def scientific_options(config: Any) -> scientific.ScientificOptions:
   data = config.get("data")
   keep = _get(data, "keep_cards", scientific.KEEP_CARDS)
   return scientific.ScientificOptions(
-      image_size=int(config.model.image_size), channels=int(config.model.in_channels),
-      resize=_get(data, "resize", "stretch"), resample=_get(data, "scientific_resample", "auto"),
-      hdu=_opt(_get(data, "hdu")), cube_axis=_opt(_get(data, "cube_axis")), cube_slices=_opt(_get(data, "cube_slices")),
-      cube_channels=_opt(_get(data, "cube_channels")), npz_key=_opt(_get(data, "npz_key")),
-      fill=_get(data, "fill", "median"), keep_cards=keep if isinstance(keep, str) else tuple(keep),
-      same_size=bool(_get(data, "same_size", True)))
+      image_size=int(config.model.image_size),
+      channels=int(config.model.in_channels),
+      resize=_get(data, "resize", "stretch"),
+      resample=_get(data, "scientific_resample", "auto"),
+      hdu=_opt(_get(data, "hdu")),
+      cube_axis=_opt(_get(data, "cube_axis")),
+      cube_slices=_opt(_get(data, "cube_slices")),
+      cube_channels=_opt(_get(data, "cube_channels")),
+      npz_key=_opt(_get(data, "npz_key")),
+      fill=_get(data, "fill", "median"),
+      keep_cards=keep if isinstance(keep, str) else tuple(keep),
+      same_size=bool(_get(data, "same_size", True)),
+  )
 
 
 def transform_spec(section: Any) -> dict:
   """``transforms.fit_transform`` keywords from ``config.data.transform``."""
   clip = _opt(_get(section, "clip_percentiles"))
-  return {"kind": str(_get(section, "kind", "asinh")), "per_channel": bool(_get(section, "per_channel", False)),
-          "clip_percentiles": tuple(float(v) for v in clip) if clip is not None else None,
-          "offset": _get(section, "offset"), "softening": _get(section, "softening")}
+  return {
+      "kind": str(_get(section, "kind", "asinh")),
+      "per_channel": bool(_get(section, "per_channel", False)),
+      "clip_percentiles": tuple(float(v) for v in clip) if clip is not None else None,
+      "offset": _get(section, "offset"),
+      "softening": _get(section, "softening"),
+  }
 
 
 def input_options(config: Any) -> InputOptions:
   data = config.get("data")
   max_files = _get(data, "max_files")
-  return InputOptions(image=image_options(config), scientific=scientific_options(config),
-                      transform=transform_spec(_get(data, "transform")), format=_get(data, "format", "auto"),
-                      on_bad_file=_get(data, "on_bad_file", "skip"),
-                      max_files=None if max_files in (None, -1) else int(max_files))
+  return InputOptions(
+      image=image_options(config),
+      scientific=scientific_options(config),
+      transform=transform_spec(_get(data, "transform")),
+      format=_get(data, "format", "auto"),
+      on_bad_file=_get(data, "on_bad_file", "skip"),
+      max_files=None if max_files in (None, -1) else int(max_files),
+  )
 
 
 def bank_sources(config: Any) -> BankSources:
   disc = config.get("discovery")
-  return BankSources(ood_dir=path_or_none(config.data.get("ood_dir")), id_dir=path_or_none(config.data.get("id_dir")),
-                     inputs=input_options(config), num_id_latents=int(_get(disc, "num_id_latents", 64)),
-                     id_source=_get(disc, "id_source", "generate_invert"))
+  return BankSources(
+      ood_dir=path_or_none(config.data.get("ood_dir")),
+      id_dir=path_or_none(config.data.get("id_dir")),
+      inputs=input_options(config),
+      num_id_latents=int(_get(disc, "num_id_latents", 64)),
+      id_source=_get(disc, "id_source", "generate_invert"),
+  )
 
 
 def discovery_options(config: Any) -> DiscoveryOptions:
@@ -84,11 +107,18 @@ def discovery_options(config: Any) -> DiscoveryOptions:
   per_path, budget = _get(d, "max_per_path"), _get(d, "max_candidates")
   try:
     return DiscoveryOptions(
-        mode=d.mode, max_candidates=None if budget in (None, -1) else int(budget),
-        num_interior=int(d.num_interior), num_refs=int(d.num_refs),
-        max_per_path=None if per_path in (None, 0) else int(per_path), tolerance_scale=float(d.tolerance_scale),
-        prior_kind=d.prior_kind, guard=None if guard in (None, "", "none") else guard,
-        guard_margin=float(d.guard_margin), opt_steps=int(d.opt_steps), opt_lr=float(d.opt_lr))
+        mode=d.mode,
+        max_candidates=None if budget in (None, -1) else int(budget),
+        num_interior=int(d.num_interior),
+        num_refs=int(d.num_refs),
+        max_per_path=None if per_path in (None, 0) else int(per_path),
+        tolerance_scale=float(d.tolerance_scale),
+        prior_kind=d.prior_kind,
+        guard=None if guard in (None, "", "none") else guard,
+        guard_margin=float(d.guard_margin),
+        opt_steps=int(d.opt_steps),
+        opt_lr=float(d.opt_lr),
+    )
   except ValueError as e:
     raise ValueError(f"config.discovery: {e}") from None
 
@@ -97,10 +127,13 @@ def typical_options(config: Any) -> TypicalOptions:
   """The 'typical' discovery settings of ``config.discovery``."""
   d = config.discovery
   try:
-    return TypicalOptions(strength_range=tuple(float(v) for v in _get(d, "strength_range", (0.1, 0.7))),
-                          band=tuple(float(v) for v in _get(d, "band", (0.1, 0.7))),
-                          separation_quantile=float(_get(d, "separation_quantile", 0.05)),
-                          pool_factor=int(_get(d, "pool_factor", 8)), guard=bool(_get(d, "image_guard", True)))
+    return TypicalOptions(
+        strength_range=tuple(float(v) for v in _get(d, "strength_range", (0.1, 0.7))),
+        band=tuple(float(v) for v in _get(d, "band", (0.1, 0.7))),
+        separation_quantile=float(_get(d, "separation_quantile", 0.05)),
+        pool_factor=int(_get(d, "pool_factor", 8)),
+        guard=bool(_get(d, "image_guard", True)),
+    )
   except (TypeError, ValueError) as e:
     raise ValueError(f"config.discovery: {e}") from None
 
@@ -118,8 +151,13 @@ class SamplingOptions:
 
 def sampling_options(config: Any) -> SamplingOptions:
   s = config.sampling
-  out = SamplingOptions(int(s.t_0), int(s.n_steps), float(_get(s, "eta", 0.0)), int(_get(s, "batch_size", 8)),
-                        diffusion.Schedule.from_config(config.get("diffusion")))
+  out = SamplingOptions(
+      int(s.t_0),
+      int(s.n_steps),
+      float(_get(s, "eta", 0.0)),
+      int(_get(s, "batch_size", 8)),
+      diffusion.Schedule.from_config(config.get("diffusion")),
+  )
   diffusion.check_ddim_args(out.t_0, out.n_steps, out.eta, out.schedule.num_timesteps)
   if out.batch_size < 1:
     raise ValueError(f"sampling.batch_size must be >= 1, got {out.batch_size}")

@@ -24,12 +24,18 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
   model_config = models.validate(config.model)
   module = models.create_model(model_config)
   params = models.init_params(module, jax.random.key(int(config.train.get("seed", 0))))
-  summary = trainer.run(trainer.TrainOptions.from_mapping(config.train), workdir, params=params,
-                        model_config=model_config, data_source=config.train.data,
-                        image_options=settings.image_options(config),
-                        schedule=settings.sampling_options(config).schedule,
-                        preview_steps=int(config.sampling.n_steps), mesh=cli.make_mesh(config),
-                        metadata={"trained_by": "discovery_jax.train"})
+  summary = trainer.run(
+      trainer.TrainOptions.from_mapping(config.train),
+      workdir,
+      params=params,
+      model_config=model_config,
+      data_source=config.train.data,
+      image_options=settings.image_options(config),
+      schedule=settings.sampling_options(config).schedule,
+      preview_steps=int(config.sampling.n_steps),
+      mesh=cli.make_mesh(config),
+      metadata={"trained_by": "discovery_jax.train"},
+  )
   print(f"trained {summary['steps']} steps, final loss {summary['final_loss']:.5f} -> {summary['model']}")
 
 

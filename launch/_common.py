@@ -17,6 +17,7 @@ ENTRY_POINT = "discovery_jax.sample"
 @dataclasses.dataclass
 class Step:
   """One command: ``argv`` run locally (with extra ``env``), described by ``what``."""
+
   what: str
   argv: list[str]
   env: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -31,9 +32,12 @@ class Step:
 def add_sample_args(parser: argparse.ArgumentParser, workdir_help: str) -> None:
   parser.add_argument("--config", required=True, help="sample config, e.g. configs/afhq.py (relative to the repo)")
   parser.add_argument("--workdir", required=True, help=workdir_help)
-  parser.add_argument("--bfloat16", action="store_true",
-                      help="run the network in bfloat16 (adds --config.model.dtype=bfloat16): ~2x faster on "
-                           "TPU/GPU; samples differ slightly from float32, so keep one dtype per dataset")
+  parser.add_argument(
+      "--bfloat16",
+      action="store_true",
+      help="run the network in bfloat16 (adds --config.model.dtype=bfloat16): ~2x faster on "
+      "TPU/GPU; samples differ slightly from float32, so keep one dtype per dataset",
+  )
   parser.add_argument("--dry_run", action="store_true", help="print the exact commands and run nothing")
 
 

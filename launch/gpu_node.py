@@ -50,8 +50,9 @@ def visible_gpus(spec: str | None) -> list[str]:
     return [g.strip() for g in spec.split(",") if g.strip()]
   if shutil.which("nvidia-smi") is None:
     raise SystemExit("error: nvidia-smi not found; pass --gpus=0,1,... explicitly")
-  out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
-                       text=True, check=True).stdout
+  out = subprocess.run(
+      ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True, text=True, check=True
+  ).stdout
   return [line.strip() for line in out.splitlines() if line.strip()]
 
 
@@ -62,8 +63,12 @@ def build_steps(args, gpus: list[str]) -> list[Step]:
   port = args.port
   steps = []
   for i, gpu in enumerate(gpus):
-    env = {"CUDA_VISIBLE_DEVICES": gpu, "DISCOVERY_COORDINATOR": f"127.0.0.1:{port}",
-           "DISCOVERY_NUM_PROCESSES": str(len(gpus)), "DISCOVERY_PROCESS_ID": str(i)}
+    env = {
+        "CUDA_VISIBLE_DEVICES": gpu,
+        "DISCOVERY_COORDINATOR": f"127.0.0.1:{port}",
+        "DISCOVERY_NUM_PROCESSES": str(len(gpus)),
+        "DISCOVERY_PROCESS_ID": str(i),
+    }
     steps.append(Step(f"process {i} of {len(gpus)} on GPU {gpu} (log: {log_path(args, i)})", argv, env))
   return steps
 
@@ -78,16 +83,20 @@ def run_parallel(args, steps: list[Step]) -> int:
   procs = []
   for i, step in enumerate(steps):
     log = open(log_path(args, i), "ab")
-    procs.append((subprocess.Popen(step.argv, env={**os.environ, **step.env}, stdout=log,
-                                   stderr=subprocess.STDOUT), log))
+    procs.append(
+        (subprocess.Popen(step.argv, env={**os.environ, **step.env}, stdout=log, stderr=subprocess.STDOUT), log)
+    )
   code = 0
   try:
     while procs and any(p.poll() is None for p, _ in procs):
       failed = [(i, p.returncode) for i, (p, _) in enumerate(procs) if p.poll() not in (None, 0)]
       if failed:
         code = failed[0][1]
-        print(f"error: process {failed[0][0]} exited with {code} (see {log_path(args, failed[0][0])}); "
-              "stopping the others", file=sys.stderr)
+        print(
+            f"error: process {failed[0][0]} exited with {code} (see {log_path(args, failed[0][0])}); "
+            "stopping the others",
+            file=sys.stderr,
+        )
         break
       time.sleep(1)
   finally:

@@ -50,8 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def sbatch_script(args) -> str:
   tasks = args.gpus_per_node if args.per_gpu else 1
-  lines = ["#!/bin/bash", f"#SBATCH --job-name={args.job_name}", f"#SBATCH --nodes={args.nodes}",
-           f"#SBATCH --ntasks-per-node={tasks}", f"#SBATCH --gpus-per-node={args.gpus_per_node}"]
+  lines = [
+      "#!/bin/bash",
+      f"#SBATCH --job-name={args.job_name}",
+      f"#SBATCH --nodes={args.nodes}",
+      f"#SBATCH --ntasks-per-node={tasks}",
+      f"#SBATCH --gpus-per-node={args.gpus_per_node}",
+  ]
   if args.per_gpu:
     lines.append("#SBATCH --gpus-per-task=1")
   if args.cpus_per_task:
@@ -63,9 +68,12 @@ def sbatch_script(args) -> str:
     lines.append(args.setup)
   if args.port:
     lines.append(f"export DISCOVERY_COORDINATOR_PORT={args.port}")
-  lines += [f"mkdir -p {shlex.quote(args.workdir)}",
-            "# Every task joins through parallel.initialize_distributed (SLURM_PROCID, SLURM_NTASKS, node list).",
-            "srun --kill-on-bad-exit=1 " + args.python + " " + shlex.join(_common.sample_argv("", args)[1:]), ""]
+  lines += [
+      f"mkdir -p {shlex.quote(args.workdir)}",
+      "# Every task joins through parallel.initialize_distributed (SLURM_PROCID, SLURM_NTASKS, node list).",
+      "srun --kill-on-bad-exit=1 " + args.python + " " + shlex.join(_common.sample_argv("", args)[1:]),
+      "",
+  ]
   return "\n".join(lines)
 
 

@@ -21,14 +21,21 @@ def vector_model_config(family: str) -> dict:
   if family == "ddpm":
     return dict(arch="ddpm", image_size=c["data"]["image_size"], **c["model"])
   return dict(
-      arch="iddpm", image_size=c["image_size"], in_channels=c["in_channels"],
-      num_channels=c["model_channels"], num_res_blocks=c["num_res_blocks"],
+      arch="iddpm",
+      image_size=c["image_size"],
+      in_channels=c["in_channels"],
+      num_channels=c["model_channels"],
+      num_res_blocks=c["num_res_blocks"],
       channel_mult=tuple(c["channel_mult"]),
       attention_resolutions=tuple(c["image_size"] // d for d in c["attention_resolutions"]),
-      num_head_channels=c["num_head_channels"], num_heads=c["num_heads"],
+      num_head_channels=c["num_head_channels"],
+      num_heads=c["num_heads"],
       learn_sigma=c["out_channels"] == 2 * c["in_channels"],
-      use_scale_shift_norm=c["use_scale_shift_norm"], resblock_updown=c["resblock_updown"],
-      use_new_attention_order=c["use_new_attention_order"], dropout=c["dropout"])
+      use_scale_shift_norm=c["use_scale_shift_norm"],
+      resblock_updown=c["resblock_updown"],
+      use_new_attention_order=c["use_new_attention_order"],
+      dropout=c["dropout"],
+  )
 
 
 def vector_state_dict(family: str) -> str:
@@ -49,17 +56,39 @@ def nhwc(x) -> np.ndarray:
 
 
 def small_ddpm_config(**overrides) -> dict:
-  cfg = dict(arch="ddpm", image_size=16, in_channels=3, out_ch=3, ch=32, ch_mult=(1, 2),
-             num_res_blocks=1, attn_resolutions=(8,), dropout=0.0, resamp_with_conv=True)
+  cfg = dict(
+      arch="ddpm",
+      image_size=16,
+      in_channels=3,
+      out_ch=3,
+      ch=32,
+      ch_mult=(1, 2),
+      num_res_blocks=1,
+      attn_resolutions=(8,),
+      dropout=0.0,
+      resamp_with_conv=True,
+  )
   cfg.update(overrides)
   return cfg
 
 
 def small_iddpm_config(**overrides) -> dict:
-  cfg = dict(arch="iddpm", image_size=16, in_channels=3, num_channels=32, num_res_blocks=1,
-             channel_mult=(1, 2), attention_resolutions=(8,), num_head_channels=16, num_heads=4,
-             learn_sigma=True, use_scale_shift_norm=True, resblock_updown=True,
-             use_new_attention_order=False, dropout=0.0)
+  cfg = dict(
+      arch="iddpm",
+      image_size=16,
+      in_channels=3,
+      num_channels=32,
+      num_res_blocks=1,
+      channel_mult=(1, 2),
+      attention_resolutions=(8,),
+      num_head_channels=16,
+      num_heads=4,
+      learn_sigma=True,
+      use_scale_shift_norm=True,
+      resblock_updown=True,
+      use_new_attention_order=False,
+      dropout=0.0,
+  )
   cfg.update(overrides)
   return cfg
 
@@ -79,8 +108,14 @@ def save_random_torch_checkpoint(model_config: dict, path: str, seed: int = 0, l
 
 
 # Settings small enough for end-to-end CLI runs in the test suite.
-TINY_RUN = {"sampling.t_0": 300, "sampling.n_steps": 4, "discovery.num_id_latents": 12, "discovery.num_refs": 4,
-            "discovery.opt_steps": 50, "output.shard_size": 2}
+TINY_RUN = {
+    "sampling.t_0": 300,
+    "sampling.n_steps": 4,
+    "discovery.num_id_latents": 12,
+    "discovery.num_refs": 4,
+    "discovery.opt_steps": 50,
+    "output.shard_size": 2,
+}
 
 
 def write_config(path, base: str, family: str, checkpoint: str, settings: dict) -> str:
@@ -88,15 +123,19 @@ def write_config(path, base: str, family: str, checkpoint: str, settings: dict) 
   model of ``family`` (converted to ``checkpoint``), TINY_RUN, then ``settings``
   ({'a.b': value}); returns its path."""
   lines = [f"  c.{key} = {value!r}" for key, value in {**TINY_RUN, **settings}.items()]
-  text = "\n".join([
-      "import ml_collections",
-      "from discovery_jax import configlib",
-      "def get_config():",
-      f"  c = configlib.load_config_file({os.path.join(REPO, 'configs', base)!r})",
-      f"  c.model = ml_collections.ConfigDict({vector_model_config(family)!r})",
-      f"  c.checkpoint = {str(checkpoint)!r}",
-      *lines,
-      "  return c", ""])
+  text = "\n".join(
+      [
+          "import ml_collections",
+          "from discovery_jax import configlib",
+          "def get_config():",
+          f"  c = configlib.load_config_file({os.path.join(REPO, 'configs', base)!r})",
+          f"  c.model = ml_collections.ConfigDict({vector_model_config(family)!r})",
+          f"  c.checkpoint = {str(checkpoint)!r}",
+          *lines,
+          "  return c",
+          "",
+      ]
+  )
   with open(path, "w") as f:
     f.write(text)
   return str(path)

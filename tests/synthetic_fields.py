@@ -34,8 +34,17 @@ def sersic_b(n: float | np.ndarray) -> np.ndarray:
   return special.gammaincinv(2.0 * np.asarray(n, np.float64), 0.5)
 
 
-def sersic_image(size: int, *, n: float, r_eff: float, q: float = 1.0, theta: float = 0.0,
-                 center: tuple[float, float] | None = None, amplitude: float = 1.0, oversample: int = 2) -> np.ndarray:
+def sersic_image(
+    size: int,
+    *,
+    n: float,
+    r_eff: float,
+    q: float = 1.0,
+    theta: float = 0.0,
+    center: tuple[float, float] | None = None,
+    amplitude: float = 1.0,
+    oversample: int = 2,
+) -> np.ndarray:
   """(size, size) Sersic profile; I = amplitude at r_eff; ``center`` is (x, y) in pixels.
 
   Each pixel is the mean over ``oversample``^2 sub-pixel samples (a sharp core
@@ -47,14 +56,21 @@ def sersic_image(size: int, *, n: float, r_eff: float, q: float = 1.0, theta: fl
   dx, dy = x - cx, y - cy
   xr = dx * np.cos(theta) + dy * np.sin(theta)
   yr = -dx * np.sin(theta) + dy * np.cos(theta)
-  r = np.sqrt(xr ** 2 + (yr / q) ** 2)
+  r = np.sqrt(xr**2 + (yr / q) ** 2)
   img = amplitude * np.exp(-sersic_b(n) * ((r / r_eff) ** (1.0 / n) - 1.0))
   return img.reshape(size, oversample, size, oversample).mean(axis=(1, 3))
 
 
-def sersic_galaxies(count: int, size: int = 64, *, seed: int = 0, bands: int = 1, noise: float = 0.02,
-                    n_range: tuple[float, float] = (0.5, 4.0),
-                    r_eff_range: tuple[float, float] = (0.06, 0.18)) -> tuple[np.ndarray, list[dict]]:
+def sersic_galaxies(
+    count: int,
+    size: int = 64,
+    *,
+    seed: int = 0,
+    bands: int = 1,
+    noise: float = 0.02,
+    n_range: tuple[float, float] = (0.5, 4.0),
+    r_eff_range: tuple[float, float] = (0.06, 0.18),
+) -> tuple[np.ndarray, list[dict]]:
   """``count`` random galaxies -> (count, size, size, bands) float64 and their parameters.
 
   r_eff_range is a fraction of ``size``; ``noise`` the sky noise sigma relative
@@ -66,14 +82,25 @@ def sersic_galaxies(count: int, size: int = 64, *, seed: int = 0, bands: int = 1
   out = np.zeros((count, size, size, bands))
   params = []
   for i in range(count):
-    p = {"n": float(rng.uniform(*n_range)), "r_eff": float(rng.uniform(*r_eff_range) * size),
-         "q": float(rng.uniform(0.3, 1.0)), "theta": float(rng.uniform(0.0, np.pi)),
-         "center": [float(v) for v in (size - 1) / 2.0 + rng.normal(0.0, 0.04 * size, 2)],
-         "amplitude": float(np.exp(rng.uniform(np.log(0.5), np.log(2.0))))}
+    p = {
+        "n": float(rng.uniform(*n_range)),
+        "r_eff": float(rng.uniform(*r_eff_range) * size),
+        "q": float(rng.uniform(0.3, 1.0)),
+        "theta": float(rng.uniform(0.0, np.pi)),
+        "center": [float(v) for v in (size - 1) / 2.0 + rng.normal(0.0, 0.04 * size, 2)],
+        "amplitude": float(np.exp(rng.uniform(np.log(0.5), np.log(2.0)))),
+    }
     for b in range(bands):
       scale = (BAND_N_SCALE[b], BAND_R_SCALE[b], BAND_FLUX[b]) if bands == 3 else (1.0, 1.0, 1.0)
-      out[i, :, :, b] = sersic_image(size, n=p["n"] * scale[0], r_eff=p["r_eff"] * scale[1], q=p["q"],
-                                     theta=p["theta"], center=tuple(p["center"]), amplitude=p["amplitude"] * scale[2])
+      out[i, :, :, b] = sersic_image(
+          size,
+          n=p["n"] * scale[0],
+          r_eff=p["r_eff"] * scale[1],
+          q=p["q"],
+          theta=p["theta"],
+          center=tuple(p["center"]),
+          amplitude=p["amplitude"] * scale[2],
+      )
     out[i] += rng.normal(0.0, noise, (size, size, bands))
     params.append(p)
   return out, params
@@ -92,11 +119,12 @@ def gaussian_random_field(size: int, beta: float, *, seed: int = 0, count: int =
   return field / field.std(axis=(1, 2), keepdims=True)
 
 
-def lognormal_fields(count: int, size: int = 64, *, beta: float = 3.0, sigma: float = 1.0, level: float = 1.0,
-                     seed: int = 0) -> np.ndarray:
+def lognormal_fields(
+    count: int, size: int = 64, *, beta: float = 3.0, sigma: float = 1.0, level: float = 1.0, seed: int = 0
+) -> np.ndarray:
   """(count, size, size, 1) positive fields level * exp(sigma g - sigma^2/2), g a GRF (mean ~ level)."""
   g = gaussian_random_field(size, beta, seed=seed, count=count)
-  return (level * np.exp(sigma * g - 0.5 * sigma ** 2))[..., None]
+  return (level * np.exp(sigma * g - 0.5 * sigma**2))[..., None]
 
 
 # ---------------------------------------------------------------------------
@@ -109,12 +137,20 @@ def _mask_some(data: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   h, w = data.shape[:2]
   data[:, rng.integers(0, w)] = np.nan
   y, x = rng.integers(0, h - 3), rng.integers(0, w - 3)
-  data[y:y + 3, x:x + 3] = np.nan
+  data[y : y + 3, x : x + 3] = np.nan
   return data
 
 
-def write_fits_set(folder: str, fields: Sequence[np.ndarray], *, prefix: str, header: dict, nan_every: int = 3,
-                   seed: int = 0, per_file_header: Sequence[dict] | None = None) -> list[str]:
+def write_fits_set(
+    folder: str,
+    fields: Sequence[np.ndarray],
+    *,
+    prefix: str,
+    header: dict,
+    nan_every: int = 3,
+    seed: int = 0,
+    per_file_header: Sequence[dict] | None = None,
+) -> list[str]:
   """Each (H, W, C) field -> ``{prefix}_{i:03d}.fits``; every ``nan_every``-th gets NaN pixels."""
   os.makedirs(folder, exist_ok=True)
   rng = np.random.default_rng(seed + 7919)
@@ -122,27 +158,51 @@ def write_fits_set(folder: str, fields: Sequence[np.ndarray], *, prefix: str, he
   for i, data in enumerate(fields):
     if nan_every > 0 and i % nan_every == nan_every - 1:
       data = _mask_some(data, rng)
-    cards = {**header, "OBJECT": f"{header.get('OBJECT', prefix)} {i}",
-             **(per_file_header[i] if per_file_header else {})}
-    paths.append(write_fits(os.path.join(folder, f"{prefix}_{i:03d}.fits"), data, header_cards=cards,
-                            dtype=np.float32))
+    cards = {
+        **header,
+        "OBJECT": f"{header.get('OBJECT', prefix)} {i}",
+        **(per_file_header[i] if per_file_header else {}),
+    }
+    paths.append(write_fits(os.path.join(folder, f"{prefix}_{i:03d}.fits"), data, header_cards=cards, dtype=np.float32))
   return paths
 
 
-def write_galaxy_set(folder: str, count: int = 6, size: int = 64, *, seed: int = 0, bands: int = 1,
-                     nan_every: int = 3) -> list[str]:
+def write_galaxy_set(
+    folder: str, count: int = 6, size: int = 64, *, seed: int = 0, bands: int = 1, nan_every: int = 3
+) -> list[str]:
   """Sersic galaxies as FITS (2-D, or a 3-plane cube per galaxy for bands=3)."""
   gals, params = sersic_galaxies(count, size, seed=seed, bands=bands)
-  per_file = [{"SERSIC_N": round(p["n"], 4), "R_EFF": round(p["r_eff"], 4), "AXRATIO": round(p["q"], 4),
-               "POSANG": round(float(np.degrees(p["theta"])), 3)} for p in params]
-  header = {"BUNIT": "nanomaggy", "OBJECT": "synthetic galaxy", "TELESCOP": "synthetic",
-            "FILTER": "gri" if bands == 3 else "r"}
-  return write_fits_set(folder, list(gals), prefix="galaxy", header=header, nan_every=nan_every, seed=seed,
-                        per_file_header=per_file)
+  per_file = [
+      {
+          "SERSIC_N": round(p["n"], 4),
+          "R_EFF": round(p["r_eff"], 4),
+          "AXRATIO": round(p["q"], 4),
+          "POSANG": round(float(np.degrees(p["theta"])), 3),
+      }
+      for p in params
+  ]
+  header = {
+      "BUNIT": "nanomaggy",
+      "OBJECT": "synthetic galaxy",
+      "TELESCOP": "synthetic",
+      "FILTER": "gri" if bands == 3 else "r",
+  }
+  return write_fits_set(
+      folder, list(gals), prefix="galaxy", header=header, nan_every=nan_every, seed=seed, per_file_header=per_file
+  )
 
 
-def write_radiation_set(folder: str, count: int = 6, size: int = 64, *, beta: float = 3.0, sigma: float = 1.0,
-                        seed: int = 0, nan_every: int = 3, cube_planes: int = 4) -> dict:
+def write_radiation_set(
+    folder: str,
+    count: int = 6,
+    size: int = 64,
+    *,
+    beta: float = 3.0,
+    sigma: float = 1.0,
+    seed: int = 0,
+    nan_every: int = 3,
+    cube_planes: int = 4,
+) -> dict:
   """Log-normal radiation fields as 2-D FITS, plus one ``cube.fits`` of ``cube_planes`` more.
 
   Returns {'fields': [paths], 'cube': path or None}. Read the folder with
@@ -150,10 +210,19 @@ def write_radiation_set(folder: str, count: int = 6, size: int = 64, *, beta: fl
   """
   fields = lognormal_fields(count + cube_planes, size, beta=beta, sigma=sigma, seed=seed)
   header = {"BUNIT": "G0", "BTYPE": "radiation field", "OBJECT": "synthetic cloud", "TELESCOP": "synthetic"}
-  paths = write_fits_set(folder, list(fields[:count]), prefix="field", header={**header, "BETA": float(beta)},
-                         nan_every=nan_every, seed=seed)
+  paths = write_fits_set(
+      folder,
+      list(fields[:count]),
+      prefix="field",
+      header={**header, "BETA": float(beta)},
+      nan_every=nan_every,
+      seed=seed,
+  )
   cube = None
   if cube_planes > 0:
-    cube = write_fits(os.path.join(folder, "cube.fits"), np.moveaxis(fields[count:, ..., 0], 0, -1),
-                      header_cards={**header, "OBJECT": "synthetic cloud cube", "BETA": float(beta)})
+    cube = write_fits(
+        os.path.join(folder, "cube.fits"),
+        np.moveaxis(fields[count:, ..., 0], 0, -1),
+        header_cards={**header, "OBJECT": "synthetic cloud cube", "BETA": float(beta)},
+    )
   return {"fields": paths, "cube": cube}

@@ -39,8 +39,15 @@ def _run(args, **kw):
 def test_cli_converts_and_loads_without_torch(tmp_path, vectors_available):
   cfg_file = _write_config_file(tmp_path / "small.py", helpers.vector_model_config("iddpm"))
   out = tmp_path / "ckpt"
-  proc = _run(["-m", "convert", f"--torch_checkpoint={helpers.vector_state_dict('iddpm')}",
-               f"--config={cfg_file}", f"--output={out}"])
+  proc = _run(
+      [
+          "-m",
+          "convert",
+          f"--torch_checkpoint={helpers.vector_state_dict('iddpm')}",
+          f"--config={cfg_file}",
+          f"--output={out}",
+      ]
+  )
   assert proc.returncode == 0, proc.stderr
   assert "converted 142 tensors" in proc.stdout
   assert sorted(os.listdir(out)) == ["metadata.json", "model_config.json", "params"]
@@ -140,8 +147,15 @@ def test_failed_conversion_writes_nothing(tmp_path, vectors_available):
 
 def test_cli_reports_errors_without_traceback(tmp_path, vectors_available):
   cfg_file = _write_config_file(tmp_path / "c.py", helpers.vector_model_config("iddpm"))
-  proc = _run(["-m", "convert", f"--torch_checkpoint={helpers.vector_state_dict('ddpm')}",
-               f"--config={cfg_file}", f"--output={tmp_path / 'o'}"])
+  proc = _run(
+      [
+          "-m",
+          "convert",
+          f"--torch_checkpoint={helpers.vector_state_dict('ddpm')}",
+          f"--config={cfg_file}",
+          f"--output={tmp_path / 'o'}",
+      ]
+  )
   assert proc.returncode == 1
   assert "convert: error:" in proc.stderr and "Traceback" not in proc.stderr
   assert not (tmp_path / "o").exists()
@@ -152,10 +166,20 @@ def test_cli_reports_errors_without_traceback(tmp_path, vectors_available):
 
 def _diffusers_unet(seed, **kw):
   from diffusers import UNet2DModel
+
   torch.manual_seed(seed)
-  args = dict(sample_size=16, block_out_channels=(32, 64), layers_per_block=1,
-              down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-              downsample_padding=0, flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6, attention_head_dim=None)
+  args = dict(
+      sample_size=16,
+      block_out_channels=(32, 64),
+      layers_per_block=1,
+      down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+      up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+      downsample_padding=0,
+      flip_sin_to_cos=False,
+      freq_shift=1,
+      norm_eps=1e-6,
+      attention_head_dim=None,
+  )
   args.update(kw)
   net = UNet2DModel(**args)
   with torch.no_grad():  # non-trivial values everywhere (diffusers zero-inits nothing, but be sure).

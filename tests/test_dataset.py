@@ -54,7 +54,9 @@ def make_writer(directory, process_index=0, process_count=1, **kwargs):
 
 def shard_digests(directory) -> dict[str, str]:
   """File name -> sha256 of every shard file (the bytes, not only the decoded samples)."""
-  return {os.path.basename(p): D._sha256(p) for p in sorted(glob.glob(os.path.join(str(directory), "*.array_record-*")))}
+  return {
+      os.path.basename(p): D._sha256(p) for p in sorted(glob.glob(os.path.join(str(directory), "*.array_record-*")))
+  }
 
 
 def assert_same_dataset(directory, reference) -> None:
@@ -94,6 +96,7 @@ def test_tfds_reads_every_sample_back_without_tensorflow(reference):
   np.testing.assert_array_equal(by_name[N - 1]["image"], expected["image"][N - 1])
   assert "tensorflow" not in sys.modules
   from PIL import Image
+
   np.testing.assert_array_equal(np.asarray(Image.open(reference / "images" / "00000004.png")), expected["image"][4])
   manifest = D.read_manifest(reference)
   assert (manifest["num_samples"], manifest["shard_size"], manifest["num_shards"]) == (N, K, 5)
@@ -227,14 +230,17 @@ def test_disk_full_leaves_no_partial_shard_and_a_clear_message(tmp_path, referen
   assert shard_digests(tmp_path) == shard_digests(reference)
 
 
-@pytest.mark.parametrize("change, key", [
-    (dict(num_samples=24), "num_samples"),
-    (dict(shard_size=4), "shard_size"),
-    (dict(name="other"), "name"),
-    (dict(features_spec=D.features_spec(IMAGE)), "features"),
-    (dict(metadata={**META, "seed": 8}), "metadata.seed"),
-    (dict(metadata={**META, "model_fingerprint": "zzz"}), "metadata.model_fingerprint"),
-])
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        (dict(num_samples=24), "num_samples"),
+        (dict(shard_size=4), "shard_size"),
+        (dict(name="other"), "name"),
+        (dict(features_spec=D.features_spec(IMAGE)), "features"),
+        (dict(metadata={**META, "seed": 8}), "metadata.seed"),
+        (dict(metadata={**META, "model_fingerprint": "zzz"}), "metadata.model_fingerprint"),
+    ],
+)
 def test_refuses_to_resume_into_a_different_dataset(tmp_path, change, key):
   make_writer(tmp_path)
   with pytest.raises(D.DatasetError, match=f"made with {key}=.*use another output directory"):
@@ -280,6 +286,7 @@ def test_cli_status_and_finalize(tmp_path, reference, capsys):
 
 def _worker(argv):
   import argparse
+
   parser = argparse.ArgumentParser()
   parser.add_argument("directory")
   parser.add_argument("--sleep", type=float, default=0.0)

@@ -22,6 +22,7 @@ ASSETS = os.path.join(helpers.REPO, "discovery_jax", "assets", "demo")
 
 def test_bundled_assets_are_complete():
   from discovery_jax import checkpoint
+
   cfg = checkpoint.read_model_config(os.path.join(ASSETS, "model"))
   assert (cfg["arch"], cfg["image_size"], cfg["in_channels"]) == ("ddpm", 32, 1)
   counts = {d: len(os.listdir(os.path.join(ASSETS, d))) for d in ("ood_fewshot", "ood_heldout", "id_heldout")}
@@ -36,9 +37,20 @@ def demo_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("demo") / "run"
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # as the README runs it: a device per core
   proc = subprocess.run(
-      [sys.executable, "-m", "discovery_jax.sample", "--config=configs/demo.py", f"--workdir={workdir}",
-       "--config.sample.num_samples=16", "--config.discovery.num_id_latents=32"],
-      capture_output=True, text=True, cwd=helpers.REPO, env=env)
+      [
+          sys.executable,
+          "-m",
+          "discovery_jax.sample",
+          "--config=configs/demo.py",
+          f"--workdir={workdir}",
+          "--config.sample.num_samples=16",
+          "--config.discovery.num_id_latents=32",
+      ],
+      capture_output=True,
+      text=True,
+      cwd=helpers.REPO,
+      env=env,
+  )
   assert proc.returncode == 0, proc.stderr[-4000:]
   return workdir, proc
 
@@ -63,6 +75,7 @@ def test_demo_discovers_galaxies_not_animals(demo_run):
 
 def _write_pngs(folder, images):
   from discovery_jax.data import images as images_lib
+
   os.makedirs(folder, exist_ok=True)
   for i, x in enumerate(images):
     images_lib.save_png(os.path.join(folder, f"img_{i:03d}.png"), x)
@@ -74,6 +87,7 @@ def fooling_sets(tmp_path_factory):
   64 in-domain images, verbatim copies of the few-shot set; and 64 real held-out galaxies the
   judge never saw (the evaluation's held-out folder is the other 192)."""
   from discovery_jax.data import images as images_lib
+
   root = tmp_path_factory.mktemp("fool")
   opts = images_lib.ImageOptions(image_size=32, channels=1)
   load = lambda d, names: np.stack([images_lib.load_image(os.path.join(ASSETS, d, n), opts) for n in names])
@@ -84,12 +98,14 @@ def fooling_sets(tmp_path_factory):
   for n in held[64:]:
     shutil.copy(os.path.join(ASSETS, "ood_heldout", n), eval_dir / n)
   ids = sorted(os.listdir(os.path.join(ASSETS, "id_heldout")))
-  sets = {"blank": np.full((64, 32, 32, 1), -1.0, np.float32),
-          "gray": np.zeros((64, 32, 32, 1), np.float32),
-          "noise": rng.uniform(-1, 1, (64, 32, 32, 1)).astype(np.float32),
-          "in_domain": load("id_heldout", ids[::3][:64]),
-          "copies": load("ood_fewshot", sorted(os.listdir(os.path.join(ASSETS, "ood_fewshot"))) * 2),
-          "unseen_real": load("ood_heldout", held[:64])}
+  sets = {
+      "blank": np.full((64, 32, 32, 1), -1.0, np.float32),
+      "gray": np.zeros((64, 32, 32, 1), np.float32),
+      "noise": rng.uniform(-1, 1, (64, 32, 32, 1)).astype(np.float32),
+      "in_domain": load("id_heldout", ids[::3][:64]),
+      "copies": load("ood_fewshot", sorted(os.listdir(os.path.join(ASSETS, "ood_fewshot"))) * 2),
+      "unseen_real": load("ood_heldout", held[:64]),
+  }
   # The in-domain images the judge compares with must not be the ones judged.
   id_dir = root / "id"
   _write_pngs(str(id_dir), load("id_heldout", [n for k, n in enumerate(ids) if k % 3 != 0]))
@@ -99,9 +115,20 @@ def fooling_sets(tmp_path_factory):
     paths.append(f"{name}={root / (name + '.npy')}")
   workdir = root / "run"
   proc = subprocess.run(
-      [sys.executable, "-m", "discovery_jax.evaluate", "--config=configs/demo.py", f"--workdir={workdir}",
-       f"--config.data.eval_dir={eval_dir}", f"--config.evaluate.id_dir={id_dir}",
-       "--config.evaluate.generated=" + ",".join(paths)], capture_output=True, text=True, cwd=helpers.REPO)
+      [
+          sys.executable,
+          "-m",
+          "discovery_jax.evaluate",
+          "--config=configs/demo.py",
+          f"--workdir={workdir}",
+          f"--config.data.eval_dir={eval_dir}",
+          f"--config.evaluate.id_dir={id_dir}",
+          "--config.evaluate.generated=" + ",".join(paths),
+      ],
+      capture_output=True,
+      text=True,
+      cwd=helpers.REPO,
+  )
   assert proc.returncode == 0, proc.stderr[-4000:]
   report = json.loads((workdir / "evaluation" / "report.json").read_text())
   return {r["name"]: r for r in report["rows"]}

@@ -83,11 +83,14 @@ def _official_loop_torch(net, x, pairs, learn_sigma, alphas):
   return x
 
 
-@pytest.mark.parametrize("case", [
-    dict(cfg=helpers.small_ddpm_config(ch_mult=(1, 2, 2), attn_resolutions=(16,)), t_0=300, n=5, schedule="linear"),
-    dict(cfg=helpers.small_iddpm_config(attention_resolutions=(16, 8)), t_0=999, n=4, schedule="linear"),
-    dict(cfg=helpers.small_iddpm_config(learn_sigma=False), t_0=37, n=38, schedule="cosine"),
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(cfg=helpers.small_ddpm_config(ch_mult=(1, 2, 2), attn_resolutions=(16,)), t_0=300, n=5, schedule="linear"),
+        dict(cfg=helpers.small_iddpm_config(attention_resolutions=(16, 8)), t_0=999, n=4, schedule="linear"),
+        dict(cfg=helpers.small_iddpm_config(learn_sigma=False), t_0=37, n=38, schedule="cosine"),
+    ],
+)
 def test_loops_match_official_on_other_configs(case, tmp_path):
   cfg = case["cfg"]
   path = str(tmp_path / "m.pt")
@@ -97,10 +100,12 @@ def test_loops_match_official_on_other_configs(case, tmp_path):
   x0 = np.random.default_rng(1).uniform(-1, 1, (2, 3, 16, 16))
   learn_sigma = models.validate(cfg).get("learn_sigma", False)
   t_0, n = case["t_0"], case["n"]
-  lat_ref = _official_loop_torch(net, torch.from_numpy(x0), np.stack(diffusion.inversion_pairs(t_0, n), 1),
-                                 learn_sigma, schedule.alphas_cumprod)
-  rec_ref = _official_loop_torch(net, lat_ref, np.stack(diffusion.generation_pairs(t_0, n), 1),
-                                 learn_sigma, schedule.alphas_cumprod)
+  lat_ref = _official_loop_torch(
+      net, torch.from_numpy(x0), np.stack(diffusion.inversion_pairs(t_0, n), 1), learn_sigma, schedule.alphas_cumprod
+  )
+  rec_ref = _official_loop_torch(
+      net, lat_ref, np.stack(diffusion.generation_pairs(t_0, n), 1), learn_sigma, schedule.alphas_cumprod
+  )
   lat = diffusion.ddim_invert(fn, nhwc(x0), t_0=t_0, n_steps=n, schedule=schedule)
   rec = diffusion.ddim_generate(fn, lat, t_0=t_0, n_steps=n, schedule=schedule)
   scale = max(1.0, float(np.abs(rec_ref.numpy()).max()))
@@ -115,6 +120,7 @@ def _point_mass_eps(target):
   def eps(x, t):
     at = a[jnp.asarray(t, jnp.int32)][:, None, None, None]
     return (x - jnp.sqrt(at) * target) / jnp.sqrt(1 - at)
+
   return eps
 
 
@@ -138,11 +144,13 @@ def test_eta_noise_depends_on_global_index_only():
   full = diffusion.ddim_generate(eps, x, t_0=500, n_steps=6, eta=0.7, key=key, sample_index=jnp.arange(10, 14))
   part = diffusion.ddim_generate(eps, x[2:], t_0=500, n_steps=6, eta=0.7, key=key, sample_index=jnp.array([12, 13]))
   np.testing.assert_allclose(np.asarray(full[2:]), np.asarray(part), atol=1e-6)
-  reordered = diffusion.ddim_generate(eps, x[::-1], t_0=500, n_steps=6, eta=0.7, key=key,
-                                      sample_index=jnp.arange(13, 9, -1))
+  reordered = diffusion.ddim_generate(
+      eps, x[::-1], t_0=500, n_steps=6, eta=0.7, key=key, sample_index=jnp.arange(13, 9, -1)
+  )
   np.testing.assert_allclose(np.asarray(reordered[::-1]), np.asarray(full), atol=1e-6)
-  other = diffusion.ddim_generate(eps, x, t_0=500, n_steps=6, eta=0.7, key=jax.random.key(43),
-                                  sample_index=jnp.arange(10, 14))
+  other = diffusion.ddim_generate(
+      eps, x, t_0=500, n_steps=6, eta=0.7, key=jax.random.key(43), sample_index=jnp.arange(10, 14)
+  )
   assert np.abs(np.asarray(other) - np.asarray(full)).min() > 0
   det = diffusion.ddim_generate(eps, x, t_0=500, n_steps=6)
   assert not np.allclose(np.asarray(det), np.asarray(full))
@@ -159,14 +167,17 @@ def test_per_step_outputs(family_eps):
   assert np.abs(np.asarray(out["x0"][0]) - x0).max() < 0.2
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(t_0=0), "t_0 must be an integer in 1..999"),
-    (dict(t_0=1000), "t_0 must be an integer in 1..999"),
-    (dict(n_steps=1), "n_steps must be an integer >= 2"),
-    (dict(t_0=10, n_steps=12), "larger than t_0 \\+ 1"),
-    (dict(eta=-0.1), "eta must be >= 0"),
-    (dict(eta=0.5), "needs a random key"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(t_0=0), "t_0 must be an integer in 1..999"),
+        (dict(t_0=1000), "t_0 must be an integer in 1..999"),
+        (dict(n_steps=1), "n_steps must be an integer >= 2"),
+        (dict(t_0=10, n_steps=12), "larger than t_0 \\+ 1"),
+        (dict(eta=-0.1), "eta must be >= 0"),
+        (dict(eta=0.5), "needs a random key"),
+    ],
+)
 def test_bad_arguments_are_named(kwargs, message):
   x = jnp.zeros((1, 8, 8, 3))
   with pytest.raises(ValueError, match=message):

@@ -46,6 +46,7 @@ def assert_meets_criteria(result, ood, idb, indices, slack=0.01):
     np.testing.assert_allclose(stats, result.stats[i], rtol=2e-5, atol=2e-3)
     assert np.all(np.abs(stats - targets) <= tol * (1 + slack)), (i, stats, targets, tol)
 
+
 # ---------------------------------------------------------------------------
 # Geometry of a high-dimensional Gaussian and the bank statistics.
 
@@ -70,11 +71,12 @@ def test_gaussian_shell_angles_and_distances():
   ang = geo.angles_at_origin(bank[:3], bank[3:5])
   np.testing.assert_allclose(ang, [[angle(a, b) for b in x[3:5]] for a in x[:3]], atol=1e-3)
   triples = np.array([[0, 1, 2], [4, 3, 0]])
-  np.testing.assert_allclose(geo.angles_at_vertex(bank, triples),
-                             [angle(x[1] - x[0], x[2] - x[0]), angle(x[3] - x[4], x[0] - x[4])], atol=1e-3)
+  np.testing.assert_allclose(
+      geo.angles_at_vertex(bank, triples), [angle(x[1] - x[0], x[2] - x[0]), angle(x[3] - x[4], x[0] - x[4])], atol=1e-3
+  )
   other = gaussian_bank(60, d, mean=0.5, sigma=sigma, seed=2)
   # Centre distance: sqrt(d) * 0.5 plus the noise of two sample means, sigma^2 d (1/60 + 1/60).
-  expected = math.sqrt(0.25 * d + sigma ** 2 * d * 2 / 60)
+  expected = math.sqrt(0.25 * d + sigma**2 * d * 2 / 60)
   assert geo.centre_distance(bank, other) == pytest.approx(expected, rel=0.03)
 
 
@@ -130,8 +132,12 @@ def test_slerp_directions_and_norms():
   batched = np.asarray(geo.slerp(np.stack([a, a]), np.stack([b, 2 * a]), t[1:-1]))
   assert batched.shape == (2, 9, 500)
   np.testing.assert_allclose(batched[0], path[1:-1], rtol=1e-4, atol=1e-4)
-  np.testing.assert_allclose(batched[1] / np.linalg.norm(batched[1], axis=1, keepdims=True),
-                             np.broadcast_to(a / np.linalg.norm(a), (9, 500)), atol=1e-5)
+  np.testing.assert_allclose(
+      batched[1] / np.linalg.norm(batched[1], axis=1, keepdims=True),
+      np.broadcast_to(a / np.linalg.norm(a), (9, 500)),
+      atol=1e-5,
+  )
+
 
 # ---------------------------------------------------------------------------
 # Claims: Gaussianity and separability.
@@ -165,9 +171,9 @@ def test_separability_far_and_identical():
   d = 4000
   ood = gaussian_bank(80, d, seed=9)
   shift = np.zeros(d, np.float32)
-  shift[:] = 3 * d ** 0.25 / math.sqrt(d)  # centre distance 3 d^(1/4) sigma
+  shift[:] = 3 * d**0.25 / math.sqrt(d)  # centre distance 3 d^(1/4) sigma
   far = geo.separability(ood, gaussian_bank(80, d, seed=10) + shift, num_folds=4)
-  assert far["centre_distance_debiased"] == pytest.approx(3 * d ** 0.25, rel=0.1)
+  assert far["centre_distance_debiased"] == pytest.approx(3 * d**0.25, rel=0.1)
   assert far["d_quarter_ratio"] == pytest.approx(3.0, rel=0.1)
   assert far["distance_gap_z"] > 2
   assert far["heldout_accuracy"] > 0.95 and far["nearest_mean_accuracy"] > 0.95
@@ -189,13 +195,19 @@ def test_guards_split_the_banks():
     assert np.mean(np.asarray(fn(guard, idb)) < 0) > 0.95
   # The span-coordinate fit IS plain L2 logistic regression in d dimensions (representer theorem).
   from sklearn.linear_model import LogisticRegression
+
   x = np.concatenate([ood, idb]).astype(np.float64)
   scale = np.mean(np.sum(x * x, 1))
   clf = LogisticRegression(C=1.0, max_iter=5000, tol=1e-8).fit(x / np.sqrt(scale), np.r_[np.ones(60), np.zeros(60)])
-  np.testing.assert_allclose(np.asarray(geo.guard_logits(geo.fit_guard(ood, idb, kind="logistic"), x)),
-                             clf.decision_function(x / np.sqrt(scale)), rtol=0.02, atol=0.02)
+  np.testing.assert_allclose(
+      np.asarray(geo.guard_logits(geo.fit_guard(ood, idb, kind="logistic"), x)),
+      clf.decision_function(x / np.sqrt(scale)),
+      rtol=0.02,
+      atol=0.02,
+  )
   held_out = gaussian_bank(40, D, mean=-0.1, seed=14)
   assert np.mean(np.asarray(geo.guard_logits(geo.fit_guard(ood, idb), held_out)) < 0) > 0.95
+
 
 # ---------------------------------------------------------------------------
 # Targets, scoring, errors.
@@ -207,7 +219,7 @@ def test_targets_match_gaussian_geometry():
   idb = gaussian_bank(60, D, mean=shift, sigma=sigma, seed=16)
   t = geo.compute_targets(ood, idb, num_refs=8, tolerance_scale=2.0, key=jax.random.key(0))
   dist, ang0, angv = t.values
-  assert dist == pytest.approx(math.sqrt(2 * D * sigma ** 2 + D * shift ** 2), rel=0.01)
+  assert dist == pytest.approx(math.sqrt(2 * D * sigma**2 + D * shift**2), rel=0.01)
   assert ang0 == pytest.approx(90.0, abs=0.5)
   assert angv == pytest.approx(60.0, abs=0.5)
   assert t.num_samples == 60 * 4 and t.tolerance_scale == 2.0
@@ -245,8 +257,9 @@ def test_score_candidates_matches_direct_computation_and_chunking():
   for i in (0, 17, 44):
     np.testing.assert_allclose(shared["stats"][i], direct_criteria(cands[i], idr, oodr), rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(per["stats"][i], direct_criteria(cands[i], per_id[i], per_ood[i]), rtol=1e-5, atol=1e-3)
-  np.testing.assert_allclose(shared["guard_logit"], np.asarray(geo.guard_logits(guard, cands.reshape(45, -1))),
-                             rtol=1e-4, atol=1e-3)
+  np.testing.assert_allclose(
+      shared["guard_logit"], np.asarray(geo.guard_logits(guard, cands.reshape(45, -1))), rtol=1e-4, atol=1e-3
+  )
   expect = np.all(np.abs(shared["stats"] - targets.values) <= targets.tolerances, 1) & (shared["guard_logit"] >= 0)
   np.testing.assert_array_equal(shared["accepted"], expect)
   assert np.all(np.isinf(per["guard_logit"]))
@@ -254,6 +267,7 @@ def test_score_candidates_matches_direct_computation_and_chunking():
     again = geo.score_candidates(cands[subset], idr, oodr, targets, guard=guard, chunk_size=chunk)
     np.testing.assert_array_equal(again["stats"], shared["stats"][subset])
     np.testing.assert_array_equal(again["accepted"], shared["accepted"][subset])
+
 
 # ---------------------------------------------------------------------------
 # Discovery.
@@ -270,8 +284,17 @@ def runs():
   rejection = geo.discover(ood, idb, mode="rejection", chunk_paths=32, **common)
   rejection_64 = geo.discover(ood, idb, mode="rejection", chunk_paths=64, compare=False, **common)
   optimize = geo.discover(ood, idb, mode="optimize", compare=False, **common)
-  return dict(ood=ood.reshape(60, -1), idb=idb.reshape(60, -1), ood_bank=ood, id_bank=idb, key=key, targets=targets,
-              rejection=rejection, rejection_64=rejection_64, optimize=optimize)
+  return dict(
+      ood=ood.reshape(60, -1),
+      idb=idb.reshape(60, -1),
+      ood_bank=ood,
+      id_bank=idb,
+      key=key,
+      targets=targets,
+      rejection=rejection,
+      rejection_64=rejection_64,
+      optimize=optimize,
+  )
 
 
 def test_rejection_accepts_only_what_meets_the_criteria(runs):
@@ -314,8 +337,15 @@ def test_budget_accounting_and_rejection_counts(runs):
   assert set(fresh["pass_rate"]) == set(geo.CRITERIA)
   assert summary["comparison"]["generated"]["num_latents"] == r.num_accepted
   # Stopping at num_samples: the first accepted candidates in global order, the same latents.
-  first = geo.discover(runs["ood_bank"], runs["id_bank"], num_samples=3, key=runs["key"], max_candidates=2000,
-                       targets=runs["targets"], compare=False)
+  first = geo.discover(
+      runs["ood_bank"],
+      runs["id_bank"],
+      num_samples=3,
+      key=runs["key"],
+      max_candidates=2000,
+      targets=runs["targets"],
+      compare=False,
+  )
   np.testing.assert_array_equal(first.candidate_index, r.candidate_index[:3])
   np.testing.assert_array_equal(first.latents.reshape(3, -1), r.latents[:3].reshape(3, -1))
   assert first.num_candidates == r.candidate_index[2] + 1
@@ -341,8 +371,15 @@ def test_renoise_baseline():
   fresh = geo.renoise_baseline(ood, 30, key, 1.0).reshape(30, -1)
   prior = geo.fit_prior(ood)
   src = ood.reshape(30, -1) - np.asarray(prior.mean)
-  assert abs(np.mean(np.sum(src * (fresh - np.asarray(prior.mean)), 1)
-                     / (np.linalg.norm(src, axis=1) * np.linalg.norm(fresh - np.asarray(prior.mean), axis=1)))) < 0.02
+  assert (
+      abs(
+          np.mean(
+              np.sum(src * (fresh - np.asarray(prior.mean)), 1)
+              / (np.linalg.norm(src, axis=1) * np.linalg.norm(fresh - np.asarray(prior.mean), axis=1))
+          )
+      )
+      < 0.02
+  )
   half = geo.renoise_baseline(ood, 30, key, 0.6).reshape(30, -1) - np.asarray(prior.mean)
   cos = np.sum(src * half, 1) / (np.linalg.norm(src, axis=1) * np.linalg.norm(half, axis=1))
   assert np.mean(cos) == pytest.approx(0.8, abs=0.03)  # sqrt(1 - 0.6^2)

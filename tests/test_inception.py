@@ -30,6 +30,7 @@ pytestmark = pytest.mark.slow  # Inception at 299x299 against torch: the full ti
 
 
 class TBasicConv2d(nn.Module):
+
   def __init__(self, cin, cout, kernel, stride=1, padding=0):
     super().__init__()
     self.conv = nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding, bias=False)
@@ -44,6 +45,7 @@ def _avg3(x):
 
 
 class TInceptionA(nn.Module):
+
   def __init__(self, cin, pool_features):
     super().__init__()
     self.branch1x1 = TBasicConv2d(cin, 64, 1)
@@ -61,6 +63,7 @@ class TInceptionA(nn.Module):
 
 
 class TInceptionB(nn.Module):
+
   def __init__(self, cin):
     super().__init__()
     self.branch3x3 = TBasicConv2d(cin, 384, 3, stride=2)
@@ -74,6 +77,7 @@ class TInceptionB(nn.Module):
 
 
 class TInceptionC(nn.Module):
+
   def __init__(self, cin, c7):
     super().__init__()
     self.branch1x1 = TBasicConv2d(cin, 192, 1)
@@ -96,6 +100,7 @@ class TInceptionC(nn.Module):
 
 
 class TInceptionD(nn.Module):
+
   def __init__(self, cin):
     super().__init__()
     self.branch3x3_1 = TBasicConv2d(cin, 192, 1)
@@ -113,6 +118,7 @@ class TInceptionD(nn.Module):
 
 
 class TInceptionE(nn.Module):
+
   def __init__(self, cin, pool):
     super().__init__()
     self.pool = pool
@@ -136,6 +142,7 @@ class TInceptionE(nn.Module):
 
 
 class TFIDInception(nn.Module):
+
   def __init__(self):
     super().__init__()
     self.Conv2d_1a_3x3 = TBasicConv2d(3, 32, 3, stride=2)
@@ -213,8 +220,9 @@ def test_bilinear_resize_matches_torch():
   rng = np.random.default_rng(0)
   for h, w in [(64, 64), (256, 256), (512, 400), (299, 299), (300, 298), (75, 90), (1024, 1024)]:
     x = rng.standard_normal((2, h, w, 3)).astype(np.float32)
-    ref = F.interpolate(torch.from_numpy(helpers.nchw(x)), size=(299, 299), mode="bilinear",
-                        align_corners=False).numpy()
+    ref = F.interpolate(
+        torch.from_numpy(helpers.nchw(x)), size=(299, 299), mode="bilinear", align_corners=False
+    ).numpy()
     got = np.asarray(features.resize_bilinear_torch(x, 299))
     np.testing.assert_allclose(helpers.nchw(got), ref, atol=2e-6, err_msg=f"{h}x{w}")
 
@@ -281,8 +289,7 @@ def test_loads_and_runs_without_torch(reference, tmp_path):
       assert sys.modules['torch'] is None
       print('maxerr', err)
       """)
-  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                        cwd=helpers.REPO, timeout=300)
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=helpers.REPO, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   err = float(proc.stdout.split("maxerr")[-1])
   assert err < 1e-4
@@ -290,6 +297,7 @@ def test_loads_and_runs_without_torch(reference, tmp_path):
 
 def test_load_refuses_other_folders(tmp_path):
   from discovery_jax.checkpoint import CheckpointError
+
   with pytest.raises(CheckpointError, match="python -m convert.inception"):
     features.load_inception(str(tmp_path))
   (tmp_path / "metadata.json").write_text(json.dumps({"format": "something else"}))

@@ -65,8 +65,12 @@ def make_config(checkpoint, family, ood_dir, **sampling):
 
 
 def run_cli(module, config_path, workdir, *overrides):
-  return subprocess.run([sys.executable, "-m", f"discovery_jax.{module}", f"--config={config_path}",
-                         f"--workdir={workdir}", *overrides], capture_output=True, text=True, cwd=helpers.REPO)
+  return subprocess.run(
+      [sys.executable, "-m", f"discovery_jax.{module}", f"--config={config_path}", f"--workdir={workdir}", *overrides],
+      capture_output=True,
+      text=True,
+      cwd=helpers.REPO,
+  )
 
 
 def write_config_file(path, checkpoint, family, ood_dir):
@@ -93,8 +97,13 @@ def test_reconstruct_cli_end_to_end(tmp_path, converted):
   proc = run_cli("reconstruct", cfg, tmp_path / "w", "--config.reconstruct.grid_rows=3")
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = tmp_path / "w" / "reconstruct"
-  assert sorted(p.name for p in out.iterdir()) == ["grid_0000.png", "grid_0001.png", "metrics.csv",
-                                                   "metrics.json", "results.jsonl"]
+  assert sorted(p.name for p in out.iterdir()) == [
+      "grid_0000.png",
+      "grid_0001.png",
+      "metrics.csv",
+      "metrics.json",
+      "results.jsonl",
+  ]
   metrics = json.loads((out / "metrics.json").read_text())
   assert metrics["count"] == 5 and len(metrics["skipped"]) == 1
   assert "corrupt.png" in metrics["skipped"][0]["path"]
@@ -127,8 +136,9 @@ def test_invert_cli_writes_a_bank_readable_without_copies(tmp_path, converted):
   config = make_config(converted["iddpm"], "iddpm", folder, t_0=300, n_steps=5)
   model = cli.load_model(config)
   x = np.stack([images.load_image(os.path.join(folder, n), settings.image_options(config)) for n in bank.names[:2]])
-  np.testing.assert_allclose(latents[:2], np.asarray(diffusion.ddim_invert(model.eps, x, t_0=300, n_steps=5)),
-                             atol=1e-5)
+  np.testing.assert_allclose(
+      latents[:2], np.asarray(diffusion.ddim_invert(model.eps, x, t_0=300, n_steps=5)), atol=1e-5
+  )
 
 
 @pytest.mark.slow
@@ -179,13 +189,16 @@ def test_bank_refuses_a_changed_folder_and_incompatible_banks(tmp_path, converte
     check_compatible([a, c])
 
 
-@pytest.mark.parametrize("override, message", [
-    ("--config.sampling.t_0=1000", "t_0 must be an integer in 1..999"),
-    ("--config.sampling.n_steps=1", "n_steps must be an integer >= 2"),
-    ("--config.sampling.eta=-0.5", "eta must be >= 0"),
-    ("--config.data.ood_dir=/nonexistent/folder", "input folder /nonexistent/folder does not exist"),
-    ("--config.model.ch=128", "does not match config.model: ch: checkpoint has 64, config has 128"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--config.sampling.t_0=1000", "t_0 must be an integer in 1..999"),
+        ("--config.sampling.n_steps=1", "n_steps must be an integer >= 2"),
+        ("--config.sampling.eta=-0.5", "eta must be >= 0"),
+        ("--config.data.ood_dir=/nonexistent/folder", "input folder /nonexistent/folder does not exist"),
+        ("--config.model.ch=128", "does not match config.model: ch: checkpoint has 64, config has 128"),
+    ],
+)
 def test_bad_input_is_reported_in_one_line(override, message, tmp_path, converted):
   folder = write_images(str(tmp_path / "imgs"), 1)
   cfg = write_config_file(tmp_path / "c.py", converted["ddpm"], "ddpm", folder)
@@ -217,8 +230,10 @@ def test_image_loading_matches_official_pipeline_and_handles_modes(tmp_path):
     assert x.shape == (32, 32, 3) and x.dtype == np.float32 and -1 <= x.min() and x.max() <= 1
   # RGB 8-bit: exactly the official convert('RGB').resize(LANCZOS) -> ToTensor -> (x - 0.5) * 2.
   ref = np.asarray(Image.open(os.path.join(folder, "img000.png")).convert("RGB").resize((32, 32), Image.LANCZOS))
-  np.testing.assert_array_equal(images.load_image(os.path.join(folder, "img000.png"), options),
-                                (ref.astype(np.float32) / np.float32(255) - np.float32(0.5)) * np.float32(2))
+  np.testing.assert_array_equal(
+      images.load_image(os.path.join(folder, "img000.png"), options),
+      (ref.astype(np.float32) / np.float32(255) - np.float32(0.5)) * np.float32(2),
+  )
   gray = images.load_image(os.path.join(folder, "img001.jpg"), options)
   np.testing.assert_array_equal(gray[..., 0], gray[..., 2])  # grayscale replicated to RGB.
   crop = images.load_image(os.path.join(folder, "img000.png"), images.ImageOptions(32, resize="center_crop"))
@@ -236,5 +251,5 @@ def test_quality_metrics():
   assert 20 < noisy["psnr"] < 35 and 0.5 < noisy["ssim"] < 1.0
   # PSNR of a constant offset is known exactly: offset 0.1 on [-1,1] = 0.05 on [0,1] -> 26.02 dB.
   b = np.full((16, 16, 3), 0.0)
-  assert quality.compare(b, b + 0.1)["psnr"] == pytest.approx(10 * np.log10(1 / 0.05 ** 2))
+  assert quality.compare(b, b + 0.1)["psnr"] == pytest.approx(10 * np.log10(1 / 0.05**2))
   assert quality.compare(a, -a)["ssim"] < 0

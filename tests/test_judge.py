@@ -32,7 +32,7 @@ def test_a_two_class_rule_would_have_called_the_blank_images_hits():
   """The failure this judge replaces: nearest class mean puts a far input on one side."""
   _, target, in_domain = _clouds()
   blank = np.full((64, 16), -25.0)
-  nearer_target = (np.linalg.norm(blank - target.mean(0), axis=1) < np.linalg.norm(blank - in_domain.mean(0), axis=1))
+  nearer_target = np.linalg.norm(blank - target.mean(0), axis=1) < np.linalg.norm(blank - in_domain.mean(0), axis=1)
   assert nearer_target.mean() == 1.0
   j = judge.DomainJudge.fit(target[:200], target[200:300], in_domain[:100])
   assert j.rates(blank)["ood_hit_rate"] == 0.0

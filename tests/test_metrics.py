@@ -191,11 +191,14 @@ def _images(n=10, size=32, seed=0):
   return np.random.default_rng(seed).uniform(-1, 1, (n, size, size, 3)).astype(np.float32)
 
 
-@pytest.mark.parametrize("make", [
-    lambda seed: features.random_conv_extractor(seed, size=32),
-    lambda seed: features.random_projection_extractor(seed, dim=64, size=16),
-    lambda seed: features.pixel_extractor(16),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda seed: features.random_conv_extractor(seed, size=32),
+        lambda seed: features.random_projection_extractor(seed, dim=64, size=16),
+        lambda seed: features.pixel_extractor(16),
+    ],
+)
 def test_standin_extractors_deterministic_and_batch_independent(make):
   x = _images()
   ex = make(0)

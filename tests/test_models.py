@@ -33,8 +33,8 @@ def test_forward_matches_reference_vectors(family_model):
   v = helpers.load_vectors(family, "forward")
   x, t = jnp.asarray(nhwc(v["x"])), jnp.asarray(v["t"])
   (out, mid), state = module.apply(
-      {"params": params}, x, t, return_mid=True,
-      capture_intermediates=lambda mdl, _: mdl.name == TEMB_LAYER[family])
+      {"params": params}, x, t, return_mid=True, capture_intermediates=lambda mdl, _: mdl.name == TEMB_LAYER[family]
+  )
   np.testing.assert_allclose(nchw(out), v["out_f64"], atol=1e-4, rtol=0)
   np.testing.assert_allclose(nchw(mid), v["mid_h_f64"], atol=1e-4, rtol=0)
   temb = state["intermediates"][TEMB_LAYER[family]]["__call__"][0]
@@ -51,7 +51,8 @@ def test_sinusoid_matches_reference_vectors(family, vectors_available):
   cfg = models.validate(helpers.vector_model_config(family))
   dim = cfg["ch"] if family == "ddpm" else cfg["num_channels"]
   emb = models.layers.sinusoidal_embedding(
-      jnp.asarray(v["t"]), dim, flip_sin_to_cos=family == "iddpm", freq_shift=1 if family == "ddpm" else 0)
+      jnp.asarray(v["t"]), dim, flip_sin_to_cos=family == "iddpm", freq_shift=1 if family == "ddpm" else 0
+  )
   # float32 rounding of t * freq (t up to 999) moves sin/cos by ~3e-5 (torch float32: ~5e-5).
   np.testing.assert_allclose(np.asarray(emb), v["temb_sinusoid_f64"], atol=1e-4, rtol=0)
 
@@ -88,12 +89,20 @@ OTHER_CONFIGS = [
     helpers.small_ddpm_config(resamp_with_conv=False, attn_resolutions=(), out_ch=6),
     helpers.small_ddpm_config(attn_head_channels=16, attn_resolutions=(16, 8), in_channels=1, out_ch=1),
     helpers.small_iddpm_config(),
-    helpers.small_iddpm_config(channel_mult=(1, 2, 2), num_res_blocks=2, attention_resolutions=(16, 4),
-                               num_head_channels=32),
-    helpers.small_iddpm_config(use_scale_shift_norm=False, resblock_updown=False, learn_sigma=False,
-                               num_head_channels=-1, num_heads=2, num_heads_upsample=4),
-    helpers.small_iddpm_config(resblock_updown=False, conv_resample=False, use_new_attention_order=True,
-                               attention_resolutions=(16, 8)),
+    helpers.small_iddpm_config(
+        channel_mult=(1, 2, 2), num_res_blocks=2, attention_resolutions=(16, 4), num_head_channels=32
+    ),
+    helpers.small_iddpm_config(
+        use_scale_shift_norm=False,
+        resblock_updown=False,
+        learn_sigma=False,
+        num_head_channels=-1,
+        num_heads=2,
+        num_heads_upsample=4,
+    ),
+    helpers.small_iddpm_config(
+        resblock_updown=False, conv_resample=False, use_new_attention_order=True, attention_resolutions=(16, 8)
+    ),
 ]
 
 
@@ -110,15 +119,18 @@ def test_conversion_parity_on_other_configs(index, tmp_path):
   t = np.array([0.0, 999.0])
   with torch.no_grad():
     mid_ref, out_ref = net.double()(torch.from_numpy(x), torch.from_numpy(t))
-  out, mid = module.apply({"params": params}, jnp.asarray(nhwc(x), jnp.float32), jnp.asarray(t),
-                          return_mid=True)
+  out, mid = module.apply({"params": params}, jnp.asarray(nhwc(x), jnp.float32), jnp.asarray(t), return_mid=True)
   assert out.shape == nhwc(out_ref.numpy()).shape
   np.testing.assert_allclose(nchw(out), out_ref.numpy(), atol=1e-4, rtol=0)
   np.testing.assert_allclose(nchw(mid), mid_ref.numpy(), atol=1e-4, rtol=0)
 
 
-SHAPE_FILES = {"afhq": "iddpm_afhq256_state_dict_shapes.json", "celeba": "ddpm256_state_dict_shapes.json",
-               "church": "ddpm256_state_dict_shapes.json", "bedroom": "ddpm256_state_dict_shapes.json"}
+SHAPE_FILES = {
+    "afhq": "iddpm_afhq256_state_dict_shapes.json",
+    "celeba": "ddpm256_state_dict_shapes.json",
+    "church": "ddpm256_state_dict_shapes.json",
+    "bedroom": "ddpm256_state_dict_shapes.json",
+}
 
 
 @pytest.mark.parametrize("name", sorted(SHAPE_FILES))
@@ -154,14 +166,17 @@ def test_middle_feature_has_bottleneck_shape(family_model):
   assert mid.shape[:3] == (3, cfg["image_size"] // 2 ** (levels - 1), cfg["image_size"] // 2 ** (levels - 1))
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"arch": "unet"}, "model.arch"),
-    ({"ch": 48}, "not divisible by the 32 GroupNorm groups"),
-    ({"attn_resolutions": (5,)}, "not a resolution of this network"),
-    ({"image_size": 18, "ch_mult": (1, 2, 2)}, "image_size=18"),
-    ({"extra_field": 1}, "unknown field"),
-    ({"dtype": "float64"}, "model.dtype"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"arch": "unet"}, "model.arch"),
+        ({"ch": 48}, "not divisible by the 32 GroupNorm groups"),
+        ({"attn_resolutions": (5,)}, "not a resolution of this network"),
+        ({"image_size": 18, "ch_mult": (1, 2, 2)}, "image_size=18"),
+        ({"extra_field": 1}, "unknown field"),
+        ({"dtype": "float64"}, "model.dtype"),
+    ],
+)
 def test_invalid_configs_name_the_field(bad, message):
   with pytest.raises(models.ModelConfigError, match=message):
     models.create_model(helpers.small_ddpm_config(**bad))

@@ -42,9 +42,14 @@ def _worker(port: str, process_id: str, directory: str, result_path: str) -> Non
 
   index, count = jax.process_index(), jax.process_count()
   mesh = parallel.make_mesh()  # data axis over all 4 devices of both processes.
-  out = {"setup": setup.source, "process_index": index, "process_count": count,
-         "global_devices": jax.device_count(), "local_devices": jax.local_device_count(),
-         "mesh": dict(mesh.shape)}
+  out = {
+      "setup": setup.source,
+      "process_index": index,
+      "process_count": count,
+      "global_devices": jax.device_count(),
+      "local_devices": jax.local_device_count(),
+      "mesh": dict(mesh.shape),
+  }
 
   # Each host reads only its slice of a global input; one global jitted reduction.
   rows = parallel.process_slice(8 * count)
@@ -54,9 +59,13 @@ def _worker(port: str, process_id: str, directory: str, result_path: str) -> Non
   out["global_sum"] = float(jax.jit(lambda a: jnp.sum(a * 2.0))(x))
   y = parallel.global_to_host(jax.jit(lambda a: a + 1.0)(x))
   out["roundtrip_ok"] = bool(np.array_equal(y, local + 1.0))
-  out["psum"] = int(jax.jit(jax.shard_map(lambda a: jax.lax.psum(a, parallel.DATA), mesh=mesh,
-                                          in_specs=jax.P(parallel.DATA), out_specs=jax.P()))(
-                                              parallel.host_to_global(np.full((LOCAL_DEVICES,), index + 1), mesh))[0])
+  out["psum"] = int(
+      jax.jit(
+          jax.shard_map(
+              lambda a: jax.lax.psum(a, parallel.DATA), mesh=mesh, in_specs=jax.P(parallel.DATA), out_specs=jax.P()
+          )
+      )(parallel.host_to_global(np.full((LOCAL_DEVICES,), index + 1), mesh))[0]
+  )
 
   # A mesh over this host's devices only: independent per-host work, no collectives.
   lmesh = parallel.local_mesh()
@@ -77,7 +86,7 @@ def _worker(port: str, process_id: str, directory: str, result_path: str) -> Non
     indices = np.arange(rows.start, rows.stop, dtype=np.int64)
     padded = parallel.pad_batch(indices, T.K) if len(indices) else np.zeros(T.K, np.int64)
     padded = parallel.pad_batch(padded, parallel.round_up(T.K, LOCAL_DEVICES))
-    scores = parallel.global_to_host(score_fn(parallel.host_to_global(padded, mesh)))[:len(indices)]
+    scores = parallel.global_to_host(score_fn(parallel.host_to_global(padded, mesh)))[: len(indices)]
     if step < len(pending):
       examples = T.fake_examples(indices)
       np.testing.assert_array_equal(scores, examples["score"])
@@ -114,15 +123,33 @@ def _run_two_processes(tmp_path):
   procs, logs = [], []
   for pid in range(NUM_PROCESSES):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DISCOVERY_", "SLURM_"))}
-    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={LOCAL_DEVICES}",
-               PYTHONPATH=REPO)
+    env.update(
+        JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={LOCAL_DEVICES}", PYTHONPATH=REPO
+    )
     if pid:
-      env.update(DISCOVERY_COORDINATOR=f"127.0.0.1:{port}", DISCOVERY_NUM_PROCESSES=str(NUM_PROCESSES),
-                 DISCOVERY_PROCESS_ID=str(pid))
+      env.update(
+          DISCOVERY_COORDINATOR=f"127.0.0.1:{port}",
+          DISCOVERY_NUM_PROCESSES=str(NUM_PROCESSES),
+          DISCOVERY_PROCESS_ID=str(pid),
+      )
     log = open(tmp_path / f"log{pid}.txt", "w+")
-    procs.append(subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "worker", port, str(pid), str(directory),
-         str(tmp_path / f"result{pid}.json")], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO))
+    procs.append(
+        subprocess.Popen(
+            [
+                sys.executable,
+                os.path.abspath(__file__),
+                "worker",
+                port,
+                str(pid),
+                str(directory),
+                str(tmp_path / f"result{pid}.json"),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+    )
     logs.append(log)
   deadline = time.time() + TIMEOUT_S
   try:
@@ -169,12 +196,14 @@ def test_two_process_jax_distributed_run_writes_disjoint_shards(tmp_path):
   records = [json.loads((directory / "_shards" / f"{s:05d}.json").read_text()) for s in range(5)]
   assert [r["process_index"] for r in records] == [0, 1, 0, 1, 0]
   from discovery_jax.data import dataset as D
+
   source = D.read_dataset(str(directory))
   assert sorted(int(source[i]["index"]) for i in range(len(source))) == list(range(T.N))
 
 
 def test_single_process_is_a_no_op_and_global_helpers_work():
   import jax
+
   setup = parallel.initialize_distributed()
   assert setup.source == "single" and not setup.multi_process and not jax.distributed.is_initialized()
   assert parallel.initialize_distributed() is setup
@@ -207,8 +236,13 @@ def test_distributed_setup_sources():
   assert setup("h:1", 2, 0, environ={}).source == "explicit"
   assert setup(environ={"DISCOVERY_COORDINATOR": "auto"}).source == "auto"
   assert setup(environ={"DISCOVERY_NUM_PROCESSES": "1"}).source == "single"
-  slurm = {"SLURM_NTASKS": "4", "SLURM_PROCID": "2", "SLURM_JOB_ID": "4242",
-           "SLURM_JOB_NODELIST": "gpu[07-10]", "SLURM_STEP_NODELIST": "gpu[08-09,12],cpu1"}
+  slurm = {
+      "SLURM_NTASKS": "4",
+      "SLURM_PROCID": "2",
+      "SLURM_JOB_ID": "4242",
+      "SLURM_JOB_NODELIST": "gpu[07-10]",
+      "SLURM_STEP_NODELIST": "gpu[08-09,12],cpu1",
+  }
   assert setup(environ=slurm) == parallel.DistributedSetup("slurm", "gpu08:24242", 4, 2)
   assert setup(environ={**slurm, "DISCOVERY_COORDINATOR_PORT": "5000"}).coordinator_address == "gpu08:5000"
   assert setup(environ={**slurm, "SLURM_NTASKS": "1"}).source == "single"

@@ -14,8 +14,9 @@ from tests import helpers
 def eps(vectors_available):
   assert jax.device_count() == 8, "tests/conftest.py sets 8 simulated CPU devices"
   cfg = helpers.vector_model_config("iddpm")
-  return diffusion.eps_fn(models.create_model(cfg), torch_to_flax.convert_state_dict(helpers.vector_state_dict("iddpm"),
-                                                                                       cfg))
+  return diffusion.eps_fn(
+      models.create_model(cfg), torch_to_flax.convert_state_dict(helpers.vector_state_dict("iddpm"), cfg)
+  )
 
 
 def test_sharded_invert_and_generate_equal_single_device(eps):
@@ -61,13 +62,15 @@ def test_data_parallel_gradients_equal_single_device():
   idx = np.arange(16, dtype=np.uint32)
   key = jax.random.key(4)
   alphas = jax.numpy.asarray(diffusion.DEFAULT_SCHEDULE.alphas_cumprod, jax.numpy.float32)
-  grad_fn = jax.jit(jax.value_and_grad(
-      lambda p, x, i: training.diffusion_loss(module, p, x, i, key, alphas, 1, hflip=True)))
+  grad_fn = jax.jit(
+      jax.value_and_grad(lambda p, x, i: training.diffusion_loss(module, p, x, i, key, alphas, 1, hflip=True))
+  )
   results = []
   for n in (1, 8):
     mesh = parallel.make_mesh(n)
-    loss, grads = grad_fn(parallel.replicate(params, mesh), parallel.shard_batch(x, mesh),
-                          parallel.shard_batch(idx, mesh))
+    loss, grads = grad_fn(
+        parallel.replicate(params, mesh), parallel.shard_batch(x, mesh), parallel.shard_batch(idx, mesh)
+    )
     results.append((float(loss), jax.device_get(grads)))
   (l1, g1), (l8, g8) = results
   assert abs(l1 - l8) <= 1e-5 * max(1.0, abs(l1))

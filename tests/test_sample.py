@@ -33,18 +33,38 @@ def setup(tmp_path_factory, vectors_available):
     yy, xx = np.mgrid[:32, :32]
     img = 255 * np.exp(-((yy - rng.integers(8, 24)) ** 2 + (xx - rng.integers(8, 24)) ** 2) / 60.0)
     Image.fromarray(np.repeat(img[..., None], 3, -1).astype(np.uint8)).save(os.path.join(idh, f"id{i}.png"))
-  cfg = helpers.write_config(root / "config.py", "base.py", "iddpm", ckpt, {
-      "name": "tiny", "data.ood_dir": ood, "data.eval_dir": held, "evaluate.id_dir": idh,
-      "evaluate.features": "random_conv", "sampling.batch_size": 8, "sample.num_samples": 6,
-      "discovery.mode": "optimize",  # the rejection path runs in test_budget_exhaustion
-      "finetune.steps": 2, "finetune.batch_size": 4, "finetune.num_samples": 4, "finetune.num_preview": 0,
-      "finetune.log_every": 1})
+  cfg = helpers.write_config(
+      root / "config.py",
+      "base.py",
+      "iddpm",
+      ckpt,
+      {
+          "name": "tiny",
+          "data.ood_dir": ood,
+          "data.eval_dir": held,
+          "evaluate.id_dir": idh,
+          "evaluate.features": "random_conv",
+          "sampling.batch_size": 8,
+          "sample.num_samples": 6,
+          "discovery.mode": "optimize",  # the rejection path runs in test_budget_exhaustion
+          "finetune.steps": 2,
+          "finetune.batch_size": 4,
+          "finetune.num_samples": 4,
+          "finetune.num_preview": 0,
+          "finetune.log_every": 1,
+      },
+  )
   return {"root": root, "config": cfg, "ckpt": ckpt}
 
 
 def run(module, config, workdir, *args, env=None, check=True):
-  proc = subprocess.run([sys.executable, "-m", f"discovery_jax.{module}", f"--config={config}", f"--workdir={workdir}",
-                         *args], capture_output=True, text=True, cwd=helpers.REPO, env=env)
+  proc = subprocess.run(
+      [sys.executable, "-m", f"discovery_jax.{module}", f"--config={config}", f"--workdir={workdir}", *args],
+      capture_output=True,
+      text=True,
+      cwd=helpers.REPO,
+      env=env,
+  )
   if check:
     assert proc.returncode == 0, proc.stderr[-4000:]
   return proc
@@ -72,6 +92,7 @@ def test_sample_writes_every_output(sampled):
     assert len(list((out / "dataset" / "images").glob("*.png"))) == 6
     assert Image.open(out / "grid.png").size[0] > 32
     import tensorflow_datasets as tfds
+
     source = tfds.builder_from_directory(str(out / "dataset")).as_data_source(split="train")
     assert len(source) == 6
     np.testing.assert_array_equal(source[3]["image"], np.round((samples[3] + 1) * 127.5).astype(np.uint8))
@@ -86,6 +107,7 @@ def test_discovered_latents_meet_the_criteria(sampled):
   """Recomputed independently (float64 numpy) with the references each latent used."""
   from discovery_jax.data.bank import LatentBank
   from tests.helpers import criteria_numpy
+
   workdir, _ = sampled
   out = workdir / "samples" / "discovery"
   rec = json.loads((out / "latents.json").read_text())
@@ -105,8 +127,10 @@ def test_same_config_and_seed_same_samples_and_resume_reuses(setup, sampled):
   workdir, _ = sampled
   again = setup["root"] / "run2"
   run("sample", setup["config"], again)
-  np.testing.assert_array_equal(np.load(again / "samples" / "discovery" / "samples.npy"),
-                                np.load(workdir / "samples" / "discovery" / "samples.npy"))
+  np.testing.assert_array_equal(
+      np.load(again / "samples" / "discovery" / "samples.npy"),
+      np.load(workdir / "samples" / "discovery" / "samples.npy"),
+  )
   before = (again / "samples" / "discovery" / "latents.npy").stat().st_mtime_ns
   proc = run("sample", setup["config"], again)  # everything exists: reused, not recomputed.
   assert (again / "samples" / "discovery" / "latents.npy").stat().st_mtime_ns == before
@@ -115,7 +139,9 @@ def test_same_config_and_seed_same_samples_and_resume_reuses(setup, sampled):
   # latents mixed in), while the earlier outputs are moved aside, not deleted.
   run("sample", setup["config"], again, "--config.seed=7", "--config.sample.evaluate=False")
   method_dir, kept = again / "samples" / "discovery", again / "samples" / "discovery.superseded-1"
-  assert not np.array_equal(np.load(method_dir / "latents.npy"), np.load(workdir / "samples" / "discovery" / "latents.npy"))
+  assert not np.array_equal(
+      np.load(method_dir / "latents.npy"), np.load(workdir / "samples" / "discovery" / "latents.npy")
+  )
   old_samples, new_samples = np.load(kept / "samples.npy"), np.load(method_dir / "samples.npy")
   np.testing.assert_array_equal(old_samples, np.load(workdir / "samples" / "discovery" / "samples.npy"))
   assert not np.any(np.all(new_samples == old_samples, axis=(1, 2, 3))), "a stale image survived the new latents"
@@ -123,8 +149,9 @@ def test_same_config_and_seed_same_samples_and_resume_reuses(setup, sampled):
   assert meta["latents_digest"] == json.loads((method_dir / "latents.json").read_text())["request_digest"]
   # Only the denoising changes (eta): the latents are reused, the images are redone.
   before = (method_dir / "latents.npy").stat().st_mtime_ns
-  run("sample", setup["config"], again, "--config.seed=7", "--config.sample.evaluate=False",
-      "--config.sampling.eta=0.5")
+  run(
+      "sample", setup["config"], again, "--config.seed=7", "--config.sample.evaluate=False", "--config.sampling.eta=0.5"
+  )
   assert (method_dir / "latents.npy").stat().st_mtime_ns == before
   assert not np.array_equal(np.load(method_dir / "samples.npy"), new_samples)
   np.testing.assert_array_equal(np.load(again / "samples" / "discovery.superseded-2" / "samples.npy"), new_samples)
@@ -135,16 +162,30 @@ def test_one_and_eight_devices_give_the_same_samples(setup):
   outs = {}
   for n in (1, 8):
     wd = setup["root"] / f"dev{n}"
-    run("sample", setup["config"], wd, "--config.sample.evaluate=False", "--config.sampling.eta=0.5",
-        f"--config.parallel.num_devices={n}")
+    run(
+        "sample",
+        setup["config"],
+        wd,
+        "--config.sample.evaluate=False",
+        "--config.sampling.eta=0.5",
+        f"--config.parallel.num_devices={n}",
+    )
     outs[n] = np.load(wd / "samples" / "discovery" / "samples.npy")
   np.testing.assert_array_equal(outs[1], outs[8])
 
 
 def test_budget_exhaustion_saves_partial_result_and_names_the_criterion(setup):
   wd = setup["root"] / "budget"
-  proc = run("sample", setup["config"], wd, "--config.discovery.mode=rejection", "--config.discovery.max_candidates=3",
-             "--config.discovery.tolerance_scale=0.01", "--config.discovery.guard=none", check=False)
+  proc = run(
+      "sample",
+      setup["config"],
+      wd,
+      "--config.discovery.mode=rejection",
+      "--config.discovery.max_candidates=3",
+      "--config.discovery.tolerance_scale=0.01",
+      "--config.discovery.guard=none",
+      check=False,
+  )
   assert proc.returncode == 1 and "Traceback" not in proc.stderr
   assert "the criterion that rejected most is" in proc.stderr
   rec = json.loads((wd / "samples" / "discovery" / "latents.json").read_text())
@@ -154,8 +195,15 @@ def test_budget_exhaustion_saves_partial_result_and_names_the_criterion(setup):
 def test_sigkill_during_synthesis_then_resume_gives_the_same_dataset(setup, sampled):
   workdir, _ = sampled
   wd = setup["root"] / "killed"
-  args = [sys.executable, "-m", "discovery_jax.sample", f"--config={setup['config']}", f"--workdir={wd}",
-          "--config.sample.evaluate=False", "--config.output.shard_size=1"]
+  args = [
+      sys.executable,
+      "-m",
+      "discovery_jax.sample",
+      f"--config={setup['config']}",
+      f"--workdir={wd}",
+      "--config.sample.evaluate=False",
+      "--config.output.shard_size=1",
+  ]
   proc = subprocess.Popen(args, cwd=helpers.REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   records = wd / "samples" / "discovery" / "dataset" / "_shards"
   deadline = time.time() + 300
@@ -172,6 +220,7 @@ def test_sigkill_during_synthesis_then_resume_gives_the_same_dataset(setup, samp
   ref = np.load(workdir / "samples" / "discovery" / "samples.npy")
   np.testing.assert_array_equal(np.load(wd / "samples" / "discovery" / "samples.npy"), ref)
   import tensorflow_datasets as tfds
+
   source = tfds.builder_from_directory(str(wd / "samples" / "discovery" / "dataset")).as_data_source(split="train")
   assert sorted(int(source[i]["index"]) for i in range(len(source))) == list(range(6))
 

@@ -29,9 +29,19 @@ def fields(tmp_path_factory, vectors_available):
   convert_checkpoint(helpers.vector_state_dict("ddpm"), ckpt, helpers.vector_model_config("ddpm"))
   rad = synthetic.write_radiation_set(str(root / "fewshot"), count=9, size=48, seed=0, cube_planes=3)
   synthetic.write_radiation_set(str(root / "heldout"), count=10, size=48, seed=1, cube_planes=0)
-  cfg = helpers.write_config(root / "config.py", "radiation.py", "ddpm", ckpt, {
-      "data.ood_dir": str(root / "fewshot"), "data.eval_dir": str(root / "heldout"), "data.cube_slices": "all",
-      "sample.num_samples": 4, "sample.evaluate": False})
+  cfg = helpers.write_config(
+      root / "config.py",
+      "radiation.py",
+      "ddpm",
+      ckpt,
+      {
+          "data.ood_dir": str(root / "fewshot"),
+          "data.eval_dir": str(root / "heldout"),
+          "data.cube_slices": "all",
+          "sample.num_samples": 4,
+          "sample.evaluate": False,
+      },
+  )
   return {"root": root, "config": cfg, "rad": rad}
 
 
@@ -55,8 +65,12 @@ def test_fits_set_to_model_space_never_passes_nan(fields):
 
 def test_invert_and_sample_write_physical_fits(fields):
   workdir = fields["root"] / "run"
-  proc = subprocess.run([sys.executable, "-m", "discovery_jax.sample", f"--config={fields['config']}",
-                         f"--workdir={workdir}"], capture_output=True, text=True, cwd=helpers.REPO)
+  proc = subprocess.run(
+      [sys.executable, "-m", "discovery_jax.sample", f"--config={fields['config']}", f"--workdir={workdir}"],
+      capture_output=True,
+      text=True,
+      cwd=helpers.REPO,
+  )
   assert proc.returncode == 0, proc.stderr[-4000:]
   bank = LatentBank.open(str(workdir / "banks" / "ood"))
   assert bank.metadata["input_kind"] == "scientific" and bank.metadata["physical_channels"] == 1
@@ -83,6 +97,7 @@ def test_invert_and_sample_write_physical_fits(fields):
 
 def test_evaluation_compares_fields_in_physical_units(fields):
   from discovery_jax import evaluate
+
   config = configlib.load_config_file(fields["config"])
   workdir = fields["root"] / "run"
   if not (workdir / "samples" / "discovery" / "samples.npy").exists():

@@ -53,8 +53,11 @@ def test_fits_round_trip_through_model_space_keeps_values_nans_and_headers(tmp_p
   field = _positive(seed=3, n=1)[0, ..., 0] * 1e-3
   field[5, :] = np.nan
   field[7, 9] = np.inf
-  src = _write(tmp_path / "cloud.fits", field.astype(np.float32),
-               {"BUNIT": "erg/s/cm2", "OBJECT": "Orion B", "TELESCOP": "sim", "NAXIS": 2})
+  src = _write(
+      tmp_path / "cloud.fits",
+      field.astype(np.float32),
+      {"BUNIT": "erg/s/cm2", "OBJECT": "Orion B", "TELESCOP": "sim", "NAXIS": 2},
+  )
   f = scientific.read_field(src, ScientificOptions())
   assert f.info["n_nan"] == 32 and f.info["n_inf"] == 1 and f.info["n_nonfinite"] == 33
   assert f.mask.sum() == 33 and np.isfinite(f.data).all()
@@ -66,8 +69,17 @@ def test_fits_round_trip_through_model_space_keeps_values_nans_and_headers(tmp_p
   assert np.array_equal(x[..., 0], x[..., 2]) and x.min() >= -1 and x.max() <= 1
   back = scientific.from_model_output(x, t, channels=1)
   out = str(tmp_path / "out" / "sample.fits")
-  fits_output.write_fits(out, back, header_cards=f.info["header"], transform=t, model_fingerprint="ab" * 16,
-                         config_name="galaxy_zoo_" + "x" * 80, seed=7, sample_index=3, nan_mask=f.mask)
+  fits_output.write_fits(
+      out,
+      back,
+      header_cards=f.info["header"],
+      transform=t,
+      model_fingerprint="ab" * 16,
+      config_name="galaxy_zoo_" + "x" * 80,
+      seed=7,
+      sample_index=3,
+      nan_mask=f.mask,
+  )
   assert os.listdir(tmp_path / "out") == ["sample.fits"]  # no temporary left behind.
 
   with fits.open(out, checksum=True) as hdul:
@@ -96,8 +108,9 @@ def test_multichannel_sample_round_trips_as_cube(tmp_path):
   f = scientific.read_field(path)
   np.testing.assert_array_equal(f.data, gal)
   t = transforms.fit_transform("asinh", [gal], per_channel=True)
-  np.testing.assert_allclose(scientific.from_model_output(scientific.to_model_input(gal, t), t, channels=3), gal,
-                             atol=1e-5 * np.abs(gal).max())
+  np.testing.assert_allclose(
+      scientific.from_model_output(scientific.to_model_input(gal, t), t, channels=3), gal, atol=1e-5 * np.abs(gal).max()
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -173,15 +186,19 @@ def test_nonfinite_filled_and_counted(tmp_path, fill, expected):
 
 def test_cubes_hdus_and_numpy_layouts(tmp_path):
   cube = np.stack([np.full((8, 8), float(i)) + np.eye(8) for i in range(5)])  # (planes, H, W) as FITS stores it.
-  path = _write(tmp_path / "cube.fits", None, {"OBJECT": "multi"},
-                [fits.ImageHDU(cube, name="SCI"), fits.BinTableHDU.from_columns([fits.Column("a", "E", array=[1])],
-                                                                                 name="CAT")])
+  path = _write(
+      tmp_path / "cube.fits",
+      None,
+      {"OBJECT": "multi"},
+      [fits.ImageHDU(cube, name="SCI"), fits.BinTableHDU.from_columns([fits.Column("a", "E", array=[1])], name="CAT")],
+  )
   fields = scientific.read_fields(path, ScientificOptions(cube_slices="all"))
   assert len(fields) == 5 and fields[3].data.shape == (8, 8, 1) and fields[3].data[0, 1, 0] == 3.0
   assert fields[3].info["hdu"] == 1 and fields[3].info["extname"] == "SCI" and fields[3].name == "cube.fits[3]"
   assert fields[0].info["header"]["OBJECT"] == "multi"  # from the primary header.
-  assert scientific.read_fields(path, ScientificOptions(cube_slices=(0,), keep_cards="all"))[0].info["header"] == \
-      {"EXTNAME": "SCI"}
+  assert scientific.read_fields(path, ScientificOptions(cube_slices=(0,), keep_cards="all"))[0].info["header"] == {
+      "EXTNAME": "SCI"
+  }
   f = scientific.read_field(path, ScientificOptions(hdu="sci", cube_channels=(4, 0, 2)))
   assert f.data.shape == (8, 8, 3) and f.data[0, 1].tolist() == [4.0, 0.0, 2.0]
   picked = scientific.read_fields(path, ScientificOptions(hdu=1, cube_slices=(-1, 1)))
@@ -211,8 +228,12 @@ def test_bad_inputs_name_the_file_and_the_problem(tmp_path):
   empty = _write(tmp_path / "empty.fits", None)
   _raises("no HDU with image data", empty)
   _raises("HDU 0 .* is empty", empty, ScientificOptions(hdu=0))
-  table = _write(tmp_path / "table.fits", None, None,
-                 [fits.BinTableHDU.from_columns([fits.Column("a", "E", array=[1.0])], name="EVENTS")])
+  table = _write(
+      tmp_path / "table.fits",
+      None,
+      None,
+      [fits.BinTableHDU.from_columns([fits.Column("a", "E", array=[1.0])], name="EVENTS")],
+  )
   _raises("no HDU with image data .*EVENTS", table)
   _raises("is a BinTableHDU, not an image", table, ScientificOptions(hdu="EVENTS"))
   _raises("HDU 5 does not exist", table, ScientificOptions(hdu=5))
@@ -299,8 +320,10 @@ def test_plots_and_previews_are_valid_pngs(tmp_path):
     _assert_png(path)
   _assert_png(fits_output.save_preview(str(tmp_path / "one.png"), gen[0]), (32, 32))
   _assert_png(fits_output.save_preview(str(tmp_path / "rgb.png"), _signed(bands=3)[0]), (32, 32))
-  _assert_png(fits_output.save_preview_grid(str(tmp_path / "grid.png"), list(gen) + list(real), ncol=4),
-              (4 * 34 + 2, 2 * 34 + 2))
+  _assert_png(
+      fits_output.save_preview_grid(str(tmp_path / "grid.png"), list(gen) + list(real), ncol=4),
+      (4 * 34 + 2, 2 * 34 + 2),
+  )
   paths = fits_output.write_sample(str(tmp_path / "samples"), 12, gen[0], formats=("fits", "npy", "png"), seed=1)
   assert sorted(os.listdir(tmp_path / "samples")) == ["sample_000012.fits", "sample_000012.npy", "sample_000012.png"]
   assert fits.getheader(paths["fits"])["DJXINDEX"] == 12 and np.load(paths["npy"]).shape == (32, 32, 1)
@@ -320,12 +343,14 @@ def test_synthetic_generators_are_deterministic_and_write_readable_sets(tmp_path
   # Sersic: half the light inside r_e (the definition of b_n).
   img = synthetic.sersic_image(257, n=2.5, r_eff=20.0, oversample=1)
   r = np.hypot(*np.meshgrid(np.arange(257) - 128.0, np.arange(257) - 128.0))
-  assert img[r <= 20].sum() / synthetic.sersic_image(257 * 4, n=2.5, r_eff=20.0, oversample=1).sum() == \
-      pytest.approx(0.5, abs=0.03)
+  assert img[r <= 20].sum() / synthetic.sersic_image(257 * 4, n=2.5, r_eff=20.0, oversample=1).sum() == pytest.approx(
+      0.5, abs=0.03
+  )
 
   rad = synthetic.write_radiation_set(str(tmp_path / "rad"), count=3, size=16, seed=2, cube_planes=2)
-  fields = scientific.load_field_set(scientific.list_scientific_files(str(tmp_path / "rad")),
-                                     ScientificOptions(cube_slices="all", image_size=8))
+  fields = scientific.load_field_set(
+      scientific.list_scientific_files(str(tmp_path / "rad")), ScientificOptions(cube_slices="all", image_size=8)
+  )
   assert len(fields) == 5 and all(f.data.shape == (8, 8, 1) for f in fields)
   assert [f.info["n_nonfinite"] > 0 for f in fields] == [False, False, False, False, True]  # cube, field_000..002.
   assert fields[0].info["header"]["BUNIT"] == "G0"

@@ -48,8 +48,10 @@ def test_band_and_separation_come_from_the_fewshot_set():
   d = np.sqrt(((few[:, None] - few[None]) ** 2).sum(-1))
   np.fill_diagonal(d, np.inf)
   loo = d.min(1)
-  assert crit.band == (pytest.approx(np.quantile(loo, options.band[0])),
-                       pytest.approx(np.quantile(loo, options.band[1])))
+  assert crit.band == (
+      pytest.approx(np.quantile(loo, options.band[0])),
+      pytest.approx(np.quantile(loo, options.band[1])),
+  )
   copies = few[:5] + 1e-6
   far = few[:5] * 50
   v = crit.judge(np.concatenate([copies, far]))
@@ -73,8 +75,16 @@ def test_discover_typical_accepts_only_what_meets_its_criteria():
   own = _bank(16, seed=5, offset=-3.0)
   # Gaussian latents as images: only near-fresh prior draws are as far from the few-shot set as its members.
   options = discovery.TypicalOptions(strength_range=(0.95, 1.0))
-  res = discovery.discover_typical(bank, num_samples=24, key=jax.random.key(0), denoise=lambda z: z,
-                                   features=flat, fewshot_images=images, own_images=own, options=options)
+  res = discovery.discover_typical(
+      bank,
+      num_samples=24,
+      key=jax.random.key(0),
+      denoise=lambda z: z,
+      features=flat,
+      fewshot_images=images,
+      own_images=own,
+      options=options,
+  )
   assert res.num_accepted == 24 and res.latents.shape == (24, 8, 8, 3)
   np.testing.assert_array_equal(res.latents, res.images)
   crit = res.criteria
@@ -83,17 +93,31 @@ def test_discover_typical_accepts_only_what_meets_its_criteria():
   d = np.sqrt(((f[:, None] - f[None]) ** 2).sum(-1))
   np.fill_diagonal(d, np.inf)
   assert d.min() >= crit["separation"]
-  again = discovery.discover_typical(bank, num_samples=24, key=jax.random.key(0), denoise=lambda z: z,
-                                     features=flat, fewshot_images=images, own_images=own, options=options)
+  again = discovery.discover_typical(
+      bank,
+      num_samples=24,
+      key=jax.random.key(0),
+      denoise=lambda z: z,
+      features=flat,
+      fewshot_images=images,
+      own_images=own,
+      options=options,
+  )
   np.testing.assert_array_equal(res.latents, again.latents)
 
 
 def test_a_pool_that_runs_out_returns_fewer_and_says_why():
   bank = _bank()
   flat = lambda x: np.asarray(x, np.float64).reshape(len(x), -1)
-  res = discovery.discover_typical(bank, num_samples=10, key=jax.random.key(0), denoise=lambda z: z * 100.0,
-                                   features=flat, fewshot_images=bank,
-                                   options=discovery.TypicalOptions(pool_factor=2))
+  res = discovery.discover_typical(
+      bank,
+      num_samples=10,
+      key=jax.random.key(0),
+      denoise=lambda z: z * 100.0,
+      features=flat,
+      fewshot_images=bank,
+      options=discovery.TypicalOptions(pool_factor=2),
+  )
   assert res.num_accepted == 0 and res.num_candidates == 20 and res.rejections["too_far"] == 20
 
 

@@ -20,8 +20,7 @@ def sinusoid(t, dim, flip_sin_to_cos, freq_shift, dtype=torch.float32):
   half = dim // 2
   freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=dtype) / (half - freq_shift))
   args = t.to(dtype)[:, None] * freqs[None]
-  emb = torch.cat([torch.cos(args), torch.sin(args)] if flip_sin_to_cos else
-                  [torch.sin(args), torch.cos(args)], dim=1)
+  emb = torch.cat([torch.cos(args), torch.sin(args)] if flip_sin_to_cos else [torch.sin(args), torch.cos(args)], dim=1)
   return F.pad(emb, (0, 1)) if dim % 2 else emb
 
 
@@ -63,7 +62,7 @@ class DDPMAttnBlock(nn.Module):
     hn = self.norm(x)
     d = c // self.heads
     q, k, v = (m(hn).reshape(b, self.heads, d, h * w) for m in (self.q, self.k, self.v))
-    logits = torch.einsum("bhdi,bhdj->bhij", q, k) * d ** -0.5
+    logits = torch.einsum("bhdi,bhdj->bhij", q, k) * d**-0.5
     o = torch.einsum("bhij,bhdj->bhdi", logits.softmax(-1), v).reshape(b, c, h, w)
     return x + self.proj_out(o)
 
@@ -97,8 +96,19 @@ class DDPMUp(nn.Module):
 
 class TorchDDPM(nn.Module):
 
-  def __init__(self, image_size, in_channels, out_ch, ch, ch_mult, num_res_blocks, attn_resolutions,
-               resamp_with_conv=True, attn_head_channels=-1, **unused):
+  def __init__(
+      self,
+      image_size,
+      in_channels,
+      out_ch,
+      ch,
+      ch_mult,
+      num_res_blocks,
+      attn_resolutions,
+      resamp_with_conv=True,
+      attn_head_channels=-1,
+      **unused,
+  ):
     super().__init__()
     self.ch, self.nrb, self.levels = ch, num_res_blocks, len(ch_mult)
     temb_ch = 4 * ch
@@ -180,16 +190,20 @@ class IResBlock(nn.Module):
     super().__init__()
     self.in_layers = nn.Sequential(nn.GroupNorm(32, cin), nn.SiLU(), nn.Conv2d(cin, cout, 3, padding=1))
     self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_ch, 2 * cout if scale_shift else cout))
-    self.out_layers = nn.Sequential(nn.GroupNorm(32, cout), nn.SiLU(), nn.Dropout(0.0),
-                                    nn.Conv2d(cout, cout, 3, padding=1))
+    self.out_layers = nn.Sequential(
+        nn.GroupNorm(32, cout), nn.SiLU(), nn.Dropout(0.0), nn.Conv2d(cout, cout, 3, padding=1)
+    )
     self.skip_connection = nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1)
     self.scale_shift, self.up, self.down = scale_shift, up, down
 
   def forward(self, x, emb):
     if self.up or self.down:
       h = self.in_layers[:-1](x)
-      resample = (lambda z: F.interpolate(z, scale_factor=2.0, mode="nearest")) if self.up else (
-          lambda z: F.avg_pool2d(z, 2, 2))
+      resample = (
+          (lambda z: F.interpolate(z, scale_factor=2.0, mode="nearest"))
+          if self.up
+          else (lambda z: F.avg_pool2d(z, 2, 2))
+      )
       h, x = resample(h), resample(x)
       h = self.in_layers[-1](h)
     else:
@@ -266,10 +280,23 @@ class IUp(nn.Module):
 class TorchIDDPM(nn.Module):
   """``attention_ds`` are downsample rates, as guided-diffusion's constructor takes."""
 
-  def __init__(self, image_size, in_channels, model_channels, out_channels, num_res_blocks, attention_ds,
-               channel_mult, num_heads=1, num_head_channels=-1, num_heads_upsample=-1,
-               use_scale_shift_norm=False, resblock_updown=False, use_new_attention_order=False,
-               conv_resample=True):
+  def __init__(
+      self,
+      image_size,
+      in_channels,
+      model_channels,
+      out_channels,
+      num_res_blocks,
+      attention_ds,
+      channel_mult,
+      num_heads=1,
+      num_head_channels=-1,
+      num_heads_upsample=-1,
+      use_scale_shift_norm=False,
+      resblock_updown=False,
+      use_new_attention_order=False,
+      conv_resample=True,
+  ):
     super().__init__()
     if num_heads_upsample == -1:
       num_heads_upsample = num_heads
@@ -292,14 +319,20 @@ class TorchIDDPM(nn.Module):
         self.input_blocks.append(ISeq(*layers))
         chans.append(ch)
       if level != len(channel_mult) - 1:
-        self.input_blocks.append(ISeq(
-            IResBlock(ch, ch, emb_ch, use_scale_shift_norm, down=True) if resblock_updown
-            else IDown(ch, conv_resample)))
+        self.input_blocks.append(
+            ISeq(
+                IResBlock(ch, ch, emb_ch, use_scale_shift_norm, down=True)
+                if resblock_updown
+                else IDown(ch, conv_resample)
+            )
+        )
         chans.append(ch)
         ds *= 2
-    self.middle_block = ISeq(IResBlock(ch, ch, emb_ch, use_scale_shift_norm),
-                             IAttention(ch, heads(ch, False), use_new_attention_order),
-                             IResBlock(ch, ch, emb_ch, use_scale_shift_norm))
+    self.middle_block = ISeq(
+        IResBlock(ch, ch, emb_ch, use_scale_shift_norm),
+        IAttention(ch, heads(ch, False), use_new_attention_order),
+        IResBlock(ch, ch, emb_ch, use_scale_shift_norm),
+    )
     self.output_blocks = nn.ModuleList()
     for level, mult in list(enumerate(channel_mult))[::-1]:
       for i in range(num_res_blocks + 1):
@@ -308,8 +341,9 @@ class TorchIDDPM(nn.Module):
         if ds in attention_ds:
           layers.append(IAttention(ch, heads(ch, True), use_new_attention_order))
         if level and i == num_res_blocks:
-          layers.append(IResBlock(ch, ch, emb_ch, use_scale_shift_norm, up=True) if resblock_updown
-                        else IUp(ch, conv_resample))
+          layers.append(
+              IResBlock(ch, ch, emb_ch, use_scale_shift_norm, up=True) if resblock_updown else IUp(ch, conv_resample)
+          )
           ds //= 2
         self.output_blocks.append(ISeq(*layers))
     self.out = nn.Sequential(nn.GroupNorm(32, ch), nn.SiLU(), nn.Conv2d(ch, out_channels, 3, padding=1))
@@ -345,14 +379,35 @@ def randomize_(model: nn.Module, seed: int) -> None:
 def from_model_config(cfg: dict) -> nn.Module:
   """A reference network for a (validated) discovery_jax model config."""
   if cfg["arch"] == "ddpm":
-    return TorchDDPM(**{k: cfg[k] for k in (
-        "image_size", "in_channels", "out_ch", "ch", "ch_mult", "num_res_blocks", "attn_resolutions",
-        "resamp_with_conv", "attn_head_channels")})
+    return TorchDDPM(
+        **{
+            k: cfg[k]
+            for k in (
+                "image_size",
+                "in_channels",
+                "out_ch",
+                "ch",
+                "ch_mult",
+                "num_res_blocks",
+                "attn_resolutions",
+                "resamp_with_conv",
+                "attn_head_channels",
+            )
+        }
+    )
   return TorchIDDPM(
-      image_size=cfg["image_size"], in_channels=cfg["in_channels"], model_channels=cfg["num_channels"],
-      out_channels=cfg["out_channels"], num_res_blocks=cfg["num_res_blocks"],
+      image_size=cfg["image_size"],
+      in_channels=cfg["in_channels"],
+      model_channels=cfg["num_channels"],
+      out_channels=cfg["out_channels"],
+      num_res_blocks=cfg["num_res_blocks"],
       attention_ds=tuple(cfg["image_size"] // r for r in cfg["attention_resolutions"]),
-      channel_mult=cfg["channel_mult"], num_heads=cfg["num_heads"], num_head_channels=cfg["num_head_channels"],
-      num_heads_upsample=cfg["num_heads_upsample"], use_scale_shift_norm=cfg["use_scale_shift_norm"],
-      resblock_updown=cfg["resblock_updown"], use_new_attention_order=cfg["use_new_attention_order"],
-      conv_resample=cfg["conv_resample"])
+      channel_mult=cfg["channel_mult"],
+      num_heads=cfg["num_heads"],
+      num_head_channels=cfg["num_head_channels"],
+      num_heads_upsample=cfg["num_heads_upsample"],
+      use_scale_shift_norm=cfg["use_scale_shift_norm"],
+      resblock_updown=cfg["resblock_updown"],
+      use_new_attention_order=cfg["use_new_attention_order"],
+      conv_resample=cfg["conv_resample"],
+  )

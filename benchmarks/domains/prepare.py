@@ -54,12 +54,13 @@ PIP = {
 DIST = {"sklearn": "scikit-learn", "skimage": "scikit-image", "firstgalaxydata": "firstgalaxydata"}
 FIRST_LICENCE = (
     "FIRST survey images (Becker, White & Helfand 1995, ApJ 450, 559), as quoted by the "
-    "`firstgalaxydata` package (MIT-licensed code): \"Provenance: The FIRST project team: R.J. "
+    '`firstgalaxydata` package (MIT-licensed code): "Provenance: The FIRST project team: R.J. '
     "Becker, D.H. Helfand, R.L. White M.D. Gregg. S.A. Laurent-Muehleisen. Copyright: 1994, "
     "University of California. Permission is granted for publication and reproduction of this "
     "material for scholarly, educational, and private non-commercial use. Inquiries for potential "
     "commercial uses should be addressed to: Robert Becker, Physics Dept, University of "
-    "California, Davis, CA 95616\". Not for commercial use.")
+    'California, Davis, CA 95616". Not for commercial use.'
+)
 FIRST_CROP = 72
 DEMO_EXTENDED = ("FRI", "FRII", "Bent")
 DEMO_ANIMAL_CLASSES = 10
@@ -70,6 +71,7 @@ DEMO_ID_HELDOUT_PER_CLASS = 20
 @dataclasses.dataclass
 class Domain:
   """One built target domain: images, their file names and what PROVENANCE.md says."""
+
   name: str
   title: str
   looks: str
@@ -144,21 +146,21 @@ def band_tiles(img: np.ndarray, tile: int, top: int, bottom: int) -> list[tuple[
   return [(r, c) for r in rows for c in cols]
 
 
-def banded_tiles(img: np.ndarray, tile: int, fewshot_rows: int,
-                 guard: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+def banded_tiles(
+    img: np.ndarray, tile: int, fewshot_rows: int, guard: int
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
   """Splits an image into a few-shot band of tile rows, a guard gap and a held-out band.
 
   No held-out tile shares a pixel with (or lies within ``guard`` pixels of) a few-shot tile.
   """
   split = fewshot_rows * tile
-  return (band_tiles(img, tile, 0, split),
-          band_tiles(img, tile, split + guard, img.shape[0]))
+  return (band_tiles(img, tile, 0, split), band_tiles(img, tile, split + guard, img.shape[0]))
 
 
 def crop(img: np.ndarray, corner: tuple[int, int], tile: int) -> np.ndarray:
   """The tile x tile crop of an image at a top-left corner."""
   r, c = corner
-  return img[r:r + tile, c:c + tile]
+  return img[r : r + tile, c : c + tile]
 
 
 def pick(rng: np.random.Generator, n: int, k: int, what: str) -> np.ndarray:
@@ -184,9 +186,15 @@ def shares(total: int, parts: int) -> list[int]:
   return [total // parts + (i < total % parts) for i in range(parts)]
 
 
-def tile_domain(rng: np.random.Generator, sources: dict[str, np.ndarray], tile: int,
-                fewshot_rows: int, guard: int, num_fewshot: int,
-                num_heldout: int) -> tuple[list, list, int]:
+def tile_domain(
+    rng: np.random.Generator,
+    sources: dict[str, np.ndarray],
+    tile: int,
+    fewshot_rows: int,
+    guard: int,
+    num_fewshot: int,
+    num_heldout: int,
+) -> tuple[list, list, int]:
   """Few-shot and held-out 32x32 tiles from disjoint bands of one or more large images.
 
   Each source image gives an equal share of both sets. Returns (fewshot, heldout, number of
@@ -194,8 +202,7 @@ def tile_domain(rng: np.random.Generator, sources: dict[str, np.ndarray], tile: 
   pixel in the source image.
   """
   few, held, pool = [], [], 0
-  for (key, img), nf, nh in zip(sources.items(), shares(num_fewshot, len(sources)),
-                                shares(num_heldout, len(sources))):
+  for (key, img), nf, nh in zip(sources.items(), shares(num_fewshot, len(sources)), shares(num_heldout, len(sources))):
     f, h = banded_tiles(img, tile, fewshot_rows, guard)
     pool += len(f) + len(h)
     make = lambda p: (f"{key}_r{p[0]:04d}_c{p[1]:04d}.png", resize(crop(img, p, tile)))
@@ -231,25 +238,28 @@ def build_digits(rng: np.random.Generator, num_fewshot: int, num_heldout: int) -
   images = np.stack([digits_image(p) for p in pixels])
   keep = dedupe(pixels.astype(np.uint8))
   order = rng.permutation(keep)
-  few, held = order[:num_fewshot], order[num_fewshot:num_fewshot + num_heldout]
+  few, held = order[:num_fewshot], order[num_fewshot : num_fewshot + num_heldout]
   if len(held) < num_heldout:
     raise SystemExit(f"digits: only {len(keep)} distinct digits")
   name = lambda i: f"digit{labels[i]}_{i:04d}.png"
   return Domain(
-      name="digits", title="Handwritten digits (upsampled 8x8)",
+      name="digits",
+      title="Handwritten digits (upsampled 8x8)",
       looks="blurry white handwritten digits 0-9 on black, strokes filling most of the frame",
       module="sklearn",
       source="`sklearn/datasets/data/digits.csv.gz` (what `sklearn.datasets.load_digits()` "
-             "returns: 1,797 8x8 images, values 0..16, labels 0..9), read directly",
+      "returns: 1,797 8x8 images, values 0..16, labels 0..9), read directly",
       processing="values x 255/16; a 1-pixel black border (10x10); bicubic upsampling to 32x32",
       licence="UCI ML repository 'Optical Recognition of Handwritten Digits' (Alpaydin & Kaynak, "
-              "1998; doi:10.24432/C50P49), CC BY 4.0: attribute the dataset and its authors",
+      "1998; doi:10.24432/C50P49), CC BY 4.0: attribute the dataset and its authors",
       split=f"exact-duplicate 8x8 images removed ({len(keep)} of 1,797 distinct), then one "
-            "seeded permutation: the first images are few-shot, the next ones held out",
+      "seeded permutation: the first images are few-shot, the next ones held out",
       fewshot=[(name(i), images[i]) for i in sorted(few)],
-      heldout=[(name(i), images[i]) for i in sorted(held)], pool=len(keep),
+      heldout=[(name(i), images[i]) for i in sorted(held)],
+      pool=len(keep),
       caveat="strokes on black, so the closest of these domains to the silhouettes the base model "
-             "knows; attribution required (CC BY 4.0)")
+      "knows; attribution required (CC BY 4.0)",
+  )
 
 
 def build_deep_field(rng: np.random.Generator, num_fewshot: int, num_heldout: int) -> Domain:
@@ -259,44 +269,50 @@ def build_deep_field(rng: np.random.Generator, num_fewshot: int, num_heldout: in
   tile, rows, guard = 48, 2, 16
   few, held, pool = tile_domain(rng, {"xdf": sky}, tile, rows, guard, num_fewshot, num_heldout)
   return Domain(
-      name="deep_field", title="Hubble deep-field sky tiles",
+      name="deep_field",
+      title="Hubble deep-field sky tiles",
       looks="dark sky with many small, faint galaxies and a few bright extended ones and stars",
       module="skimage",
       source="`skimage/data/hubble_deep_field.jpg` (`skimage.data.hubble_deep_field()`, the "
-             "Hubble eXtreme Deep Field, 872x1000 RGB, from HubbleSite release 2012-37)",
+      "Hubble eXtreme Deep Field, 872x1000 RGB, from HubbleSite release 2012-37)",
       processing="RGB -> luma (Pillow 'L'); the image's [1, 99.7] percentiles stretched to [0, 1] "
-                 f"with gamma 0.7; non-overlapping {tile}x{tile} tiles; LANCZOS resize to 32x32",
+      f"with gamma 0.7; non-overlapping {tile}x{tile} tiles; LANCZOS resize to 32x32",
       licence="NASA image, public domain (scikit-image: captured by NASA and 'may be freely used "
-              "in the public domain'); credit NASA, ESA, the XDF team",
+      "in the public domain'); credit NASA, ESA, the XDF team",
       split=f"few-shot tiles from the top {rows * tile} rows, held-out tiles from rows "
-            f"{rows * tile + guard} and below ({guard}-px guard gap): no shared pixels",
-      fewshot=few, heldout=held, pool=pool,
+      f"{rows * tile + guard} and below ({guard}-px guard gap): no shared pixels",
+      fewshot=few,
+      heldout=held,
+      pool=pool,
       caveat="one 872x1000 image: 340 candidate tiles, neighbours share the same noise and "
-             "JPEG artefacts; same astronomy family as the FIRST domains")
+      "JPEG artefacts; same astronomy family as the FIRST domains",
+  )
 
 
 def build_textures(rng: np.random.Generator, num_fewshot: int, num_heldout: int) -> Domain:
   """Tiles of three CC0 material textures (gravel, grass, brick)."""
-  sources = {k: percentile_stretch(skimage_image(f"{k}.png"), 0.5, 99.5)
-             for k in ("gravel", "grass", "brick")}
+  sources = {k: percentile_stretch(skimage_image(f"{k}.png"), 0.5, 99.5) for k in ("gravel", "grass", "brick")}
   tile, rows, guard = 40, 1, 16
   few, held, pool = tile_domain(rng, sources, tile, rows, guard, num_fewshot, num_heldout)
   return Domain(
-      name="textures", title="Material textures (gravel, grass, brick)",
+      name="textures",
+      title="Material textures (gravel, grass, brick)",
       looks="full-frame natural textures: pebbles, grass blades, brick courses with mortar lines",
       module="skimage",
       source="`skimage/data/gravel.png`, `grass.png`, `brick.png` (`skimage.data.gravel()`, "
-             "`grass()`, `brick()`; 512x512 grayscale each)",
+      "`grass()`, `brick()`; 512x512 grayscale each)",
       processing="each texture's [0.5, 99.5] percentiles stretched to [0, 255]; non-overlapping "
-                 f"{tile}x{tile} tiles; LANCZOS resize to 32x32",
+      f"{tile}x{tile} tiles; LANCZOS resize to 32x32",
       licence="CC0 (gravel and brick from CC0Textures, grass from DeviantArt user linolafett, all "
-              "CC0 per scikit-image)",
+      "CC0 per scikit-image)",
       split=f"in each texture, few-shot tiles from the top {rows * tile} rows, held-out tiles "
-            f"from rows {rows * tile + guard} and below ({guard}-px guard gap); each texture "
-            "gives a third of each set (seeded draw)",
-      fewshot=few, heldout=held, pool=pool,
-      caveat="three source images, so a three-mode domain; brick tiles are near-periodic and "
-             "alike")
+      f"from rows {rows * tile + guard} and below ({guard}-px guard gap); each texture "
+      "gives a third of each set (seeded draw)",
+      fewshot=few,
+      heldout=held,
+      pool=pool,
+      caveat="three source images, so a three-mode domain; brick tiles are near-periodic and " "alike",
+  )
 
 
 def build_histology(rng: np.random.Generator, num_fewshot: int, num_heldout: int) -> Domain:
@@ -305,30 +321,30 @@ def build_histology(rng: np.random.Generator, num_fewshot: int, num_heldout: int
   tile, rows, guard = 28, 2, 12
   few, held, pool = tile_domain(rng, {"ihc": slide}, tile, rows, guard, num_fewshot, num_heldout)
   return Domain(
-      name="histology", title="Histology (IHC micrograph) tiles",
-      looks="stained tissue: dark nuclei and gland walls against light lumen/background, "
-            "at about native resolution",
+      name="histology",
+      title="Histology (IHC micrograph) tiles",
+      looks="stained tissue: dark nuclei and gland walls against light lumen/background, " "at about native resolution",
       module="skimage",
       source="`skimage/data/ihc.png` (`skimage.data.immunohistochemistry()`, 512x512 RGB; "
-             "colonic glands, FHL2 IHC with DAB and hematoxylin counterstain, CMMI)",
+      "colonic glands, FHL2 IHC with DAB and hematoxylin counterstain, CMMI)",
       processing="RGB -> luma (Pillow 'L'); [0.5, 99.5] percentile stretch; non-overlapping "
-                 f"{tile}x{tile} tiles; LANCZOS resize to 32x32 (x1.14, about native scale)",
+      f"{tile}x{tile} tiles; LANCZOS resize to 32x32 (x1.14, about native scale)",
       licence="'No known copyright restrictions' (scikit-image's docstring; acquired at the "
-              "Center for Microscopy And Molecular Imaging, CMMI). No explicit licence.",
+      "Center for Microscopy And Molecular Imaging, CMMI). No explicit licence.",
       split=f"few-shot tiles from the top {rows * tile} rows, held-out tiles from rows "
-            f"{rows * tile + guard} and below ({guard}-px guard gap): no shared pixels",
-      fewshot=few, heldout=held, pool=pool,
-      caveat="one 512x512 image (306 candidate tiles); no explicit licence, only 'no known "
-             "copyright restrictions'")
+      f"{rows * tile + guard} and below ({guard}-px guard gap): no shared pixels",
+      fewshot=few,
+      heldout=held,
+      pool=pool,
+      caveat="one 512x512 image (306 candidate tiles); no explicit licence, only 'no known " "copyright restrictions'",
+  )
 
 
-def column_bands(width: int, tile: int, strip: int,
-                 guard: int) -> tuple[list[int], list[int]]:
+def column_bands(width: int, tile: int, strip: int, guard: int) -> tuple[list[int], list[int]]:
   """Tile columns of a central vertical strip, and of the areas left/right of it past a guard."""
   lo, hi = (width - strip) // 2, (width + strip) // 2
   centre = list(range(lo, hi - tile + 1, tile))
-  sides = (list(range(lo - guard - tile, -1, -tile))
-           + list(range(hi + guard, width - tile + 1, tile)))
+  sides = list(range(lo - guard - tile, -1, -tile)) + list(range(hi + guard, width - tile + 1, tile))
   return centre, sides
 
 
@@ -349,57 +365,77 @@ def build_retina(rng: np.random.Generator, num_fewshot: int, num_heldout: int) -
   h_idx = pick(rng, len(held), num_heldout, "retina held-out region")
   lo = (raw.shape[1] - strip) // 2
   return Domain(
-      name="retina", title="Retinal fundus tiles",
-      looks="smooth retina background with dark branching blood vessels; some tiles show the "
-            "bright optic disc",
+      name="retina",
+      title="Retinal fundus tiles",
+      looks="smooth retina background with dark branching blood vessels; some tiles show the " "bright optic disc",
       module="skimage",
       source="`skimage/data/retina.jpg` (`skimage.data.retina()`, 1411x1411 RGB fundus "
-             "photograph of a normal left eye, from Wikimedia Commons)",
+      "photograph of a normal left eye, from Wikimedia Commons)",
       processing="green channel (the usual fundus choice: most vessel contrast); the [0.5, "
-                 f"99.5] percentiles of the in-field pixels (> {black}) stretched to [0, 255]; "
-                 "non-overlapping "
-                 f"{tile}x{tile} tiles lying fully inside the circular field (min > {black}); "
-                 "LANCZOS resize to 32x32",
+      f"99.5] percentiles of the in-field pixels (> {black}) stretched to [0, 255]; "
+      "non-overlapping "
+      f"{tile}x{tile} tiles lying fully inside the circular field (min > {black}); "
+      "LANCZOS resize to 32x32",
       licence="CC0 1.0 (Häggström, M. (2014), 'Medical gallery of Mikael Häggström 2014', "
-              "WikiJournal of Medicine 1(2), doi:10.15347/wjm/2014.008; per scikit-image)",
+      "WikiJournal of Medicine 1(2), doi:10.15347/wjm/2014.008; per scikit-image)",
       split=f"few-shot tiles from the central vertical strip (columns {lo}..{lo + strip - 1}), "
-            f"held-out tiles from left and right of it past a {guard}-px guard gap",
-      fewshot=[make(few[i]) for i in f_idx], heldout=[make(held[i]) for i in h_idx],
+      f"held-out tiles from left and right of it past a {guard}-px guard gap",
+      fewshot=[make(few[i]) for i in f_idx],
+      heldout=[make(held[i]) for i in h_idx],
       pool=len(few) + len(held),
-      caveat="one photograph; many tiles are smooth background with one or two vessels")
+      caveat="one photograph; many tiles are smooth background with one or two vessels",
+  )
 
 
 def galaxy_image(png: bytes) -> np.ndarray:
   """The demo's FIRST processing: central 72x72 crop, square-root stretch, 32x32 LANCZOS."""
   img = np.asarray(Image.open(io.BytesIO(png)).convert("L"), np.float32) / 255.0
   c0 = (img.shape[0] - FIRST_CROP) // 2
-  stretched = np.sqrt(np.clip(img[c0:c0 + FIRST_CROP, c0:c0 + FIRST_CROP], 0, 1))
+  stretched = np.sqrt(np.clip(img[c0 : c0 + FIRST_CROP, c0 : c0 + FIRST_CROP], 0, 1))
   return resize((stretched * 255).round().astype(np.uint8))
 
 
 def load_first(classes: tuple[str, ...]) -> tuple[list[str], np.ndarray]:
   """The FIRST 'all'-split PNGs of some classes, sorted by zip path (the demo's order)."""
   with zipfile.ZipFile(os.path.join(package_dir("firstgalaxydata"), "galaxy_data.zip")) as z:
-    names = sorted(n for n in z.namelist() if n.endswith(".png") and n.split("/")[1] == "all"
-                   and n.split("/")[2] in classes)
+    names = sorted(
+        n for n in z.namelist() if n.endswith(".png") and n.split("/")[1] == "all" and n.split("/")[2] in classes
+    )
     return names, np.stack([galaxy_image(z.read(n)) for n in names])
 
 
-def first_domain(name: str, title: str, looks: str, classes: tuple[str, ...], names: list[str],
-                 images: np.ndarray, few: np.ndarray, held: np.ndarray, split: str,
-                 caveat: str) -> Domain:
+def first_domain(
+    name: str,
+    title: str,
+    looks: str,
+    classes: tuple[str, ...],
+    names: list[str],
+    images: np.ndarray,
+    few: np.ndarray,
+    held: np.ndarray,
+    split: str,
+    caveat: str,
+) -> Domain:
   """A FIRST domain from chosen indices into the sorted 'all' split of ``classes``."""
   label = lambda i: f"{names[i].split('/')[2]}_{i:04d}.png"
   return Domain(
-      name=name, title=title, looks=looks, module="firstgalaxydata",
+      name=name,
+      title=title,
+      looks=looks,
+      module="firstgalaxydata",
       source="`firstgalaxydata/galaxy_data.zip`, the `galaxy_data/all/{"
-             + ",".join(classes) + "}/*.png` cut-outs (Griese et al., Radio Galaxy Dataset, "
-             "doi:10.5281/zenodo.7120632), read directly",
+      + ",".join(classes)
+      + "}/*.png` cut-outs (Griese et al., Radio Galaxy Dataset, "
+      "doi:10.5281/zenodo.7120632), read directly",
       processing=f"central {FIRST_CROP}x{FIRST_CROP} crop of the 300x300 cut-out, square-root "
-                 "stretch, LANCZOS resize to 32x32 (the demo's processing)",
-      licence=FIRST_LICENCE, split=split,
-      fewshot=[(label(i), images[i]) for i in few], heldout=[(label(i), images[i]) for i in held],
-      pool=len(names), caveat=caveat)
+      "stretch, LANCZOS resize to 32x32 (the demo's processing)",
+      licence=FIRST_LICENCE,
+      split=split,
+      fewshot=[(label(i), images[i]) for i in few],
+      heldout=[(label(i), images[i]) for i in held],
+      pool=len(names),
+      caveat=caveat,
+  )
 
 
 def build_first_compact(rng: np.random.Generator, num_fewshot: int, num_heldout: int) -> Domain:
@@ -408,18 +444,24 @@ def build_first_compact(rng: np.random.Generator, num_fewshot: int, num_heldout:
   names, images = load_first(classes)
   keep = dedupe(images)
   order = rng.permutation(keep)
-  few, held = order[:num_fewshot], order[num_fewshot:num_fewshot + num_heldout]
+  few, held = order[:num_fewshot], order[num_fewshot : num_fewshot + num_heldout]
   if len(held) < num_heldout:
     raise SystemExit(f"first_compact: only {len(keep)} distinct images")
   return first_domain(
-      "first_compact", "FIRST compact radio sources", "a single round/elliptical blob near the "
-      "centre on a noisy dark background, sometimes with faint neighbours", classes, names, images,
-      np.sort(few), np.sort(held),
+      "first_compact",
+      "FIRST compact radio sources",
+      "a single round/elliptical blob near the " "centre on a noisy dark background, sometimes with faint neighbours",
+      classes,
+      names,
+      images,
+      np.sort(few),
+      np.sort(held),
       f"exact-duplicate processed images removed ({len(keep)} of {len(names)} distinct), then one "
       "seeded permutation: the first images are few-shot, the next ones held out",
       caveat="near-degenerate: an unresolved source is a centred dot at this crop and scale, so "
-             "the images are almost identical; a sanity check, not a real benchmark domain; "
-             "non-commercial licence")
+      "the images are almost identical; a sanity check, not a real benchmark domain; "
+      "non-commercial licence",
+  )
 
 
 def build_first_extended(seed: int, num_fewshot: int, num_heldout: int) -> Domain:
@@ -436,15 +478,21 @@ def build_first_extended(seed: int, num_fewshot: int, num_heldout: int) -> Domai
   order = rng.permutation(len(names))
   if num_fewshot + num_heldout > len(order):
     raise SystemExit(f"first_extended: only {len(order)} galaxies")
-  few, held = order[:num_fewshot], order[num_fewshot:num_fewshot + num_heldout]
+  few, held = order[:num_fewshot], order[num_fewshot : num_fewshot + num_heldout]
   return first_domain(
-      "first_extended", "FIRST extended radio galaxies (the demo's target)",
-      "extended radio galaxies: one- or two-sided jets and lobes, bent tails, on a noisy dark "
-      "background", DEMO_EXTENDED, names, images, np.sort(few), np.sort(held),
+      "first_extended",
+      "FIRST extended radio galaxies (the demo's target)",
+      "extended radio galaxies: one- or two-sided jets and lobes, bent tails, on a noisy dark " "background",
+      DEMO_EXTENDED,
+      names,
+      images,
+      np.sort(few),
+      np.sort(held),
       "`discovery_jax.demo.prepare`'s own seeded draw (same seed, same generator calls), so with "
       "the default seed and counts this equals `assets/demo/ood_fewshot` and `ood_heldout`",
       caveat="non-commercial licence; 2 of the 1,767 source images are exact duplicates (never "
-             "split across few-shot and held-out with the default seed: checked at build time)")
+      "split across few-shot and held-out with the default seed: checked at build time)",
+  )
 
 
 SEEDED = {
@@ -475,8 +523,7 @@ def check_disjoint(domain: Domain) -> None:
   few_names = {n for n, _ in domain.fewshot}
   held_names = {n for n, _ in domain.heldout}
   digest = lambda img: hashlib.sha1(img.tobytes()).hexdigest()
-  if few_names & held_names or ({digest(i) for _, i in domain.fewshot}
-                                & {digest(i) for _, i in domain.heldout}):
+  if few_names & held_names or ({digest(i) for _, i in domain.fewshot} & {digest(i) for _, i in domain.heldout}):
     raise SystemExit(f"{domain.name}: few-shot and held-out overlap")
   if len(few_names) != len(domain.fewshot) or len(held_names) != len(domain.heldout):
     raise SystemExit(f"{domain.name}: duplicate file names")
@@ -523,7 +570,8 @@ def readme(domains: list[Domain], seed: int) -> str:
   rows = "\n".join(
       f"| `{d.name}` | {d.title} | {len(d.fewshot)} | {len(d.heldout)} | "
       f"`{DIST[d.module]}=={package_version(d.module)}` | {d.looks} | {d.caveat} |"
-      for d in domains)
+      for d in domains
+  )
   return f"""# Offline target domains
 
 32x32 8-bit grayscale PNG target domains for few-shot latent discovery, built by
@@ -539,14 +587,15 @@ image or overlapping crop) and `PROVENANCE.md` (source, processing, licence, cou
 
 def contact_sheet(domain: Domain, per_row: int = 16, scale: int = 2) -> np.ndarray:
   """A grid image: all few-shot images, a white bar, then an evenly spaced held-out sample."""
+
   def grid(items):
     imgs = [img for _, img in items]
     imgs += [np.zeros((SIZE, SIZE), np.uint8)] * (-len(imgs) % per_row)
-    rows = [np.concatenate([np.pad(i, 1) for i in imgs[k:k + per_row]], axis=1)
-            for k in range(0, len(imgs), per_row)]
+    rows = [np.concatenate([np.pad(i, 1) for i in imgs[k : k + per_row]], axis=1) for k in range(0, len(imgs), per_row)]
     return np.concatenate(rows, axis=0)
+
   step = max(1, len(domain.heldout) // (4 * per_row))
-  few, held = grid(domain.fewshot), grid(domain.heldout[::step][:4 * per_row])
+  few, held = grid(domain.fewshot), grid(domain.heldout[::step][: 4 * per_row])
   bar = np.full((4, few.shape[1]), 255, np.uint8)
   sheet = np.concatenate([few, bar, held], axis=0)
   return np.kron(sheet, np.ones((scale, scale), np.uint8))
@@ -577,11 +626,9 @@ def main() -> None:
       f.write(provenance(domain, args.seed))
     if args.preview_dir:
       os.makedirs(args.preview_dir, exist_ok=True)
-      Image.fromarray(contact_sheet(domain)).save(
-          os.path.join(args.preview_dir, f"preview_{name}.png"))
+      Image.fromarray(contact_sheet(domain)).save(os.path.join(args.preview_dir, f"preview_{name}.png"))
     built.append(domain)
-    print(f"{name}: {len(domain.fewshot)} few-shot + {len(domain.heldout)} held-out "
-          f"(of {domain.pool}) -> {folder}")
+    print(f"{name}: {len(domain.fewshot)} few-shot + {len(domain.heldout)} held-out " f"(of {domain.pool}) -> {folder}")
   with open(os.path.join(args.out, "README.md"), "w") as f:
     f.write(readme(built, args.seed))
 

@@ -55,24 +55,40 @@ class LatentBank:
   # ------------------------------------------------------------------ creation
 
   @classmethod
-  def create(cls, path: str, items: Sequence[Item], shape: Sequence[int], *, model_fingerprint: str,
-             t_0: int, n_steps: int, extra: dict[str, Any] | None = None) -> "LatentBank":
+  def create(
+      cls,
+      path: str,
+      items: Sequence[Item],
+      shape: Sequence[int],
+      *,
+      model_fingerprint: str,
+      t_0: int,
+      n_steps: int,
+      extra: dict[str, Any] | None = None,
+  ) -> "LatentBank":
     """Starts a new bank (or returns the matching unfinished one at ``path``)."""
     if not items:
       raise BankError(f"{path}: a bank needs at least one item")
     meta = {
-        "format": FORMAT, "version": VERSION, "count": len(items), "shape": [int(s) for s in shape],
-        "model_fingerprint": model_fingerprint, "t_0": int(t_0), "n_steps": int(n_steps),
+        "format": FORMAT,
+        "version": VERSION,
+        "count": len(items),
+        "shape": [int(s) for s in shape],
+        "model_fingerprint": model_fingerprint,
+        "t_0": int(t_0),
+        "n_steps": int(n_steps),
         "items": [{"name": it.name, "sha256": it.sha256} for it in items],
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **(extra or {}),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **(extra or {}),
     }
     if os.path.exists(os.path.join(path, METADATA)):
       bank = cls.open(path, require_complete=False)
       bank._check_same_request(meta)
       return bank
     os.makedirs(path, exist_ok=True)
-    latents = np.lib.format.open_memmap(os.path.join(path, LATENTS + ".tmp"), mode="w+", dtype=np.float32,
-                                        shape=(len(items), *meta["shape"]))
+    latents = np.lib.format.open_memmap(
+        os.path.join(path, LATENTS + ".tmp"), mode="w+", dtype=np.float32, shape=(len(items), *meta["shape"])
+    )
     del latents  # allocated on disk; rows are written later.
     os.replace(os.path.join(path, LATENTS + ".tmp"), os.path.join(path, LATENTS))
     atomic_write_text(os.path.join(path, PROGRESS), json.dumps({"done": []}))
@@ -84,7 +100,8 @@ class LatentBank:
       if self.metadata.get(key) != meta.get(key):
         raise BankError(
             f"{self.path} already holds a bank made with {key}={self.metadata.get(key)!r}, but this run "
-            f"asks for {key}={meta.get(key)!r}; use another workdir or delete {self.path}")
+            f"asks for {key}={meta.get(key)!r}; use another workdir or delete {self.path}"
+        )
     old = [(i["name"], i["sha256"]) for i in self.metadata["items"]]
     new = [(i["name"], i["sha256"]) for i in meta["items"]]
     if old != new:
@@ -92,7 +109,8 @@ class LatentBank:
       raise BankError(
           f"{self.path} was started from a different set of files (first difference at item {first}: "
           f"{old[first] if first < len(old) else None} vs {new[first] if first < len(new) else None}); "
-          f"use another workdir or delete {self.path}")
+          f"use another workdir or delete {self.path}"
+      )
 
   # ------------------------------------------------------------------ reading
 
@@ -100,8 +118,9 @@ class LatentBank:
   def open(cls, path: str, require_complete: bool = True) -> "LatentBank":
     meta_path = os.path.join(path, METADATA)
     if not os.path.isfile(meta_path):
-      raise BankError(f"{path} is not a latent bank ({METADATA} missing; build it with "
-                      "`python -m discovery_jax.invert`)")
+      raise BankError(
+          f"{path} is not a latent bank ({METADATA} missing; build it with " "`python -m discovery_jax.invert`)"
+      )
     try:
       with open(meta_path) as f:
         meta = json.load(f)
@@ -111,8 +130,10 @@ class LatentBank:
       raise BankError(f"{meta_path} is not a discovery_jax latent bank (format={meta.get('format')!r})")
     bank = cls(path, meta)
     if require_complete and not bank.complete:
-      raise BankError(f"{path} is incomplete ({len(bank.done_indices())}/{bank.count} latents written); "
-                      "rerun `python -m discovery_jax.invert` with the same config to finish it")
+      raise BankError(
+          f"{path} is incomplete ({len(bank.done_indices())}/{bank.count} latents written); "
+          "rerun `python -m discovery_jax.invert` with the same config to finish it"
+      )
     return bank
 
   @property
@@ -185,33 +206,53 @@ def check_compatible(banks: Sequence[LatentBank]) -> None:
         what = {"model_fingerprint": "models", "t_0": "t_0 values", "shape": "latent shapes (image sizes)"}[key]
         raise BankError(
             f"cannot combine banks from different {what}: {first.path} has {key}={first.metadata.get(key)!r}, "
-            f"{other.path} has {key}={other.metadata.get(key)!r}")
+            f"{other.path} has {key}={other.metadata.get(key)!r}"
+        )
 
 
 # ---------------------------------------------------------------------------
 # Building the banks of a run.
 
 
-def invert_inputs(inputs: InputSet, bank_dir: str, runner, *, model_fingerprint: str,
-                  source: str = "", desc: str = "invert") -> LatentBank:
+def invert_inputs(
+    inputs: InputSet, bank_dir: str, runner, *, model_fingerprint: str, source: str = "", desc: str = "invert"
+) -> LatentBank:
   """Inverts every input into the bank at ``bank_dir`` (resumes a partial bank)."""
   shape = inputs.load([0]).shape[1:]
-  extra = {"source_folder": os.path.abspath(source) if source else "", "skipped": inputs.skipped,
-           "input_kind": inputs.kind}
+  extra = {
+      "source_folder": os.path.abspath(source) if source else "",
+      "skipped": inputs.skipped,
+      "input_kind": inputs.kind,
+  }
   if inputs.transform is not None:
-    extra.update(intensity_transform=inputs.transform, physical_channels=inputs.physical_channels,
-                 fields=inputs.fields_info)
-  bank = LatentBank.create(bank_dir, inputs.items, shape, model_fingerprint=model_fingerprint, t_0=runner.t_0,
-                           n_steps=runner.n_steps, extra=extra)
+    extra.update(
+        intensity_transform=inputs.transform, physical_channels=inputs.physical_channels, fields=inputs.fields_info
+    )
+  bank = LatentBank.create(
+      bank_dir,
+      inputs.items,
+      shape,
+      model_fingerprint=model_fingerprint,
+      t_0=runner.t_0,
+      n_steps=runner.n_steps,
+      extra=extra,
+  )
   pending = bank.pending_indices()
   if not pending:
     logging.info("%s: bank %s is already complete (%d latents)", desc, bank_dir, bank.count)
     return bank
-  logging.info("%s: %d inputs from %s -> %s (%d already done, %d skipped)", desc, bank.count, source or "memory",
-               bank_dir, bank.count - len(pending), len(inputs.skipped))
+  logging.info(
+      "%s: %d inputs from %s -> %s (%d already done, %d skipped)",
+      desc,
+      bank.count,
+      source or "memory",
+      bank_dir,
+      bank.count - len(pending),
+      len(inputs.skipped),
+  )
   progress = Progress(bank.count, "images", desc, already_done=bank.count - len(pending))
   for start in range(0, len(pending), runner.global_batch):
-    idx = pending[start:start + runner.global_batch]
+    idx = pending[start : start + runner.global_batch]
     bank.write(idx, runner.invert(inputs.load(idx)))
     progress.update(len(idx))
   bank.update_metadata(seconds=progress.summary()["seconds"])
@@ -224,8 +265,16 @@ def invert_inputs(inputs: InputSet, bank_dir: str, runner, *, model_fingerprint:
 ID_SOURCES = ("generate_invert", "trajectory")
 
 
-def model_id_bank(bank_dir: str, runner, count: int, key: jax.Array, *, model_fingerprint: str,
-                  source: str = "generate_invert", shape: Sequence[int]) -> LatentBank:
+def model_id_bank(
+    bank_dir: str,
+    runner,
+    count: int,
+    key: jax.Array,
+    *,
+    model_fingerprint: str,
+    source: str = "generate_invert",
+    shape: Sequence[int],
+) -> LatentBank:
   """ID reference latents at t_0 made by the frozen model itself (no ID images needed).
 
   ``'generate_invert'`` (default): DDIM-generate ID images from pure noise
@@ -242,15 +291,22 @@ def model_id_bank(bank_dir: str, runner, count: int, key: jax.Array, *, model_fi
   if count < 2:
     raise ValueError(f"discovery.num_id_latents must be >= 2, got {count}")
   items = [Item(f"model_sample_{i:06d}", f"{source}:fold_in(key,{i})") for i in range(count)]
-  bank = LatentBank.create(bank_dir, items, shape, model_fingerprint=model_fingerprint, t_0=runner.t_0,
-                           n_steps=runner.n_steps, extra={"source": f"model:{source}"})
+  bank = LatentBank.create(
+      bank_dir,
+      items,
+      shape,
+      model_fingerprint=model_fingerprint,
+      t_0=runner.t_0,
+      n_steps=runner.n_steps,
+      extra={"source": f"model:{source}"},
+  )
   pending = bank.pending_indices()
   if not pending:
     return bank
   top = runner.at(runner.schedule.num_timesteps - 1)
   progress = Progress(count, "latents", f"ID bank ({source})", already_done=count - len(pending))
   for start in range(0, len(pending), runner.global_batch):
-    idx = np.asarray(pending[start:start + runner.global_batch])
+    idx = np.asarray(pending[start : start + runner.global_batch])
     noise = pure_noise(key, idx, shape)
     if source == "generate_invert":
       latents = runner.invert(top.generate(noise))
@@ -284,8 +340,9 @@ class BankSources:
   id_source: str = "generate_invert"
 
 
-def prepare_banks(sources: BankSources, workdir: str, runner, *, model_fingerprint: str, key: jax.Array,
-                  need_id: bool = True) -> dict:
+def prepare_banks(
+    sources: BankSources, workdir: str, runner, *, model_fingerprint: str, key: jax.Array, need_id: bool = True
+) -> dict:
   """The OOD bank and the ID reference bank of a run; every bank resumes where it
   stopped. Returns {'ood': LatentBank, 'id': LatentBank}."""
   banks = {}
@@ -294,15 +351,31 @@ def prepare_banks(sources: BankSources, workdir: str, runner, *, model_fingerpri
       continue
     inputs = open_inputs(folder, sources.inputs)
     if inputs.skipped:
-      logging.warning("%s: skipping %d unreadable file(s): %s", folder, len(inputs.skipped),
-                      ", ".join(s["path"] for s in inputs.skipped[:5]))
-    banks[name] = invert_inputs(inputs, bank_path(workdir, name), runner, model_fingerprint=model_fingerprint,
-                                source=folder, desc=f"invert {name}")
+      logging.warning(
+          "%s: skipping %d unreadable file(s): %s",
+          folder,
+          len(inputs.skipped),
+          ", ".join(s["path"] for s in inputs.skipped[:5]),
+      )
+    banks[name] = invert_inputs(
+        inputs,
+        bank_path(workdir, name),
+        runner,
+        model_fingerprint=model_fingerprint,
+        source=folder,
+        desc=f"invert {name}",
+    )
   if "ood" not in banks:
     raise ValueError("config.data.ood_dir is empty: give the folder of few-shot target-domain images")
   if need_id and "id" not in banks:
-    banks["id"] = model_id_bank(bank_path(workdir, "id_model"), runner, sources.num_id_latents, key,
-                                model_fingerprint=model_fingerprint, source=sources.id_source,
-                                shape=banks["ood"].shape)
+    banks["id"] = model_id_bank(
+        bank_path(workdir, "id_model"),
+        runner,
+        sources.num_id_latents,
+        key,
+        model_fingerprint=model_fingerprint,
+        source=sources.id_source,
+        shape=banks["ood"].shape,
+    )
   check_compatible(list(banks.values()))
   return banks

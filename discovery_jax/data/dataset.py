@@ -65,15 +65,20 @@ SCALAR_DTYPES = ("int64", "int32", "float32", "float64")
 DEFAULT_IDENTITY_KEYS = ("model_fingerprint", "seed")
 
 
-def _metadata_changes(stored: Mapping[str, Any], requested: Mapping[str, Any],
-                      keys: Sequence[str]) -> list[tuple[str, Any, Any]]:
+def _metadata_changes(
+    stored: Mapping[str, Any], requested: Mapping[str, Any], keys: Sequence[str]
+) -> list[tuple[str, Any, Any]]:
   """(key, stored, requested) for each of ``keys`` that either side sets and the two disagree on."""
-  return [(k, stored.get(k), requested.get(k)) for k in keys
-          if (k in stored or k in requested) and stored.get(k) != requested.get(k)]
+  return [
+      (k, stored.get(k), requested.get(k))
+      for k in keys
+      if (k in stored or k in requested) and stored.get(k) != requested.get(k)
+  ]
 
 
-def metadata_changes(directory: str, metadata: Mapping[str, Any],
-                     keys: Sequence[str] | None = None) -> list[tuple[str, Any, Any]] | None:
+def metadata_changes(
+    directory: str, metadata: Mapping[str, Any], keys: Sequence[str] | None = None
+) -> list[tuple[str, Any, Any]] | None:
   """How the caller metadata of the dataset in ``directory`` differs from ``metadata``
   on ``keys`` (default: all of ``metadata``'s): the test ``DatasetWriter`` applies before
   resuming, without raising. None when ``directory`` holds no dataset yet."""
@@ -99,12 +104,15 @@ class ShardWriteError(OSError):
 # --------------------------------------------------------------------------- features
 
 
-def features_spec(image_shape: Sequence[int], latent_shape: Sequence[int] | None = None,
-                  scalars: Mapping[str, str] | None = None) -> dict:
+def features_spec(
+    image_shape: Sequence[int], latent_shape: Sequence[int] | None = None, scalars: Mapping[str, str] | None = None
+) -> dict:
   """The JSON feature spec of a dataset: 'image' (uint8, PNG), 'index' (int64),
   optional 'latent' (float32) and extra scalars ``{name: dtype}``."""
-  spec = {"image": {"type": "image", "shape": [int(d) for d in image_shape], "dtype": "uint8"},
-          "index": {"type": "scalar", "dtype": "int64"}}
+  spec = {
+      "image": {"type": "image", "shape": [int(d) for d in image_shape], "dtype": "uint8"},
+      "index": {"type": "scalar", "dtype": "int64"},
+  }
   if latent_shape is not None:
     spec["latent"] = {"type": "tensor", "shape": [int(d) for d in latent_shape], "dtype": "float32"}
   for key, dtype in (scalars or {}).items():
@@ -144,8 +152,9 @@ def tfds_features(spec: Mapping[str, Any]):
     if entry["type"] == "image":
       out[key] = tfds.features.Image(shape=tuple(entry["shape"]), dtype=np.uint8, encoding_format="png")
     elif entry["type"] == "tensor":
-      out[key] = tfds.features.Tensor(shape=tuple(entry["shape"]), dtype=np.float32,
-                                      encoding=tfds.features.Encoding.BYTES)
+      out[key] = tfds.features.Tensor(
+          shape=tuple(entry["shape"]), dtype=np.float32, encoding=tfds.features.Encoding.BYTES
+      )
     else:
       out[key] = tfds.features.Scalar(dtype=np.dtype(entry["dtype"]))
   return tfds.features.FeaturesDict(out)
@@ -235,11 +244,13 @@ def _sha256(path: str) -> str:
 def _open_record_writer(path: str):
   """An array_record writer for random access (one record per chunk, as tfds writes)."""
   from array_record.python import array_record_module
+
   return array_record_module.ArrayRecordWriter(path, "group_size:1")
 
 
 def _read_records(path: str) -> list[bytes]:
   from array_record.python import array_record_module
+
   reader = array_record_module.ArrayRecordReader(path)
   try:
     return reader.read_all()
@@ -253,6 +264,7 @@ def _read_records(path: str) -> list[bytes]:
 @dataclasses.dataclass
 class FinalizeReport:
   """What ``finalize`` found. ``complete``: every shard verified and the tfds metadata written."""
+
   directory: str
   num_samples: int
   num_shards: int
@@ -268,8 +280,10 @@ class FinalizeReport:
     if self.missing:
       parts.append(f"{len(self.missing)} shard(s) missing {_short(self.missing)}")
     if self.repaired:
-      parts.append(f"{len(self.repaired)} broken shard(s) deleted: "
-                   + "; ".join(f"{s}: {why}" for s, why in sorted(self.repaired.items())[:10]))
+      parts.append(
+          f"{len(self.repaired)} broken shard(s) deleted: "
+          + "; ".join(f"{s}: {why}" for s, why in sorted(self.repaired.items())[:10])
+      )
     parts.append("rerun the same command (any number of hosts) to regenerate exactly these shards")
     return ", ".join(parts)
 
@@ -293,13 +307,26 @@ class DatasetWriter:
   >>> if jax.process_index() == 0: print(w.finalize().summary())
   """
 
-  def __init__(self, directory: str, name: str, num_samples: int, shard_size: int,
-               features_spec: Mapping[str, Any], process_index: int = 0, process_count: int = 1,
-               metadata: Mapping[str, Any] | None = None, *, write_images: bool = False,
-               identity_keys: Sequence[str] = DEFAULT_IDENTITY_KEYS, encode_threads: int = 4):
+  def __init__(
+      self,
+      directory: str,
+      name: str,
+      num_samples: int,
+      shard_size: int,
+      features_spec: Mapping[str, Any],
+      process_index: int = 0,
+      process_count: int = 1,
+      metadata: Mapping[str, Any] | None = None,
+      *,
+      write_images: bool = False,
+      identity_keys: Sequence[str] = DEFAULT_IDENTITY_KEYS,
+      encode_threads: int = 4,
+  ):
     if not re.fullmatch(r"[a-zA-Z]\w*", name or ""):
-      raise DatasetError(f"dataset name {name!r} must start with a letter and hold only letters, digits, _ "
-                         "(tfds reads it from the file names)")
+      raise DatasetError(
+          f"dataset name {name!r} must start with a letter and hold only letters, digits, _ "
+          "(tfds reads it from the file names)"
+      )
     if int(num_samples) < 1 or int(shard_size) < 1:
       raise DatasetError(f"num_samples={num_samples} and shard_size={shard_size} must be >= 1")
     if int(process_count) < 1 or not 0 <= int(process_index) < int(process_count):
@@ -330,16 +357,34 @@ class DatasetWriter:
     if not os.path.isfile(path):
       raise DatasetError(f"{directory} is not a discovery_jax dataset ({IDENTITY_FILE} missing)")
     ident = _read_json(path)
-    return cls(directory, ident["name"], ident["num_samples"], ident["shard_size"], ident["features"],
-               process_index, process_count, None, write_images=ident.get("write_images", False), **kwargs)
+    return cls(
+        directory,
+        ident["name"],
+        ident["num_samples"],
+        ident["shard_size"],
+        ident["features"],
+        process_index,
+        process_count,
+        None,
+        write_images=ident.get("write_images", False),
+        **kwargs,
+    )
 
   # ------------------------------------------------------------------ identity
 
   def _identity(self) -> dict:
-    return {"format": FORMAT, "version": VERSION, "name": self.name, "num_samples": self.num_samples,
-            "shard_size": self.shard_size, "num_shards": self.num_shards, "features": self.spec,
-            "write_images": self.write_images, "metadata": self.metadata or {},
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "name": self.name,
+        "num_samples": self.num_samples,
+        "shard_size": self.shard_size,
+        "num_shards": self.num_shards,
+        "features": self.spec,
+        "write_images": self.write_images,
+        "metadata": self.metadata or {},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
 
   def _claim_directory(self) -> None:
     """Writes the identity file, or checks that this run matches the one that wrote it."""
@@ -347,8 +392,10 @@ class DatasetWriter:
     if not os.path.exists(path):
       strays = glob.glob(os.path.join(self.directory, "*.array_record-*"))
       if strays:
-        raise DatasetError(f"{self.directory} holds shard files ({os.path.basename(strays[0])}, ...) but no "
-                           f"{IDENTITY_FILE}; it was not written by this tool: use an empty directory")
+        raise DatasetError(
+            f"{self.directory} holds shard files ({os.path.basename(strays[0])}, ...) but no "
+            f"{IDENTITY_FILE}; it was not written by this tool: use an empty directory"
+        )
       _write_json(path, self._identity())  # hosts racing here write the same identity.
     try:
       old = _read_json(path)
@@ -359,13 +406,16 @@ class DatasetWriter:
     mine = self._identity()
     checks = [(k, old.get(k), mine[k]) for k in ("name", "num_samples", "shard_size", "features", "write_images")]
     if self.metadata is not None:
-      checks += [(f"metadata.{k}", was, now)
-                 for k, was, now in _metadata_changes(old.get("metadata") or {}, self.metadata, self.identity_keys)]
+      checks += [
+          (f"metadata.{k}", was, now)
+          for k, was, now in _metadata_changes(old.get("metadata") or {}, self.metadata, self.identity_keys)
+      ]
     for key, was, now in checks:
       if was != now:
         raise DatasetError(
             f"{self.directory} holds a dataset made with {key}={was!r}, but this run asks for {key}={now!r}; "
-            f"it cannot resume into it: use another output directory or delete {self.directory}")
+            f"it cannot resume into it: use another output directory or delete {self.directory}"
+        )
 
   # ------------------------------------------------------------------ layout
 
@@ -437,8 +487,9 @@ class DatasetWriter:
     unknown = sorted(set(examples) - set(self.spec))
     missing = sorted(set(self.spec) - set(examples) - {"index"})
     if unknown or missing:
-      raise DatasetError(f"{where}: examples have unknown features {unknown} / lack {missing}; "
-                         f"the spec has {sorted(self.spec)}")
+      raise DatasetError(
+          f"{where}: examples have unknown features {unknown} / lack {missing}; " f"the spec has {sorted(self.spec)}"
+      )
     out = {}
     for key, entry in self.spec.items():
       if key == "index" and key not in examples:
@@ -457,6 +508,7 @@ class DatasetWriter:
 
   def _serialize(self, arrays: dict[str, np.ndarray], pngs: list[bytes]) -> list[bytes]:
     from tensorflow_datasets.core import example_serializer
+
     if self._features is None:
       self._features = tfds_features(self.spec)
       self._serializer = example_serializer.ExampleSerializer(self._features.get_serialized_info())
@@ -477,8 +529,10 @@ class DatasetWriter:
     removed, and no complete shard is touched.
     """
     if shard % self.process_count != self.process_index:
-      raise DatasetError(f"shard {shard} belongs to host {shard % self.process_count} of {self.process_count}, "
-                         f"not to this host ({self.process_index})")
+      raise DatasetError(
+          f"shard {shard} belongs to host {shard % self.process_count} of {self.process_count}, "
+          f"not to this host ({self.process_index})"
+      )
     arrays = self._check_examples(shard, examples)
     with concurrent.futures.ThreadPoolExecutor(self.encode_threads) as pool:  # PIL's zlib releases the GIL.
       pngs = list(pool.map(encode_png, arrays["image"]))
@@ -511,9 +565,17 @@ class DatasetWriter:
       os.replace(tmp, path)
       written.remove(tmp)
       _fsync_dir(self.directory)
-      record = {"shard": shard, "file": self.shard_file(shard), "count": len(records), "bytes": size,
-                "sha256": digest, "first_index": int(arrays["index"][0]), "process_index": self.process_index,
-                "process_count": self.process_count, "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
+      record = {
+          "shard": shard,
+          "file": self.shard_file(shard),
+          "count": len(records),
+          "bytes": size,
+          "sha256": digest,
+          "first_index": int(arrays["index"][0]),
+          "process_index": self.process_index,
+          "process_count": self.process_count,
+          "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
+      }
       _write_json(record_path, record)
     except (OSError, RuntimeError) as e:  # array_record reports I/O failures as RuntimeError.
       for leftover in written:
@@ -525,7 +587,8 @@ class DatasetWriter:
           f"cannot write shard {shard} of {self.num_shards} to {path}: {text}"
           + (" (disk full)" if full else "")
           + f". Its temporary file was removed and the complete shards are intact; "
-          f"{'free space' if full else 'fix the cause'} and rerun to resume") from e
+          f"{'free space' if full else 'fix the cause'} and rerun to resume",
+      ) from e
     except BaseException:
       for leftover in written:
         _remove(leftover)
@@ -544,8 +607,12 @@ class DatasetWriter:
     shards = self.pending_shards()
     total = sum(len(self.shard_range(s)) for s in self.host_shards())
     todo = sum(len(self.shard_range(s)) for s in shards)
-    progress = Progress(total, "samples", desc or f"{self.name} host {self.process_index}/{self.process_count}",
-                        already_done=total - todo)
+    progress = Progress(
+        total,
+        "samples",
+        desc or f"{self.name} host {self.process_index}/{self.process_count}",
+        already_done=total - todo,
+    )
     for shard in shards:
       rows = self.shard_range(shard)
       self.write_shard(shard, generate(np.arange(rows.start, rows.stop, dtype=np.int64)))
@@ -623,18 +690,33 @@ class DatasetWriter:
 
     ident = _read_json(os.path.join(self.directory, IDENTITY_FILE))
     metadata = self.metadata if self.metadata is not None else ident.get("metadata", {})
-    split = tfds.core.SplitInfo(name=SPLIT, shard_lengths=[r["count"] for r in records],
-                                num_bytes=sum(r["bytes"] for r in records))
-    description = (f"{self.name}: {self.num_samples} samples synthesized by discovery_jax "
-                   f"(shards of {self.shard_size}; see {MANIFEST} for provenance).")
-    tfds.folder_dataset.write_metadata(data_dir=self.directory, features=tfds_features(self.spec),
-                                       split_infos=[split], check_data=False, description=description)
+    split = tfds.core.SplitInfo(
+        name=SPLIT, shard_lengths=[r["count"] for r in records], num_bytes=sum(r["bytes"] for r in records)
+    )
+    description = (
+        f"{self.name}: {self.num_samples} samples synthesized by discovery_jax "
+        f"(shards of {self.shard_size}; see {MANIFEST} for provenance)."
+    )
+    tfds.folder_dataset.write_metadata(
+        data_dir=self.directory,
+        features=tfds_features(self.spec),
+        split_infos=[split],
+        check_data=False,
+        description=description,
+    )
     manifest = {
-        "format": FORMAT, "version": VERSION, "name": self.name, "split": SPLIT,
-        "num_samples": self.num_samples, "shard_size": self.shard_size, "num_shards": self.num_shards,
-        "features": self.spec, "images_dir": IMAGES_DIR if self.write_images else None,
+        "format": FORMAT,
+        "version": VERSION,
+        "name": self.name,
+        "split": SPLIT,
+        "num_samples": self.num_samples,
+        "shard_size": self.shard_size,
+        "num_shards": self.num_shards,
+        "features": self.spec,
+        "images_dir": IMAGES_DIR if self.write_images else None,
         "shards": [{k: r[k] for k in ("shard", "file", "count", "bytes", "sha256", "first_index")} for r in records],
-        "metadata": metadata, "created": ident.get("created"),
+        "metadata": metadata,
+        "created": ident.get("created"),
         "finalized": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     _write_json(os.path.join(self.directory, MANIFEST), manifest)
@@ -651,8 +733,10 @@ def read_dataset(directory: str, split: str = SPLIT):
   import tensorflow_datasets as tfds
 
   if not os.path.isfile(os.path.join(directory, TFDS_FILES[0])):
-    raise DatasetError(f"{directory} has no {TFDS_FILES[0]}: the dataset is not finalized "
-                       "(run `python -m discovery_jax.data.dataset finalize DIR` after all hosts finished)")
+    raise DatasetError(
+        f"{directory} has no {TFDS_FILES[0]}: the dataset is not finalized "
+        "(run `python -m discovery_jax.data.dataset finalize DIR` after all hosts finished)"
+    )
   return tfds.builder_from_directory(directory).as_data_source(split=split)
 
 
@@ -677,8 +761,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.command == "status":
     pending = writer.pending_shards()
     done = writer.num_shards - len(pending)
-    print(f"{writer.directory}: {done}/{writer.num_shards} shards complete"
-          + (f"; pending {_short(pending)}" if pending else ""))
+    print(
+        f"{writer.directory}: {done}/{writer.num_shards} shards complete"
+        + (f"; pending {_short(pending)}" if pending else "")
+    )
     for shard, why in sorted(writer.pending_reasons.items()):
       print(f"  shard {shard}: {why}")
     return 0 if not pending else 1

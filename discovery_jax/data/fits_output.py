@@ -72,11 +72,19 @@ def _card_value(value: Any) -> Any:
   return "".join(ch if 32 <= ord(ch) < 127 else "?" for ch in value)
 
 
-def fits_header(*, header_cards: dict | None = None, transform: Transform | None = None,
-                model_fingerprint: str | None = None, config_name: str | None = None, seed: int | None = None,
-                sample_index: int | None = None, history: Sequence[str] = ()) -> Any:
+def fits_header(
+    *,
+    header_cards: dict | None = None,
+    transform: Transform | None = None,
+    model_fingerprint: str | None = None,
+    config_name: str | None = None,
+    seed: int | None = None,
+    sample_index: int | None = None,
+    history: Sequence[str] = (),
+) -> Any:
   """An astropy Header with the kept source cards and the provenance cards."""
   from astropy.io import fits
+
   header = fits.Header()
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # astropy warns when it turns a long key into HIERARCH; that is intended.
@@ -90,7 +98,7 @@ def fits_header(*, header_cards: dict | None = None, transform: Transform | None
     if transform is not None:
       header["DJXTRANS"] = (transform.kind, PROVENANCE_CARDS["DJXTRANS"])
       header["DJXTJSON"] = (transform.to_json(), PROVENANCE_CARDS["DJXTJSON"])
-      header.add_history(f"discovery_jax intensity transform: {transform.describe()}"[:72 * 4])
+      header.add_history(f"discovery_jax intensity transform: {transform.describe()}"[: 72 * 4])
     if model_fingerprint is not None:
       header["DJXMODEL"] = (str(model_fingerprint), PROVENANCE_CARDS["DJXMODEL"])
     if config_name is not None:
@@ -104,38 +112,62 @@ def fits_header(*, header_cards: dict | None = None, transform: Transform | None
   return header
 
 
-def write_fits(path: str, data: np.ndarray, *, header_cards: dict | None = None, transform: Transform | None = None,
-               model_fingerprint: str | None = None, config_name: str | None = None, seed: int | None = None,
-               sample_index: int | None = None, history: Sequence[str] = (), nan_mask: np.ndarray | None = None,
-               dtype: Any = np.float32) -> str:
+def write_fits(
+    path: str,
+    data: np.ndarray,
+    *,
+    header_cards: dict | None = None,
+    transform: Transform | None = None,
+    model_fingerprint: str | None = None,
+    config_name: str | None = None,
+    seed: int | None = None,
+    sample_index: int | None = None,
+    history: Sequence[str] = (),
+    nan_mask: np.ndarray | None = None,
+    dtype: Any = np.float32,
+) -> str:
   """Writes a physical (H, W[, C]) sample as FITS, atomically, with provenance cards.
 
   ``nan_mask`` (same shape, True = masked) puts NaN back where the source had
   masked pixels. ``dtype`` float32 (default, what the model computes in) or float64.
   """
   from astropy.io import fits
+
   data = np.array(data, dtype=dtype)
   if nan_mask is not None:
     nan_mask = np.broadcast_to(np.asarray(nan_mask, bool), data.shape)
     data[nan_mask] = np.nan
-  header = fits_header(header_cards=header_cards, transform=transform, model_fingerprint=model_fingerprint,
-                       config_name=config_name, seed=seed, sample_index=sample_index, history=history)
+  header = fits_header(
+      header_cards=header_cards,
+      transform=transform,
+      model_fingerprint=model_fingerprint,
+      config_name=config_name,
+      seed=seed,
+      sample_index=sample_index,
+      history=history,
+  )
   hdu = fits.PrimaryHDU(_fits_layout(data), header=header)
 
   def write(tmp):
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")
       hdu.writeto(tmp, output_verify="exception", checksum=True)
+
   return _atomic(path, ".fits", write)
 
 
 def read_provenance(path: str) -> dict:
   """The provenance cards of a written sample; 'transform' is a Transform or None."""
   from astropy.io import fits
+
   header = fits.getheader(path)
   out = {"transform": Transform.from_json(header["DJXTJSON"]) if "DJXTJSON" in header else None}
-  for key, name in (("DJXMODEL", "model_fingerprint"), ("DJXCONF", "config_name"), ("DJXSEED", "seed"),
-                    ("DJXINDEX", "sample_index")):
+  for key, name in (
+      ("DJXMODEL", "model_fingerprint"),
+      ("DJXCONF", "config_name"),
+      ("DJXSEED", "seed"),
+      ("DJXINDEX", "sample_index"),
+  ):
     out[name] = header.get(key)
   return out
 
@@ -150,6 +182,7 @@ def write_npy(path: str, data: np.ndarray, *, metadata: dict | None = None) -> s
     def write(tmp):
       with open(tmp, "w") as f:
         f.write(text)
+
     _atomic(path + ".json", ".json", write)
   return path
 
@@ -158,8 +191,14 @@ def write_npy(path: str, data: np.ndarray, *, metadata: dict | None = None) -> s
 # Previews.
 
 
-def display_stretch(data: np.ndarray, *, stretch: str = "asinh", percentiles: tuple[float, float] = (0.5, 99.5),
-                    limits: tuple[float, float] | None = None, asinh_a: float = 10.0) -> np.ndarray:
+def display_stretch(
+    data: np.ndarray,
+    *,
+    stretch: str = "asinh",
+    percentiles: tuple[float, float] = (0.5, 99.5),
+    limits: tuple[float, float] | None = None,
+    asinh_a: float = 10.0,
+) -> np.ndarray:
   """Values -> [0, 1] for display only: percentile (or given) limits, then a stretch.
 
   'asinh' (default): asinh(a t) / asinh(a), bright cores and faint outskirts both
@@ -180,9 +219,14 @@ def display_stretch(data: np.ndarray, *, stretch: str = "asinh", percentiles: tu
   raise ValueError(f"display stretch must be 'asinh', 'log' or 'linear', got {stretch!r}")
 
 
-def preview_rgb(data: np.ndarray, *, cmap: str = SINGLE_CHANNEL_CMAP, stretch: str = "asinh",
-                percentiles: tuple[float, float] = (0.5, 99.5),
-                limits: tuple[float, float] | None = None) -> np.ndarray:
+def preview_rgb(
+    data: np.ndarray,
+    *,
+    cmap: str = SINGLE_CHANNEL_CMAP,
+    stretch: str = "asinh",
+    percentiles: tuple[float, float] = (0.5, 99.5),
+    limits: tuple[float, float] | None = None,
+) -> np.ndarray:
   """A physical (H, W[, C]) sample -> uint8 (H, W, 3) preview.
 
   One channel: display stretch then the colormap (perceptually uniform
@@ -195,6 +239,7 @@ def preview_rgb(data: np.ndarray, *, cmap: str = SINGLE_CHANNEL_CMAP, stretch: s
   t = display_stretch(data, stretch=stretch, percentiles=percentiles, limits=limits)
   if t.ndim == 2:
     import matplotlib
+
     rgb = matplotlib.colormaps[cmap](t)[..., :3]
   elif t.ndim == 3 and t.shape[-1] == 3:
     rgb = t
@@ -213,8 +258,15 @@ def save_preview(path: str, data: np.ndarray, **kwargs) -> str:
   return save_png_uint8(path, preview_rgb(data, **kwargs))
 
 
-def preview_grid(samples: Sequence[np.ndarray] | np.ndarray, *, ncol: int | None = None, pad: int = 2,
-                 shared_limits: bool = True, percentiles: tuple[float, float] = (0.5, 99.5), **kwargs) -> np.ndarray:
+def preview_grid(
+    samples: Sequence[np.ndarray] | np.ndarray,
+    *,
+    ncol: int | None = None,
+    pad: int = 2,
+    shared_limits: bool = True,
+    percentiles: tuple[float, float] = (0.5, 99.5),
+    **kwargs,
+) -> np.ndarray:
   """Several same-size samples -> one uint8 grid image (white padding).
 
   ``shared_limits`` (default) uses one set of display limits for every tile, so
@@ -236,7 +288,7 @@ def preview_grid(samples: Sequence[np.ndarray] | np.ndarray, *, ncol: int | None
   grid = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad, 3), 255, np.uint8)
   for i, tile in enumerate(tiles):
     r, c = divmod(i, ncol)
-    grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = tile
+    grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = tile
   return grid
 
 
@@ -244,8 +296,15 @@ def save_preview_grid(path: str, samples: Sequence[np.ndarray] | np.ndarray, **k
   return save_png_uint8(path, preview_grid(samples, **kwargs))
 
 
-def write_sample(out_dir: str, index: int, data: np.ndarray, *, formats: Sequence[str] = ("fits", "png"),
-                 prefix: str = "sample", **fits_kwargs) -> dict:
+def write_sample(
+    out_dir: str,
+    index: int,
+    data: np.ndarray,
+    *,
+    formats: Sequence[str] = ("fits", "png"),
+    prefix: str = "sample",
+    **fits_kwargs,
+) -> dict:
   """One generated physical sample -> ``{prefix}_{index:06d}.{fits,npy,png}``; returns the paths.
 
   ``fits_kwargs`` go to ``write_fits`` (header_cards, transform, model_fingerprint,

@@ -42,9 +42,9 @@ class ImageOptions:
 
   image_size: int
   channels: int = 3
-  resize: str = "stretch"        # 'stretch' (official) or 'center_crop'.
-  resample: str = "lanczos"      # PIL filter; the official code uses LANCZOS.
-  alpha: str = "black"           # composite transparent pixels over 'black' or 'white', or 'drop' alpha.
+  resize: str = "stretch"  # 'stretch' (official) or 'center_crop'.
+  resample: str = "lanczos"  # PIL filter; the official code uses LANCZOS.
+  alpha: str = "black"  # composite transparent pixels over 'black' or 'white', or 'drop' alpha.
 
   def __post_init__(self):
     if self.resize not in ("stretch", "center_crop"):
@@ -95,10 +95,12 @@ def _high_depth_to_unit(img: Image.Image) -> np.ndarray:
     if not np.isfinite(arr).all():
       raise InputError("float image contains NaN/Inf (read physical data as FITS/npy with a transform)")
     if arr.min() < 0 or arr.max() > 1:
-      raise InputError(f"float image values span [{arr.min():.3g}, {arr.max():.3g}], not [0, 1] "
-                       "(read physical data as FITS/npy with an intensity transform)")
+      raise InputError(
+          f"float image values span [{arr.min():.3g}, {arr.max():.3g}], not [0, 1] "
+          "(read physical data as FITS/npy with an intensity transform)"
+      )
     return arr.astype(np.float32)
-  top = 65535.0 if img.mode != "I" or arr.max() <= 65535 else float(2 ** 31 - 1)
+  top = 65535.0 if img.mode != "I" or arr.max() <= 65535 else float(2**31 - 1)
   return (np.clip(arr, 0, None) / top).astype(np.float32)
 
 
@@ -176,5 +178,5 @@ def make_grid(images: np.ndarray, ncol: int | None = None, pad: int = 2, pad_val
   grid = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad, c), pad_value, np.float32)
   for i in range(n):
     r, col = divmod(i, ncol)
-    grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = images[i]
+    grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = images[i]
   return grid

@@ -88,9 +88,11 @@ def _folder_kind(folder: str, wanted: str) -> str:
   files = images.list_files(folder, images.IMAGE_EXTENSIONS + scientific.SCIENTIFIC_EXTENSIONS)
   sci = [f for f in files if scientific.is_scientific_file(f)]
   if sci and len(sci) != len(files):
-    raise images.InputError(f"{folder} mixes scientific files ({os.path.basename(sci[0])}) and images "
-                            f"({os.path.basename(next(f for f in files if f not in sci))}); "
-                            "use one kind per folder or set data.format")
+    raise images.InputError(
+        f"{folder} mixes scientific files ({os.path.basename(sci[0])}) and images "
+        f"({os.path.basename(next(f for f in files if f not in sci))}); "
+        "use one kind per folder or set data.format"
+    )
   return "scientific" if sci else "image"
 
 
@@ -108,8 +110,9 @@ def open_inputs(folder: str, options: InputOptions, *, transform: dict | None = 
   return _open_scientific(folder, options, transform)
 
 
-def open_image_folder(folder: str, options: images.ImageOptions, on_bad_file: str = "skip",
-                      max_files: int | None = None) -> InputSet:
+def open_image_folder(
+    folder: str, options: images.ImageOptions, on_bad_file: str = "skip", max_files: int | None = None
+) -> InputSet:
   """An image folder as an InputSet (decoded lazily)."""
   files = images.list_files(folder)
   if max_files is not None:
@@ -127,8 +130,9 @@ def open_image_folder(folder: str, options: images.ImageOptions, on_bad_file: st
     paths.append(path)
     items.append(Item(os.path.relpath(path, folder), fileio.sha256_file(path)))
   if not paths:
-    raise images.InputError(f"no readable input in {folder}: all {len(files)} files were skipped "
-                            f"(first: {skipped[0]['reason']})")
+    raise images.InputError(
+        f"no readable input in {folder}: all {len(files)} files were skipped " f"(first: {skipped[0]['reason']})"
+    )
   load = lambda idx: np.stack([images.load_image(paths[i], options) for i in idx]).astype(np.float32)
   return InputSet("image", items, skipped, load, paths)
 
@@ -137,7 +141,7 @@ def _open_scientific(folder: str, inputs: InputOptions, transform: dict | None) 
   options, on_bad_file = inputs.scientific, inputs.on_bad_file
   files = scientific.list_scientific_files(folder)
   if inputs.max_files is not None:
-    files = files[:inputs.max_files]
+    files = files[: inputs.max_files]
   good, skipped = [], []
   for path in files:
     try:
@@ -149,24 +153,37 @@ def _open_scientific(folder: str, inputs: InputOptions, transform: dict | None) 
       logging.warning("skipping %s", e)
       skipped.append({"path": path, "reason": str(e)})
   if not good:
-    raise images.InputError(f"no readable input in {folder}: all {len(files)} files were skipped "
-                            f"(first: {skipped[0]['reason']})")
+    raise images.InputError(
+        f"no readable input in {folder}: all {len(files)} files were skipped " f"(first: {skipped[0]['reason']})"
+    )
   fields = scientific.load_field_set(good, options)
   if transform is None:
     fitted = transforms.fit_transform(arrays=[f.data for f in fields], **inputs.transform)
   else:
     fitted = transforms.Transform.from_dict(transform)
-  model = np.stack([scientific.to_model_input(f.data, fitted, options.channels, name=f.info["label"])
-                    for f in fields])
+  model = np.stack([scientific.to_model_input(f.data, fitted, options.channels, name=f.info["label"]) for f in fields])
   hashes = {p: fileio.sha256_file(p) for p in good}
   items = []
   for f in fields:
-    suffix = f.name[len(os.path.basename(f.info["source"])):]  # "[plane]" for cube slices, else "".
+    suffix = f.name[len(os.path.basename(f.info["source"])) :]  # "[plane]" for cube slices, else "".
     items.append(Item(os.path.relpath(f.info["source"], folder) + suffix, hashes[f.info["source"]] + suffix))
   nonfinite = sum(int(f.info.get("n_nonfinite", 0)) for f in fields)
   if nonfinite:
     logging.info("%s: filled %d NaN/Inf pixels (data.fill=%r)", folder, nonfinite, options.fill)
-  return InputSet("scientific", items, skipped, lambda idx: model[np.asarray(idx)], [f.info["source"] for f in fields],
-                  fitted.to_dict(), int(fields[0].data.shape[-1]),
-                  [{k: v for k, v in f.info.items() if k in ("name", "source", "hdu", "extname", "planes",
-                                                              "n_nonfinite", "cards")} for f in fields])
+  return InputSet(
+      "scientific",
+      items,
+      skipped,
+      lambda idx: model[np.asarray(idx)],
+      [f.info["source"] for f in fields],
+      fitted.to_dict(),
+      int(fields[0].data.shape[-1]),
+      [
+          {
+              k: v
+              for k, v in f.info.items()
+              if k in ("name", "source", "hdu", "extname", "planes", "n_nonfinite", "cards")
+          }
+          for f in fields
+      ],
+  )

@@ -59,11 +59,40 @@ NUMPY_EXTENSIONS = (".npy", ".npz")
 SCIENTIFIC_EXTENSIONS = FITS_EXTENSIONS + NUMPY_EXTENSIONS
 # Descriptive header cards carried from input files to outputs. WCS cards are not
 # kept by default: after resizing, and for generated samples, they are wrong.
-KEEP_CARDS = ("BUNIT", "BTYPE", "OBJECT", "TELESCOP", "INSTRUME", "FILTER", "BAND", "ORIGIN", "DATE-OBS",
-              "EXPTIME", "OBSERVER")
+KEEP_CARDS = (
+    "BUNIT",
+    "BTYPE",
+    "OBJECT",
+    "TELESCOP",
+    "INSTRUME",
+    "FILTER",
+    "BAND",
+    "ORIGIN",
+    "DATE-OBS",
+    "EXPTIME",
+    "OBSERVER",
+)
 # Structural cards never copied (astropy writes them from the data).
-STRUCTURAL_CARDS = ("SIMPLE", "BITPIX", "EXTEND", "XTENSION", "PCOUNT", "GCOUNT", "BSCALE", "BZERO", "BLANK",
-                    "CHECKSUM", "DATASUM", "END", "COMMENT", "HISTORY", "", "ZIMAGE", "ZBITPIX", "ZCMPTYPE")
+STRUCTURAL_CARDS = (
+    "SIMPLE",
+    "BITPIX",
+    "EXTEND",
+    "XTENSION",
+    "PCOUNT",
+    "GCOUNT",
+    "BSCALE",
+    "BZERO",
+    "BLANK",
+    "CHECKSUM",
+    "DATASUM",
+    "END",
+    "COMMENT",
+    "HISTORY",
+    "",
+    "ZIMAGE",
+    "ZBITPIX",
+    "ZCMPTYPE",
+)
 FILLS = ("median", "zero", "min")
 RESAMPLE_METHODS = ("auto", "area", "bilinear", "bicubic", "nearest")
 
@@ -76,18 +105,18 @@ class ScientificInputError(InputError):
 class ScientificOptions:
   """How scientific files become fields (``config.data`` fields of the same names)."""
 
-  image_size: int | None = None          # model resolution; None keeps the native size.
-  channels: int = 3                      # model input channels (1 or 3).
-  resize: str = "stretch"                # 'stretch' or 'center_crop'.
-  resample: str = "auto"                 # see RESAMPLE_METHODS and the module docstring.
-  hdu: int | str | None = None           # HDU index or EXTNAME; None: first HDU with image data.
-  cube_axis: int | None = None           # plane axis of a 3-D array; None: 0 for FITS, -1 for numpy.
-  cube_slices: str | tuple[int, ...] | None = None    # 'all' or plane indices -> one sample each.
-  cube_channels: tuple[int, ...] | None = None        # <= 3 plane indices -> one multi-channel sample.
-  npz_key: str | None = None             # array of a .npz; None: its only array.
-  fill: str | float = "median"           # NaN/Inf fill: 'median', 'zero', 'min' or a number.
-  keep_cards: str | tuple[str, ...] = KEEP_CARDS      # header cards kept in info, or 'all'.
-  same_size: bool = True                 # a set must share one native shape (pixel scale).
+  image_size: int | None = None  # model resolution; None keeps the native size.
+  channels: int = 3  # model input channels (1 or 3).
+  resize: str = "stretch"  # 'stretch' or 'center_crop'.
+  resample: str = "auto"  # see RESAMPLE_METHODS and the module docstring.
+  hdu: int | str | None = None  # HDU index or EXTNAME; None: first HDU with image data.
+  cube_axis: int | None = None  # plane axis of a 3-D array; None: 0 for FITS, -1 for numpy.
+  cube_slices: str | tuple[int, ...] | None = None  # 'all' or plane indices -> one sample each.
+  cube_channels: tuple[int, ...] | None = None  # <= 3 plane indices -> one multi-channel sample.
+  npz_key: str | None = None  # array of a .npz; None: its only array.
+  fill: str | float = "median"  # NaN/Inf fill: 'median', 'zero', 'min' or a number.
+  keep_cards: str | tuple[str, ...] = KEEP_CARDS  # header cards kept in info, or 'all'.
+  same_size: bool = True  # a set must share one native shape (pixel scale).
 
   def __post_init__(self):
     if self.channels not in (1, 3):
@@ -102,8 +131,9 @@ class ScientificOptions:
       try:  # a number given as text (command-line flags).
         object.__setattr__(self, "fill", float(self.fill))
       except ValueError:
-        raise ScientificInputError(f"data.fill must be one of {', '.join(FILLS)} or a number, "
-                                   f"got {self.fill!r}") from None
+        raise ScientificInputError(
+            f"data.fill must be one of {', '.join(FILLS)} or a number, " f"got {self.fill!r}"
+        ) from None
     if not isinstance(self.fill, str) and not np.isfinite(float(self.fill)):
       raise ScientificInputError(f"data.fill must be finite, got {self.fill!r}")
     if self.cube_slices is not None and self.cube_channels is not None:
@@ -129,7 +159,7 @@ class Field:
 
   data: np.ndarray
   info: dict
-  mask: np.ndarray | None = None   # bool (H, W, C) at the native size: True where the file had NaN/Inf.
+  mask: np.ndarray | None = None  # bool (H, W, C) at the native size: True where the file had NaN/Inf.
 
   @property
   def name(self) -> str:
@@ -180,6 +210,7 @@ def _hdu_label(i: int, hdu: Any) -> str:
 
 def _read_fits(path: str, options: ScientificOptions) -> tuple[np.ndarray, dict]:
   from astropy.io import fits  # noqa: WPS433 (heavy import, only when FITS is used)
+
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")  # non-standard cards in real archives; the data is what matters.
@@ -202,8 +233,9 @@ def _read_fits(path: str, options: ScientificOptions) -> tuple[np.ndarray, dict]
           index %= len(hdul)
         hdu = hdul[index]
         if not hdu.is_image:
-          raise ScientificInputError(f"{path}: HDU {index} ({hdu.name}) is a {type(hdu).__name__}, not an image "
-                                     f"(HDUs: {labels})")
+          raise ScientificInputError(
+              f"{path}: HDU {index} ({hdu.name}) is a {type(hdu).__name__}, not an image " f"(HDUs: {labels})"
+          )
         raw = hdu.data
         if raw is None or raw.size == 0:
           raise ScientificInputError(f"{path}: HDU {index} ({hdu.name}) is empty (NAXIS=0, no data; HDUs: {labels})")
@@ -216,8 +248,12 @@ def _read_fits(path: str, options: ScientificOptions) -> tuple[np.ndarray, dict]
         arr = np.array(raw, dtype=np.float64)
         if bad is not None and bad.any():
           arr[bad] = np.nan
-        info = {"format": "fits", "hdu": int(index), "extname": hdu.name or None,
-                "header": _kept_cards(header, options.keep_cards)}
+        info = {
+            "format": "fits",
+            "hdu": int(index),
+            "extname": hdu.name or None,
+            "header": _kept_cards(header, options.keep_cards),
+        }
         if index != 0 and options.keep_cards != "all":
           # Descriptive cards often live in the primary header of a multi-extension file.
           for k, v in _kept_cards(hdul[0].header, options.keep_cards).items():
@@ -236,14 +272,16 @@ def _read_numpy(path: str, options: ScientificOptions) -> tuple[np.ndarray, dict
         keys = list(z.files)
         if options.npz_key is not None:
           if options.npz_key not in keys:
-            raise ScientificInputError(f"{path}: npz has no array {options.npz_key!r} "
-                                       f"(keys: {', '.join(keys) or 'none'})")
+            raise ScientificInputError(
+                f"{path}: npz has no array {options.npz_key!r} " f"(keys: {', '.join(keys) or 'none'})"
+            )
           key = options.npz_key
         elif len(keys) == 1:
           key = keys[0]
         else:
-          raise ScientificInputError(f"{path}: npz holds {len(keys)} arrays ({', '.join(keys) or 'none'}); "
-                                     "set data.npz_key to pick one")
+          raise ScientificInputError(
+              f"{path}: npz holds {len(keys)} arrays ({', '.join(keys) or 'none'}); " "set data.npz_key to pick one"
+          )
         raw = z[key]
       info = {"format": "npz", "npz_key": key, "header": {}}
     else:
@@ -260,16 +298,18 @@ def _read_numpy(path: str, options: ScientificOptions) -> tuple[np.ndarray, dict
   return np.asarray(raw, np.float64), info
 
 
-def _select_planes(path: str, arr: np.ndarray, options: ScientificOptions,
-                   default_axis: int) -> list[tuple[np.ndarray, list[int] | None]]:
+def _select_planes(
+    path: str, arr: np.ndarray, options: ScientificOptions, default_axis: int
+) -> list[tuple[np.ndarray, list[int] | None]]:
   """An N-D array -> [(H, W, C) array, plane indices or None], one per sample."""
   if arr.ndim > 3:
     arr = arr.reshape([s for s in arr.shape if s != 1] or [1])
   if arr.ndim == 2:  # cube options do not apply to a 2-D image: it is one sample.
     return [(arr[..., None], None)]
   if arr.ndim != 3:
-    raise ScientificInputError(f"{path}: data has {arr.ndim} dimensions (shape {arr.shape}); expected a 2-D image "
-                               "or a 3-D cube")
+    raise ScientificInputError(
+        f"{path}: data has {arr.ndim} dimensions (shape {arr.shape}); expected a 2-D image " "or a 3-D cube"
+    )
   axis = default_axis if options.cube_axis is None else int(options.cube_axis)
   if not -3 <= axis < 3:
     raise ScientificInputError(f"{path}: cube_axis {axis} is out of range for a 3-D array")
@@ -279,25 +319,29 @@ def _select_planes(path: str, arr: np.ndarray, options: ScientificOptions,
   def check(indices):
     for i in indices:
       if not -n <= i < n:
-        raise ScientificInputError(f"{path}: plane {i} does not exist (cube has {n} planes along axis {axis}, "
-                                   f"shape {arr.shape})")
+        raise ScientificInputError(
+            f"{path}: plane {i} does not exist (cube has {n} planes along axis {axis}, " f"shape {arr.shape})"
+        )
     return [i % n for i in indices]
 
   if options.cube_slices is not None:
     idx = list(range(n)) if options.cube_slices == "all" else check(options.cube_slices)
-    return [(planes[..., i:i + 1], [i]) for i in idx]
+    return [(planes[..., i : i + 1], [i]) for i in idx]
   if options.cube_channels is not None:
     idx = check(options.cube_channels)
     return [(planes[..., idx], idx)]
   if n in (1, 3):
     return [(planes, list(range(n)) if n == 3 else None)]
-  raise ScientificInputError(f"{path}: 3-D cube with {n} planes along axis {axis} (shape {arr.shape}); set "
-                             "data.cube_slices ('all' or indices: one 2-D sample per plane) or data.cube_channels "
-                             "(up to 3 indices: one multi-channel sample), or data.cube_axis")
+  raise ScientificInputError(
+      f"{path}: 3-D cube with {n} planes along axis {axis} (shape {arr.shape}); set "
+      "data.cube_slices ('all' or indices: one 2-D sample per plane) or data.cube_channels "
+      "(up to 3 indices: one multi-channel sample), or data.cube_axis"
+  )
 
 
-def fill_nonfinite(data: np.ndarray, fill: str | float = "median",
-                   path: str = "array") -> tuple[np.ndarray, np.ndarray | None, dict]:
+def fill_nonfinite(
+    data: np.ndarray, fill: str | float = "median", path: str = "array"
+) -> tuple[np.ndarray, np.ndarray | None, dict]:
   """(H, W, C) with NaN/Inf -> (filled copy, mask or None, counts). All-NaN planes are errors."""
   data = np.array(data, np.float64)
   finite = np.isfinite(data)
@@ -373,7 +417,8 @@ def check_same_shape(arrays: Sequence[np.ndarray], names: Sequence[str]) -> None
     if tuple(np.shape(arr)) != ref:
       raise ScientificInputError(
           f"{name}: shape {tuple(np.shape(arr))} differs from {ref} of {names[0]} (all files of a set must have "
-          "the same size and channel count; set data.same_size=False to resize differing sizes)")
+          "the same size and channel count; set data.same_size=False to resize differing sizes)"
+      )
 
 
 def load_field_set(paths: Sequence[str], options: ScientificOptions) -> list[Field]:
@@ -432,11 +477,12 @@ def center_crop(data: np.ndarray) -> np.ndarray:
   h, w = data.shape[:2]
   side = min(h, w)
   top, left = (h - side) // 2, (w - side) // 2
-  return data[top:top + side, left:left + side]
+  return data[top : top + side, left : left + side]
 
 
-def resize_field(data: np.ndarray, size: int | tuple[int, int], *, resample: str = "auto",
-                 resize: str = "stretch") -> np.ndarray:
+def resize_field(
+    data: np.ndarray, size: int | tuple[int, int], *, resample: str = "auto", resize: str = "stretch"
+) -> np.ndarray:
   """(H, W, C) physical values -> (size, size, C) float64; see the module docstring."""
   data = np.asarray(data, np.float64)
   squeeze = data.ndim == 2
@@ -452,9 +498,11 @@ def resize_field(data: np.ndarray, size: int | tuple[int, int], *, resample: str
   h, w = data.shape[:2]
   if resample in ("bicubic", "nearest"):
     from scipy import ndimage
+
     if (h, w) != (out_h, out_w):
-      data = ndimage.zoom(data, (out_h / h, out_w / w, 1), order=3 if resample == "bicubic" else 0,
-                          mode="nearest", grid_mode=True)
+      data = ndimage.zoom(
+          data, (out_h / h, out_w / w, 1), order=3 if resample == "bicubic" else 0, mode="nearest", grid_mode=True
+      )
   else:
     wy, wx = _axis_matrix(h, out_h, resample), _axis_matrix(w, out_w, resample)
     c = data.shape[-1]
@@ -476,8 +524,10 @@ def to_model_channels(x: np.ndarray, channels: int) -> np.ndarray:
     return x
   if c == 1 and channels == 3:
     return np.repeat(x, 3, axis=-1)
-  raise ScientificInputError(f"data with {c} channels cannot feed a {channels}-channel model "
-                             "(1 -> 3 is replicated; use data.cube_channels to pick 1 or 3 planes)")
+  raise ScientificInputError(
+      f"data with {c} channels cannot feed a {channels}-channel model "
+      "(1 -> 3 is replicated; use data.cube_channels to pick 1 or 3 planes)"
+  )
 
 
 def from_model_channels(x: np.ndarray, channels: int) -> np.ndarray:

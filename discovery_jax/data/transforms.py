@@ -73,9 +73,9 @@ class Transform:
   clip_lo: np.ndarray | None = None
   clip_hi: np.ndarray | None = None
   clip_percentiles: tuple[float, float] | None = None
-  offset: np.ndarray | None = None      # 'log' only.
-  floor: np.ndarray | None = None       # 'log' only: smallest fitted x + offset.
-  softening: np.ndarray | None = None   # 'asinh' only.
+  offset: np.ndarray | None = None  # 'log' only.
+  floor: np.ndarray | None = None  # 'log' only: smallest fitted x + offset.
+  softening: np.ndarray | None = None  # 'asinh' only.
   fit_info: dict = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
@@ -84,8 +84,10 @@ class Transform:
     self.s_min = _channel_params(self.s_min, "s_min")
     self.s_max = _channel_params(self.s_max, "s_max")
     if np.any(self.s_max <= self.s_min):
-      raise TransformError(f"transform range is empty (s_min={self.s_min.tolist()}, s_max={self.s_max.tolist()}): "
-                           "the data are constant")
+      raise TransformError(
+          f"transform range is empty (s_min={self.s_min.tolist()}, s_max={self.s_max.tolist()}): "
+          "the data are constant"
+      )
     for name in ("clip_lo", "clip_hi", "offset", "floor", "softening"):
       value = getattr(self, name)
       if value is not None:
@@ -109,8 +111,10 @@ class Transform:
     if x.ndim == 0:
       raise TransformError(f"{what}: expected an array with channels last, got a scalar")
     if self.num_channels > 1 and x.shape[-1] != self.num_channels:
-      raise TransformError(f"{what}: the transform was fitted per channel on {self.num_channels} channels, "
-                           f"the array has {x.shape[-1]} (shape {x.shape})")
+      raise TransformError(
+          f"{what}: the transform was fitted per channel on {self.num_channels} channels, "
+          f"the array has {x.shape[-1]} (shape {x.shape})"
+      )
     return x
 
   def _stretch(self, x: np.ndarray) -> np.ndarray:
@@ -158,11 +162,18 @@ class Transform:
     """JSON-ready dict (floats kept exactly: JSON writes Python floats by repr)."""
     as_list = lambda a: None if a is None else [float(v) for v in a]
     return {
-        "format": FORMAT, "version": VERSION, "kind": self.kind, "per_channel": bool(self.per_channel),
-        "s_min": as_list(self.s_min), "s_max": as_list(self.s_max),
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": self.kind,
+        "per_channel": bool(self.per_channel),
+        "s_min": as_list(self.s_min),
+        "s_max": as_list(self.s_max),
         "clip_percentiles": None if self.clip_percentiles is None else list(self.clip_percentiles),
-        "clip_lo": as_list(self.clip_lo), "clip_hi": as_list(self.clip_hi),
-        "offset": as_list(self.offset), "floor": as_list(self.floor), "softening": as_list(self.softening),
+        "clip_lo": as_list(self.clip_lo),
+        "clip_hi": as_list(self.clip_hi),
+        "offset": as_list(self.offset),
+        "floor": as_list(self.floor),
+        "softening": as_list(self.softening),
         "fit_info": json.loads(json.dumps(self.fit_info)),
     }
 
@@ -174,10 +185,19 @@ class Transform:
     if int(d.get("version", -1)) > VERSION:
       raise TransformError(f"intensity transform version {d['version']} is newer than this code ({VERSION})")
     cp = d.get("clip_percentiles")
-    return cls(kind=d["kind"], s_min=d["s_min"], s_max=d["s_max"], per_channel=bool(d.get("per_channel", False)),
-               clip_lo=d.get("clip_lo"), clip_hi=d.get("clip_hi"), clip_percentiles=None if cp is None else tuple(cp),
-               offset=d.get("offset"), floor=d.get("floor"), softening=d.get("softening"),
-               fit_info=dict(d.get("fit_info") or {}))
+    return cls(
+        kind=d["kind"],
+        s_min=d["s_min"],
+        s_max=d["s_max"],
+        per_channel=bool(d.get("per_channel", False)),
+        clip_lo=d.get("clip_lo"),
+        clip_hi=d.get("clip_hi"),
+        clip_percentiles=None if cp is None else tuple(cp),
+        offset=d.get("offset"),
+        floor=d.get("floor"),
+        softening=d.get("softening"),
+        fit_info=dict(d.get("fit_info") or {}),
+    )
 
   def to_json(self) -> str:
     return json.dumps(self.to_dict(), separators=(",", ":"))
@@ -225,17 +245,25 @@ def _pooled(arrays: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
   arrays = [a[..., None] if a.ndim == 2 else a for a in arrays]
   channels = {a.shape[-1] for a in arrays}
   if any(a.ndim not in (3, 4) for a in arrays) or len(channels) != 1:
-    raise TransformError("transforms are fitted on (H, W, C) or (N, H, W, C) arrays with one channel count; got "
-                         f"shapes {sorted({a.shape for a in arrays})}")
+    raise TransformError(
+        "transforms are fitted on (H, W, C) or (N, H, W, C) arrays with one channel count; got "
+        f"shapes {sorted({a.shape for a in arrays})}"
+    )
   pooled = np.concatenate([a.reshape(-1, a.shape[-1]) for a in arrays], axis=0)
   if not np.isfinite(pooled).all():
     raise TransformError("cannot fit a transform on data with NaN/Inf (fill them when reading)")
   return pooled
 
 
-def fit_transform(kind: str, arrays: Sequence[np.ndarray] | np.ndarray, *, per_channel: bool = False,
-                  clip_percentiles: Sequence[float] | None = None, offset: float | Sequence[float] | None = None,
-                  softening: float | Sequence[float] | None = None) -> Transform:
+def fit_transform(
+    kind: str,
+    arrays: Sequence[np.ndarray] | np.ndarray,
+    *,
+    per_channel: bool = False,
+    clip_percentiles: Sequence[float] | None = None,
+    offset: float | Sequence[float] | None = None,
+    softening: float | Sequence[float] | None = None,
+) -> Transform:
   """Fits ``kind`` ('linear', 'log', 'asinh') on the few-shot set.
 
   ``arrays``: (H, W, C) or (N, H, W, C) arrays (or a list of them), physical, finite.
@@ -278,12 +306,18 @@ def fit_transform(kind: str, arrays: Sequence[np.ndarray] | np.ndarray, *, per_c
   if kind == "log":
     off = per(offset, "offset")
     if off is None:
-      off = np.array([0.0 if c.min() > 0 else -c.min() + LOG_FLOOR_FRACTION * max(np.ptp(c), np.abs(c).max(), 1e-300)
-                      for c in cols])
+      off = np.array(
+          [
+              0.0 if c.min() > 0 else -c.min() + LOG_FLOOR_FRACTION * max(np.ptp(c), np.abs(c).max(), 1e-300)
+              for c in cols
+          ]
+      )
     shifted = [c + o for c, o in zip(cols, off)]
     if any(s.min() <= 0 for s in shifted):
-      raise TransformError(f"'log' transform: offset {off.tolist()} leaves values <= 0 (minimum "
-                           f"{min(c.min() for c in cols):.6g}); use a larger offset or leave it automatic")
+      raise TransformError(
+          f"'log' transform: offset {off.tolist()} leaves values <= 0 (minimum "
+          f"{min(c.min() for c in cols):.6g}); use a larger offset or leave it automatic"
+      )
     flo = np.array([s.min() for s in shifted])
   elif kind == "asinh":
     soft = per(softening, "softening")
@@ -298,10 +332,27 @@ def fit_transform(kind: str, arrays: Sequence[np.ndarray] | np.ndarray, *, per_c
   s_min = np.array([s.min() for s in stretched])
   s_max = np.array([s.max() for s in stretched])
   if np.any(s_max <= s_min):
-    raise TransformError(f"cannot fit a '{kind}' transform: the (clipped) data are constant "
-                         f"(value {cols[int(np.argmin(s_max - s_min))][0]:.6g})")
-  fit_info = {"n_values": int(data.size), "channels": int(data.shape[1]),
-              "clipped_fraction": clipped / data.size if clip_percentiles is not None else 0.0,
-              "data_min": [float(v) for v in data.min(axis=0)], "data_max": [float(v) for v in data.max(axis=0)]}
-  return Transform(kind=kind, s_min=s_min, s_max=s_max, per_channel=per_channel, clip_lo=clip_lo, clip_hi=clip_hi,
-                   clip_percentiles=clip_percentiles, offset=off, floor=flo, softening=soft, fit_info=fit_info)
+    raise TransformError(
+        f"cannot fit a '{kind}' transform: the (clipped) data are constant "
+        f"(value {cols[int(np.argmin(s_max - s_min))][0]:.6g})"
+    )
+  fit_info = {
+      "n_values": int(data.size),
+      "channels": int(data.shape[1]),
+      "clipped_fraction": clipped / data.size if clip_percentiles is not None else 0.0,
+      "data_min": [float(v) for v in data.min(axis=0)],
+      "data_max": [float(v) for v in data.max(axis=0)],
+  }
+  return Transform(
+      kind=kind,
+      s_min=s_min,
+      s_max=s_max,
+      per_channel=per_channel,
+      clip_lo=clip_lo,
+      clip_hi=clip_hi,
+      clip_percentiles=clip_percentiles,
+      offset=off,
+      floor=flo,
+      softening=soft,
+      fit_info=fit_info,
+  )

@@ -39,8 +39,10 @@ CROP = 72
 def package_dir(name: str) -> str:
   spec = importlib.util.find_spec(name)  # finds, does not import (their __init__ needs torch/TF).
   if spec is None or not spec.submodule_search_locations:
-    raise SystemExit(f"package {name} is not installed: pip install --no-deps "
-                     f"{'animal-mnist==0.4' if name == 'animal_mnist' else 'firstgalaxydata==0.2.1'}")
+    raise SystemExit(
+        f"package {name} is not installed: pip install --no-deps "
+        f"{'animal-mnist==0.4' if name == 'animal_mnist' else 'firstgalaxydata==0.2.1'}"
+    )
   return list(spec.submodule_search_locations)[0]
 
 
@@ -63,14 +65,15 @@ def resize(img: np.ndarray) -> np.ndarray:
 def galaxy_image(png: bytes) -> np.ndarray:
   img = np.asarray(Image.open(io.BytesIO(png)).convert("L"), np.float32) / 255.0
   c0 = (img.shape[0] - CROP) // 2
-  crop = np.sqrt(np.clip(img[c0:c0 + CROP, c0:c0 + CROP], 0, 1))  # square-root display stretch.
+  crop = np.sqrt(np.clip(img[c0 : c0 + CROP, c0 : c0 + CROP], 0, 1))  # square-root display stretch.
   return resize((crop * 255).round().astype(np.uint8))
 
 
 def load_galaxies() -> tuple[list[str], np.ndarray]:
   with zipfile.ZipFile(os.path.join(package_dir("firstgalaxydata"), "galaxy_data.zip")) as z:
-    names = sorted(n for n in z.namelist() if n.endswith(".png") and n.split("/")[1] == "all"
-                   and n.split("/")[2] in OOD_CLASSES)
+    names = sorted(
+        n for n in z.namelist() if n.endswith(".png") and n.split("/")[1] == "all" and n.split("/")[2] in OOD_CLASSES
+    )
     return names, np.stack([galaxy_image(z.read(n)) for n in names])
 
 
@@ -96,25 +99,29 @@ def main() -> None:
 
   animals, labels = load_animals()
   animals = np.stack([resize(a) for a in animals])
-  heldout = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:args.id_heldout_per_class]
-                            for c in range(10)])
+  heldout = np.concatenate(
+      [rng.permutation(np.flatnonzero(labels == c))[: args.id_heldout_per_class] for c in range(10)]
+  )
   train = np.setdiff1d(np.arange(len(animals)), heldout)
   os.makedirs(os.path.dirname(os.path.abspath(args.train_out)), exist_ok=True)
   np.savez_compressed(args.train_out, images=animals[train][..., None], labels=labels[train])
-  write_pngs(os.path.join(args.assets, "id_heldout"), animals[heldout],
-             [f"animal_{labels[i]}_{i:05d}.png" for i in heldout])
+  write_pngs(
+      os.path.join(args.assets, "id_heldout"), animals[heldout], [f"animal_{labels[i]}_{i:05d}.png" for i in heldout]
+  )
 
   names, galaxies = load_galaxies()
   order = rng.permutation(len(names))
   if args.num_fewshot + args.num_ood_heldout > len(order):
     raise SystemExit(f"only {len(order)} galaxies for {args.num_fewshot} + {args.num_ood_heldout}")
-  few, held = order[:args.num_fewshot], order[args.num_fewshot:args.num_fewshot + args.num_ood_heldout]
+  few, held = order[: args.num_fewshot], order[args.num_fewshot : args.num_fewshot + args.num_ood_heldout]
   label = lambda i: f"{names[i].split('/')[2]}_{i:04d}.png"
   write_pngs(os.path.join(args.assets, "ood_fewshot"), galaxies[few], [label(i) for i in few])
   write_pngs(os.path.join(args.assets, "ood_heldout"), galaxies[held], [label(i) for i in held])
-  print(f"ID: {len(train)} training silhouettes -> {args.train_out}; {len(heldout)} held out -> "
-        f"{args.assets}/id_heldout\nOOD: {len(few)} few-shot and {len(held)} held-out radio galaxies "
-        f"(of {len(names)} {'/'.join(OOD_CLASSES)}) -> {args.assets}/ood_fewshot, ood_heldout")
+  print(
+      f"ID: {len(train)} training silhouettes -> {args.train_out}; {len(heldout)} held out -> "
+      f"{args.assets}/id_heldout\nOOD: {len(few)} few-shot and {len(held)} held-out radio galaxies "
+      f"(of {len(names)} {'/'.join(OOD_CLASSES)}) -> {args.assets}/ood_fewshot, ood_heldout"
+  )
 
 
 if __name__ == "__main__":

@@ -63,6 +63,7 @@ PATCH_TEST_FRACTION = 0.2  # Right-most fraction of columns that only test patch
 
 class Dataset(NamedTuple):
   """uint8 (N, 32, 32) images, labels, test flags and per-class facts."""
+
   images: np.ndarray
   labels: np.ndarray
   is_test: np.ndarray
@@ -96,7 +97,7 @@ def skimage_version(data_dir: str) -> str | None:
   """Reads the dist-info next to the data folder, since scikit-image itself is never imported."""
   site = os.path.dirname(os.path.dirname(os.path.abspath(data_dir)))
   infos = [d for d in os.listdir(site) if d.startswith("scikit_image-") and d.endswith(".dist-info")]
-  return infos[0][len("scikit_image-"):-len(".dist-info")] if len(infos) == 1 else version("scikit-image")
+  return infos[0][len("scikit_image-") : -len(".dist-info")] if len(infos) == 1 else version("scikit-image")
 
 
 def resize(img: np.ndarray) -> np.ndarray:
@@ -120,30 +121,36 @@ def galaxy_image(png: bytes) -> np.ndarray:
   """The demo's processing: central crop, square-root stretch, LANCZOS to 32x32."""
   img = np.asarray(Image.open(io.BytesIO(png)).convert("L"), np.float32) / 255.0
   c0 = (img.shape[0] - GALAXY_CROP) // 2
-  crop = np.sqrt(np.clip(img[c0:c0 + GALAXY_CROP, c0:c0 + GALAXY_CROP], 0, 1))
+  crop = np.sqrt(np.clip(img[c0 : c0 + GALAXY_CROP, c0 : c0 + GALAXY_CROP], 0, 1))
   return resize((crop * 255).round().astype(np.uint8))
 
 
 def load_galaxies() -> tuple[list[str], np.ndarray]:
   """All four classes of the 'all' split, sorted by zip path."""
   with zipfile.ZipFile(os.path.join(package_dir("firstgalaxydata"), "galaxy_data.zip")) as z:
-    names = sorted(n for n in z.namelist() if n.endswith(".png") and n.split("/")[1] == "all"
-                   and n.split("/")[2] in GALAXY_CLASSES)
+    names = sorted(
+        n for n in z.namelist() if n.endswith(".png") and n.split("/")[1] == "all" and n.split("/")[2] in GALAXY_CLASSES
+    )
     return names, np.stack([galaxy_image(z.read(n)) for n in names])
 
 
-def demo_exclusions(animal_labels: np.ndarray, galaxy_names: list[str], seed: int = 0, id_per_class: int = 20,
-                    num_fewshot: int = 32, num_ood_heldout: int = 256):
+def demo_exclusions(
+    animal_labels: np.ndarray,
+    galaxy_names: list[str],
+    seed: int = 0,
+    id_per_class: int = 20,
+    num_fewshot: int = 32,
+    num_ood_heldout: int = 256,
+):
   """Re-derives prepare.py's seeded selection (same RNG calls, same order) so it can be excluded.
 
   Returns the excluded animal indices, the excluded galaxy zip paths and the PNG names
   prepare.py gives them, to compare with the committed assets.
   """
   rng = np.random.default_rng(seed)
-  id_held = np.concatenate([rng.permutation(np.flatnonzero(animal_labels == c))[:id_per_class]
-                            for c in range(10)])
+  id_held = np.concatenate([rng.permutation(np.flatnonzero(animal_labels == c))[:id_per_class] for c in range(10)])
   ood_names = [n for n in galaxy_names if n.split("/")[2] in DEMO_OOD_CLASSES]  # Still sorted, as in prepare.py.
-  ood_used = rng.permutation(len(ood_names))[:num_fewshot + num_ood_heldout]
+  ood_used = rng.permutation(len(ood_names))[: num_fewshot + num_ood_heldout]
   id_pngs = [f"animal_{animal_labels[i]}_{i:05d}.png" for i in id_held]
   ood_pngs = [f"{ood_names[i].split('/')[2]}_{i:04d}.png" for i in ood_used]
   return id_held, {ood_names[i] for i in ood_used}, id_pngs, ood_pngs
@@ -151,8 +158,10 @@ def demo_exclusions(animal_labels: np.ndarray, galaxy_names: list[str], seed: in
 
 def check_against_assets(assets_dir: str, id_pngs: list[str], ood_pngs: list[str]) -> None:
   """Fails when the re-derived selection drifts from the committed demo PNGs."""
+
   def listed(*subs):
     return sorted(p for s in subs for p in os.listdir(os.path.join(assets_dir, s)) if p.endswith(".png"))
+
   if sorted(id_pngs) != listed("id_heldout"):
     raise SystemExit("re-derived id_heldout selection differs from the committed demo assets")
   if sorted(ood_pngs) != listed("ood_fewshot", "ood_heldout"):
@@ -166,7 +175,7 @@ def image_patches(img: np.ndarray, count: int, rng: np.random.Generator) -> np.n
   for _ in range(count):
     s = int(rng.integers(32, 65))
     y, x = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
-    out.append(resize(np.ascontiguousarray(img[y:y + s, x:x + s])))
+    out.append(resize(np.ascontiguousarray(img[y : y + s, x : x + s])))
   return np.stack(out)
 
 
@@ -179,8 +188,9 @@ def available_patch_sources(data_dir: str) -> list[tuple[str, str, str, str]]:
   return found
 
 
-def patch_class(data_dir: str, fname: str, per_class: int, test_fraction: float,
-                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def patch_class(
+    data_dir: str, fname: str, per_class: int, test_fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
   """Grayscale (ITU-R 601 luma) crops; test crops come from a spatially disjoint right strip."""
   img = np.asarray(Image.open(os.path.join(data_dir, fname)).convert("L"), np.uint8)
   cut = int(round(img.shape[1] * (1 - PATCH_TEST_FRACTION)))
@@ -202,7 +212,7 @@ def build_dataset(skimage_data_dir: str, args: argparse.Namespace) -> Dataset:
 
   def split(n):
     mask = np.zeros(n, bool)
-    mask[rng.permutation(n)[:int(round(n * args.test_fraction))]] = True
+    mask[rng.permutation(n)[: int(round(n * args.test_fraction))]] = True
     return mask
 
   def add_class(name, group, aug, imgs, test_mask=None):
@@ -227,36 +237,47 @@ def build_dataset(skimage_data_dir: str, args: argparse.Namespace) -> Dataset:
     add_class(f"galaxy_{c}", "galaxy", "dihedral", galaxies[(galaxy_class == c) & keep_galaxy])
   sources = available_patch_sources(skimage_data_dir)
   for name, fname, aug, _ in sources:
-    add_class(f"patch_{name}", "patch", aug,
-              *patch_class(skimage_data_dir, fname, args.patches_per_class, args.test_fraction, rng))
+    add_class(
+        f"patch_{name}",
+        "patch",
+        aug,
+        *patch_class(skimage_data_dir, fname, args.patches_per_class, args.test_fraction, rng),
+    )
 
   provenance = {
       "animal-mnist": "data/Animal_MNIST/animal_{data,label}_version_3.gz, 28->32 LANCZOS; licence MIT",
-      "firstgalaxydata": ("galaxy_data.zip 'all' split, classes FRI/FRII/Compact/Bent; central 72x72 crop, sqrt "
-                          "stretch, LANCZOS to 32x32 (as demo/prepare.py); FIRST images (c) 1994 University of "
-                          "California, for scholarly, educational and private non-commercial use"),
+      "firstgalaxydata": (
+          "galaxy_data.zip 'all' split, classes FRI/FRII/Compact/Bent; central 72x72 crop, sqrt "
+          "stretch, LANCZOS to 32x32 (as demo/prepare.py); FIRST images (c) 1994 University of "
+          "California, for scholarly, educational and private non-commercial use"
+      ),
       "scikit-image": {
           "files": {f"patch_{n}": {"file": f, "licence": lic} for n, f, _, lic in sources},
-          "processing": (f"grayscale (PIL 'L'), {args.patches_per_class} random 32..64 px square crops per image "
-                         f"resized to 32x32 (LANCZOS); test crops from the right {PATCH_TEST_FRACTION:.0%} of "
-                         "columns, train crops from the rest"),
+          "processing": (
+              f"grayscale (PIL 'L'), {args.patches_per_class} random 32..64 px square crops per image "
+              f"resized to 32x32 (LANCZOS); test crops from the right {PATCH_TEST_FRACTION:.0%} of "
+              "columns, train crops from the rest"
+          ),
           "licence_source": "per-image notes in skimage/data/_fetchers.py docstrings; wheel licence BSD-3-Clause",
           "never_read": "brick, grass, gravel, hubble_deep_field, retina, ihc (method-benchmark domains)",
       },
       "sklearn digits": "not used (a method-benchmark domain)",
       "flat_rule": f"images with uint8 pixel std < {args.min_std} are dropped from every class before splitting",
       "excluded_demo_images": {
-          "rule": ("demo/prepare.py selection re-derived with numpy default_rng(0): per animal class c in 0..9 "
-                   "rng.permutation(indices of class c)[:20] (id_heldout); then order = rng.permutation over the "
-                   "sorted 'all'-split FRI/FRII/Bent zip paths, order[:32] = ood_fewshot, order[32:288] = "
-                   "ood_heldout. All are dropped before anything else."),
+          "rule": (
+              "demo/prepare.py selection re-derived with numpy default_rng(0): per animal class c in 0..9 "
+              "rng.permutation(indices of class c)[:20] (id_heldout); then order = rng.permutation over the "
+              "sorted 'all'-split FRI/FRII/Bent zip paths, order[:32] = ood_fewshot, order[32:288] = "
+              "ood_heldout. All are dropped before anything else."
+          ),
           "count": {"animals": int(len(id_held)), "galaxies": int(len(ood_excluded))},
           "checked_against_committed_assets": bool(args.demo_assets),
           "galaxy_zip_paths": sorted(ood_excluded),
       },
   }
-  return Dataset(np.concatenate(images), np.concatenate(labels), np.concatenate(is_test),
-                 names, groups, augs, dropped, provenance)
+  return Dataset(
+      np.concatenate(images), np.concatenate(labels), np.concatenate(is_test), names, groups, augs, dropped, provenance
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -276,7 +297,7 @@ def augment(batch: np.ndarray, aug_codes: np.ndarray, rng: np.random.Generator) 
   hflip, vflip, transpose = rng.random(n) < 0.5, rng.random(n) < 0.5, rng.random(n) < 0.5
   out = np.empty_like(batch)
   for i in range(n):
-    img = padded[i, dy[i]:dy[i] + SIZE, dx[i]:dx[i] + SIZE]
+    img = padded[i, dy[i] : dy[i] + SIZE, dx[i] : dx[i] + SIZE]
     if aug_codes[i] >= 1 and hflip[i]:
       img = img[:, ::-1]
     if aug_codes[i] == 2 and vflip[i]:
@@ -321,17 +342,24 @@ def train(ds: Dataset, model: feature_net.FeatureNet, args: argparse.Namespace) 
   for step in range(1, args.steps + 1):
     if pos + args.batch_size > len(order):
       order, pos = rng.permutation(train_idx), 0
-    idx = order[pos:pos + args.batch_size]
+    idx = order[pos : pos + args.batch_size]
     pos += args.batch_size
     x = to_model(augment(ds.images[idx], aug_codes[idx], rng))
     y = ds.labels[idx]
-    params, opt_state, loss, acc = step_fn(params, opt_state, jnp.asarray(x), jnp.asarray(y),
-                                           jnp.asarray(class_weight[y]))
+    params, opt_state, loss, acc = step_fn(
+        params, opt_state, jnp.asarray(x), jnp.asarray(y), jnp.asarray(class_weight[y])
+    )
     run_loss, run_acc = run_loss + float(loss), run_acc + float(acc)
     if step % args.log_every == 0 or step == args.steps:
       k = (step - 1) % args.log_every + 1
-      log.append({"step": step, "loss": round(run_loss / k, 4), "train_acc": round(run_acc / k, 4),
-                  "seconds": round(time.time() - t0, 1)})
+      log.append(
+          {
+              "step": step,
+              "loss": round(run_loss / k, 4),
+              "train_acc": round(run_acc / k, 4),
+              "seconds": round(time.time() - t0, 1),
+          }
+      )
       print(log[-1], flush=True)
       run_loss = run_acc = 0.0
   return params, log
@@ -342,9 +370,9 @@ def predict(model: feature_net.FeatureNet, params: dict, images: np.ndarray, bat
   apply = jax.jit(lambda p, x: model.apply({"params": p}, x)[1])
   out = []
   for s in range(0, len(images), batch_size):
-    chunk = to_model(images[s:s + batch_size])
+    chunk = to_model(images[s : s + batch_size])
     pad = np.zeros((batch_size - len(chunk),) + chunk.shape[1:], np.float32)
-    out.append(np.asarray(apply(params, jnp.asarray(np.concatenate([chunk, pad]))))[:len(chunk)])
+    out.append(np.asarray(apply(params, jnp.asarray(np.concatenate([chunk, pad]))))[: len(chunk)])
   return np.concatenate(out)
 
 
@@ -355,22 +383,38 @@ def evaluate(model: feature_net.FeatureNet, params: dict, ds: Dataset) -> dict:
   correct = np.argmax(predict(model, params, ds.images[idx]), -1) == y
   per_class = {n: round(float(correct[y == c].mean()), 4) for c, n in enumerate(ds.class_names)}
   groups = np.array(ds.class_groups)[y]
-  return {"overall": round(float(correct.mean()), 4), "n_test": int(len(idx)),
-          "mean_per_class": round(float(np.mean(list(per_class.values()))), 4),
-          "per_group": {g: round(float(correct[groups == g].mean()), 4) for g in dict.fromkeys(ds.class_groups)},
-          "per_class": per_class}
+  return {
+      "overall": round(float(correct.mean()), 4),
+      "n_test": int(len(idx)),
+      "mean_per_class": round(float(np.mean(list(per_class.values()))), 4),
+      "per_group": {g: round(float(correct[groups == g].mean()), 4) for g in dict.fromkeys(ds.class_groups)},
+      "per_class": per_class,
+  }
 
 
 def class_counts(ds: Dataset) -> dict:
-  return {n: {"train": int(((ds.labels == c) & ~ds.is_test).sum()), "test": int(((ds.labels == c) & ds.is_test).sum()),
-              "dropped_flat": ds.dropped_flat[n]} for c, n in enumerate(ds.class_names)}
+  return {
+      n: {
+          "train": int(((ds.labels == c) & ~ds.is_test).sum()),
+          "test": int(((ds.labels == c) & ds.is_test).sum()),
+          "dropped_flat": ds.dropped_flat[n],
+      }
+      for c, n in enumerate(ds.class_names)
+  }
 
 
 def package_versions(skimage_data_dir: str) -> dict:
-  return {"python": sys.version.split()[0], "jax": jax.__version__, "flax": version("flax"), "optax": version("optax"),
-          "numpy": np.__version__, "pillow": version("pillow"), "animal-mnist": version("animal-mnist"),
-          "firstgalaxydata": version("firstgalaxydata"),
-          "scikit-image (data files only)": skimage_version(skimage_data_dir)}
+  return {
+      "python": sys.version.split()[0],
+      "jax": jax.__version__,
+      "flax": version("flax"),
+      "optax": version("optax"),
+      "numpy": np.__version__,
+      "pillow": version("pillow"),
+      "animal-mnist": version("animal-mnist"),
+      "firstgalaxydata": version("firstgalaxydata"),
+      "scikit-image (data files only)": skimage_version(skimage_data_dir),
+  }
 
 
 def command_line(argv=None) -> str:
@@ -407,8 +451,11 @@ def main(argv=None) -> None:
   counts = class_counts(ds)
   print(f"dataset: {len(ds.images)} images, {len(ds.class_names)} classes, {int(ds.is_test.sum())} test", flush=True)
   print("dropped flat:", {k: v["dropped_flat"] for k, v in counts.items() if v["dropped_flat"]}, flush=True)
-  arch = {"widths": [int(w) for w in args.widths.split(",")], "embed_dim": args.embed_dim,
-          "num_classes": len(ds.class_names)}
+  arch = {
+      "widths": [int(w) for w in args.widths.split(",")],
+      "embed_dim": args.embed_dim,
+      "num_classes": len(ds.class_names),
+  }
   model = feature_net.build(arch)
   t0 = time.time()
   params, log = train(ds, model, args)
@@ -426,23 +473,46 @@ def main(argv=None) -> None:
       "class_groups": ds.class_groups,
       "counts": counts,
       "test_accuracy": accuracy,
-      "test_split": (f"seeded {args.test_fraction:.0%} per class after dropping flat images; patch classes: crops "
-                     "from a spatially disjoint strip"),
+      "test_split": (
+          f"seeded {args.test_fraction:.0%} per class after dropping flat images; patch classes: crops "
+          "from a spatially disjoint strip"
+      ),
       "data_provenance": ds.provenance,
-      "training": {"optimizer": "optax.adamw", "lr_schedule": "warmup_cosine_decay",
-                   **{k: getattr(args, k) for k in ("steps", "batch_size", "lr", "warmup", "weight_decay",
-                                                    "galaxy_weight", "min_std", "patches_per_class")},
-                   "augmentation": ("+-2 px edge-padded shifts; hflip (animals, photos); dihedral flips/transpose "
-                                    "(galaxies, moon, coins); shifts only (text, page)"),
-                   "train_seconds": round(train_seconds, 1), "device": jax.devices()[0].device_kind, "log": log},
+      "training": {
+          "optimizer": "optax.adamw",
+          "lr_schedule": "warmup_cosine_decay",
+          **{
+              k: getattr(args, k)
+              for k in (
+                  "steps",
+                  "batch_size",
+                  "lr",
+                  "warmup",
+                  "weight_decay",
+                  "galaxy_weight",
+                  "min_std",
+                  "patches_per_class",
+              )
+          },
+          "augmentation": (
+              "+-2 px edge-padded shifts; hflip (animals, photos); dihedral flips/transpose "
+              "(galaxies, moon, coins); shifts only (text, page)"
+          ),
+          "train_seconds": round(train_seconds, 1),
+          "device": jax.devices()[0].device_kind,
+          "log": log,
+      },
       "seed": args.seed,
       "command": command_line(argv),
       "versions": package_versions(skimage_dir),
   }
   metadata = feature_net.save(args.out_dir, params, metadata)
   size = os.path.getsize(os.path.join(args.out_dir, feature_net.WEIGHTS_FILE))
-  print(f"wrote {args.out_dir} ({size} bytes of weights, sha256 {metadata['weights_sha256']}); "
-        f"trained {train_seconds:.0f}s", flush=True)
+  print(
+      f"wrote {args.out_dir} ({size} bytes of weights, sha256 {metadata['weights_sha256']}); "
+      f"trained {train_seconds:.0f}s",
+      flush=True,
+  )
 
 
 if __name__ == "__main__":

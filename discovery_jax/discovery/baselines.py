@@ -20,12 +20,13 @@ def sample_gaussian_baseline(prior: GaussianPrior, n: int, key: jax.Array, *, ch
   out = np.empty((n,) + prior.shape, np.float32)
   for s in range(0, n, chunk):
     idx = np.arange(s, min(n, s + chunk))
-    out[s:s + len(idx)] = np.asarray(sample_prior(prior, key, idx)).reshape((len(idx),) + prior.shape)
+    out[s : s + len(idx)] = np.asarray(sample_prior(prior, key, idx)).reshape((len(idx),) + prior.shape)
   return out
 
 
-def renoise_baseline(ood_bank: Any, n: int, key: jax.Array, strength: float, *,
-                     prior: GaussianPrior | None = None) -> np.ndarray:
+def renoise_baseline(
+    ood_bank: Any, n: int, key: jax.Array, strength: float, *, prior: GaussianPrior | None = None
+) -> np.ndarray:
   """'Copy with noise': x_i = m + sqrt(1 - s^2) (x_src - m) + s sqrt(var) eps_i.
 
   src = i mod N; eps_i from ``fold_in(key, i)``; m, var from ``prior`` (default: the
@@ -40,10 +41,10 @@ def renoise_baseline(ood_bank: Any, n: int, key: jax.Array, strength: float, *,
   std = np.sqrt(np.asarray(prior.var))
   unit = dataclasses.replace(prior, mean=jnp.zeros_like(prior.mean), var=jnp.ones_like(prior.var))
   out = np.empty((n,) + latent_shape(ood_bank), np.float32)
-  keep = math.sqrt(1.0 - strength ** 2)
+  keep = math.sqrt(1.0 - strength**2)
   for s in range(0, n, 64):
     idx = np.arange(s, min(n, s + 64))
     eps = np.asarray(sample_prior(unit, key, idx))
     src = np.asarray(rows[idx % rows.shape[0]])
-    out[s:s + len(idx)] = (mean + keep * (src - mean) + strength * std * eps).reshape((len(idx),) + out.shape[1:])
+    out[s : s + len(idx)] = (mean + keep * (src - mean) + strength * std * eps).reshape((len(idx),) + out.shape[1:])
   return out

@@ -11,8 +11,9 @@ from discovery_jax.discovery.linalg import as_rows, check_banks, span_features, 
 from discovery_jax.discovery.prior import fit_prior
 
 
-def gaussianity(bank: Any, *, num_dims: int = 1000, seed: int = 0, alpha: float = 0.05,
-                return_pvalues: bool = False) -> dict:
+def gaussianity(
+    bank: Any, *, num_dims: int = 1000, seed: int = 0, alpha: float = 0.05, return_pvalues: bool = False
+) -> dict:
   """Per-dimension normality tests on ``num_dims`` random dimensions (seeded).
 
   D'Agostino-Pearson (scipy ``normaltest``) when N >= 20, Shapiro-Wilk below.
@@ -34,14 +35,19 @@ def gaussianity(bank: Any, *, num_dims: int = 1000, seed: int = 0, alpha: float 
   else:
     name, p = "shapiro", np.array([sps.shapiro(x[:, j]).pvalue for j in range(x.shape[1])])
   k = int(np.sum(p < alpha))
-  return {"test": name, "num_latents": int(n), "num_dims": int(len(dims)), "alpha": float(alpha),
-          "fraction_rejected": k / len(dims), "expected_fraction": float(alpha),
-          "binomial_pvalue": float(sps.binomtest(k, len(dims), alpha, alternative="greater").pvalue),
-          "median_pvalue": float(np.median(p)),
-          "mean_skew": float(np.mean(sps.skew(x, axis=0))),
-          "mean_excess_kurtosis": float(np.mean(sps.kurtosis(x, axis=0))),
-          **({"pvalues": np.asarray(p, np.float64)} if return_pvalues else {})}
-
+  return {
+      "test": name,
+      "num_latents": int(n),
+      "num_dims": int(len(dims)),
+      "alpha": float(alpha),
+      "fraction_rejected": k / len(dims),
+      "expected_fraction": float(alpha),
+      "binomial_pvalue": float(sps.binomtest(k, len(dims), alpha, alternative="greater").pvalue),
+      "median_pvalue": float(np.median(p)),
+      "mean_skew": float(np.mean(sps.skew(x, axis=0))),
+      "mean_excess_kurtosis": float(np.mean(sps.kurtosis(x, axis=0))),
+      **({"pvalues": np.asarray(p, np.float64)} if return_pvalues else {}),
+  }
 
 
 def separability(ood_bank: Any, id_bank: Any, *, num_folds: int = 5, seed: int = 0, C: float = 1.0) -> dict:
@@ -68,12 +74,14 @@ def separability(ood_bank: Any, id_bank: Any, *, num_folds: int = 5, seed: int =
   ro, ri = as_rows(ood_bank), as_rows(id_bank)
   no, ni, d = ro.shape[0], ri.shape[0], ro.shape[1]
   if min(no, ni) < max(2, num_folds):
-    raise ValueError(f"separability with num_folds={num_folds} needs at least {max(2, num_folds)} latents per "
-                     f"bank, got OOD {no}, ID {ni}")
+    raise ValueError(
+        f"separability with num_folds={num_folds} needs at least {max(2, num_folds)} latents per "
+        f"bank, got OOD {no}, ID {ni}"
+    )
   po, pi = fit_prior(ro), fit_prior(ri)
   dist = float(np.linalg.norm(np.asarray(po.mean, np.float64) - np.asarray(pi.mean, np.float64)))
-  var_o, var_i = po.sigma ** 2, pi.sigma ** 2
-  d2_unbiased = dist ** 2 - d * var_o / no - d * var_i / ni
+  var_o, var_i = po.sigma**2, pi.sigma**2
+  d2_unbiased = dist**2 - d * var_o / no - d * var_i / ni
   sigma = math.sqrt((var_o + var_i) / 2)
   debiased = math.sqrt(max(d2_unbiased, 0.0))
 
@@ -91,13 +99,22 @@ def separability(ood_bank: Any, id_bank: Any, *, num_folds: int = 5, seed: int =
     score = lambda idx: -2 * g[:, idx].mean(1) + g[np.ix_(idx, idx)].mean()
     pred = (score(to) < score(ti)).astype(int)
     acc_centroid.append(float(np.mean(pred[test] == y[test])))
-  return {"dim": int(d), "num_ood": int(no), "num_id": int(ni), "sigma_ood": po.sigma, "sigma_id": pi.sigma,
-          "centre_distance": dist, "centre_distance_sq_unbiased": float(d2_unbiased),
-          "centre_distance_debiased": debiased, "d_quarter_scale": sigma * d ** 0.25,
-          "d_quarter_ratio": debiased / (sigma * d ** 0.25),
-          "distance_gap_z": float(d2_unbiased / (math.sqrt(8 * d) * sigma ** 2)),
-          "classifier": "logistic regression (L2, C=%g) on exact span-of-training coordinates" % C,
-          "num_folds": int(num_folds), "heldout_accuracy": float(np.mean(acc)),
-          "heldout_accuracy_std": float(np.std(acc)), "nearest_mean_accuracy": float(np.mean(acc_centroid)),
-          "chance_accuracy": max(no, ni) / (no + ni)}
-
+  return {
+      "dim": int(d),
+      "num_ood": int(no),
+      "num_id": int(ni),
+      "sigma_ood": po.sigma,
+      "sigma_id": pi.sigma,
+      "centre_distance": dist,
+      "centre_distance_sq_unbiased": float(d2_unbiased),
+      "centre_distance_debiased": debiased,
+      "d_quarter_scale": sigma * d**0.25,
+      "d_quarter_ratio": debiased / (sigma * d**0.25),
+      "distance_gap_z": float(d2_unbiased / (math.sqrt(8 * d) * sigma**2)),
+      "classifier": "logistic regression (L2, C=%g) on exact span-of-training coordinates" % C,
+      "num_folds": int(num_folds),
+      "heldout_accuracy": float(np.mean(acc)),
+      "heldout_accuracy_std": float(np.std(acc)),
+      "nearest_mean_accuracy": float(np.mean(acc_centroid)),
+      "chance_accuracy": max(no, ni) / (no + ni),
+  }

@@ -15,9 +15,17 @@ from discovery_jax.discovery.linalg import as_rows, check_banks, dist_from_gram,
 from discovery_jax.discovery.statistics import describe_from_gram, mean_std
 
 
-def compare_to_bank(latents: Any, ood_bank: Any, id_bank: Any, *, targets: Targets | None = None,
-                    guard: LinearGuard | None = None, key: jax.Array | None = None, max_latents: int = 500,
-                    num_triples: int = 2000) -> dict:
+def compare_to_bank(
+    latents: Any,
+    ood_bank: Any,
+    id_bank: Any,
+    *,
+    targets: Targets | None = None,
+    guard: LinearGuard | None = None,
+    key: jax.Array | None = None,
+    max_latents: int = 500,
+    num_triples: int = 2000,
+) -> dict:
   """Statistics of generated latents next to the real OOD bank (JSON-ready).
 
   Same descriptive statistics for both; nearest-neighbour distance of each
@@ -37,9 +45,13 @@ def compare_to_bank(latents: Any, ood_bank: Any, id_bank: Any, *, targets: Targe
   nn = dist_from_gram(g_xo, x2, o2).min(1)
   d_oo = dist_from_gram(g_oo, o2, o2)
   np.fill_diagonal(d_oo, np.inf)
-  out = {"num_compared": int(len(x)), "generated": describe_from_gram(g_xx, num_triples, 0),
-         "ood_bank": describe_from_gram(g_oo, num_triples, 0),
-         "nn_distance_to_ood": mean_std(nn), "ood_loo_nn_distance": mean_std(d_oo.min(1))}
+  out = {
+      "num_compared": int(len(x)),
+      "generated": describe_from_gram(g_xx, num_triples, 0),
+      "ood_bank": describe_from_gram(g_oo, num_triples, 0),
+      "nn_distance_to_ood": mean_std(nn),
+      "ood_loo_nn_distance": mean_std(d_oo.min(1)),
+  }
   out["nn_ratio"] = out["nn_distance_to_ood"]["mean"] / out["ood_loo_nn_distance"]["mean"]
   if targets is not None:
     r = targets.num_refs
@@ -51,18 +63,29 @@ def compare_to_bank(latents: Any, ood_bank: Any, id_bank: Any, *, targets: Targe
     i2 = norms(ri) ** 2
     rows_n = np.arange(len(x))[:, None]
     f32 = lambda a: jnp.asarray(a, jnp.float32)
-    stats = np.asarray(criteria_batch(
-        f32(x2), f32(g_xi[rows_n, idx_id]), f32(i2[idx_id]), f32(g_xo[rows_n, idx_ood]),
-        f32(g_oo[idx_ood[:, :, None], idx_ood[:, None, :]])), np.float64)
+    stats = np.asarray(
+        criteria_batch(
+            f32(x2),
+            f32(g_xi[rows_n, idx_id]),
+            f32(i2[idx_id]),
+            f32(g_xo[rows_n, idx_ood]),
+            f32(g_oo[idx_ood[:, :, None], idx_ood[:, None, :]]),
+        ),
+        np.float64,
+    )
     inside = np.abs(stats - np.asarray(targets.values)) <= np.asarray(targets.tolerances)
-    out["fresh_refs"] = {"pass_rate": {n: float(v) for n, v in zip(CRITERIA, inside.mean(0))},
-                         "pass_rate_all": float(inside.all(1).mean()),
-                         "mean_normalised_deviation": {
-                             n: float(v) for n, v in zip(CRITERIA, (np.abs(stats - np.asarray(targets.values))
-                                                                    / np.asarray(targets.tolerances)).mean(0))},
-                         "real_ood_self_acceptance": targets.self_acceptance}
+    out["fresh_refs"] = {
+        "pass_rate": {n: float(v) for n, v in zip(CRITERIA, inside.mean(0))},
+        "pass_rate_all": float(inside.all(1).mean()),
+        "mean_normalised_deviation": {
+            n: float(v)
+            for n, v in zip(
+                CRITERIA, (np.abs(stats - np.asarray(targets.values)) / np.asarray(targets.tolerances)).mean(0)
+            )
+        },
+        "real_ood_self_acceptance": targets.self_acceptance,
+    }
   if guard is not None:
     logits = project(x, np.asarray(guard.w, np.float64)) + float(guard.b)
     out["id_side_fraction"] = float(np.mean(logits < 0))
   return out
-

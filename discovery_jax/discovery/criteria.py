@@ -14,8 +14,17 @@ import numpy as np
 
 from discovery_jax import parallel
 from discovery_jax.discovery.guard import LinearGuard
-from discovery_jax.discovery.linalg import (ROW_BLOCK, SCORE_BLOCK, TINY, as_rows, check_banks, gram_small, pad_rows,
-                                          rowblock_matmul, transpose)
+from discovery_jax.discovery.linalg import (
+    ROW_BLOCK,
+    SCORE_BLOCK,
+    TINY,
+    as_rows,
+    check_banks,
+    gram_small,
+    pad_rows,
+    rowblock_matmul,
+    transpose,
+)
 
 CRITERIA = ("distance_id", "angle_origin", "angle_vertex")
 REJECTION_REASONS = CRITERIA + ("guard",)
@@ -48,11 +57,13 @@ def slerp_coefficients(cos: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Arr
   sin = jnp.where(safe, sin, 1.0)
   alpha = jnp.where(safe, jnp.sin((1 - t) * omega) / sin, 1 - t)
   beta = jnp.where(safe, jnp.sin(t * omega) / sin, t)
-  nd = jnp.sqrt(jnp.maximum(alpha ** 2 + beta ** 2 + 2 * alpha * beta * cos, TINY))
+  nd = jnp.sqrt(jnp.maximum(alpha**2 + beta**2 + 2 * alpha * beta * cos, TINY))
   return alpha, beta, nd
 
 
-def criteria_from_dots(cc: jax.Array, c_id: jax.Array, id_sq: jax.Array, c_ood: jax.Array, g_ood: jax.Array) -> jax.Array:
+def criteria_from_dots(
+    cc: jax.Array, c_id: jax.Array, id_sq: jax.Array, c_ood: jax.Array, g_ood: jax.Array
+) -> jax.Array:
   """(3,) criteria of one candidate from inner products only.
 
   cc = |c|^2; c_id, id_sq: c.r and |r|^2 of the R ID references; c_ood (R,) and
@@ -86,7 +97,6 @@ def ordered_mean(x: jax.Array) -> jax.Array:
   return x[..., 0] / n
 
 
-
 criteria_batch = jax.jit(jax.vmap(criteria_from_dots))
 
 # ---------------------------------------------------------------------------
@@ -105,17 +115,22 @@ class Targets:
   num_samples: int
   self_acceptance: float
   draws_per_latent: int = 4
-  method: str = ("value = mean of the criterion over real OOD latents, each against num_refs random ID latents "
-                 "and num_refs random OTHER OOD latents (leave-one-out), draws_per_latent draws each; "
-                 "tolerance = tolerance_scale * std of those samples; self_acceptance = fraction of those real "
-                 "samples inside all three tolerances")
+  method: str = (
+      "value = mean of the criterion over real OOD latents, each against num_refs random ID latents "
+      "and num_refs random OTHER OOD latents (leave-one-out), draws_per_latent draws each; "
+      "tolerance = tolerance_scale * std of those samples; self_acceptance = fraction of those real "
+      "samples inside all three tolerances"
+  )
   names: tuple[str, str, str] = CRITERIA
 
   def to_dict(self) -> dict:
     d = dataclasses.asdict(self)
-    d["values"], d["tolerances"], d["stds"], d["names"] = (list(map(float, self.values)),
-                                                           list(map(float, self.tolerances)),
-                                                           list(map(float, self.stds)), list(self.names))
+    d["values"], d["tolerances"], d["stds"], d["names"] = (
+        list(map(float, self.values)),
+        list(map(float, self.tolerances)),
+        list(map(float, self.stds)),
+        list(self.names),
+    )
     return d
 
   @classmethod
@@ -135,8 +150,9 @@ def choose(key: jax.Array, n: int, r: int) -> jax.Array:
   return jax.lax.top_k(jax.random.uniform(key, (n,)), r)[1].astype(jnp.int32)
 
 
-def reference_indices(key: jax.Array, candidate_index: Any, num_id: int, num_ood: int,
-                      num_refs: int) -> tuple[np.ndarray, np.ndarray]:
+def reference_indices(
+    key: jax.Array, candidate_index: Any, num_id: int, num_ood: int, num_refs: int
+) -> tuple[np.ndarray, np.ndarray]:
   """(ID, OOD) reference indices (n, R) of candidates g of ``discover(..., key=key)``:
   the R largest of N uniforms from ``fold_in(fold_in(key, 2 or 3), g)``."""
   g = jnp.atleast_1d(jnp.asarray(candidate_index, jnp.uint32))
@@ -165,8 +181,9 @@ class BankGeometry:
   seconds: float
 
   @classmethod
-  def build(cls, ood_bank: Any, id_bank: Any, *, w: jax.Array | None = None,
-            full_id_gram: bool = False) -> "BankGeometry":
+  def build(
+      cls, ood_bank: Any, id_bank: Any, *, w: jax.Array | None = None, full_id_gram: bool = False
+  ) -> "BankGeometry":
     start = time.perf_counter()
     ro, ri = as_rows(ood_bank), as_rows(id_bank)
     ood, idb = jnp.asarray(ro), jnp.asarray(ri)
@@ -199,9 +216,9 @@ def stacked_geometry(ood, idb, w, *, full_id_gram):
   if full_id_gram:
     return all_t, extras, rowblock_matmul(pad(stacked), all_t)[:n_all]
   # Rejection needs only |r|^2 of the ID references: their other products meet zero coefficients.
-  o_rows = rowblock_matmul(pad(jnp.concatenate([ood, extras])), all_t)[:no + EXTRAS]
-  i_rows = jnp.zeros((ni, n_all), jnp.float32).at[:, :no].set(o_rows[:no, no:no + ni].T)
-  i_rows = i_rows.at[:, no + ni:].set(o_rows[no:, no:no + ni].T)
+  o_rows = rowblock_matmul(pad(jnp.concatenate([ood, extras])), all_t)[: no + EXTRAS]
+  i_rows = jnp.zeros((ni, n_all), jnp.float32).at[:, :no].set(o_rows[:no, no : no + ni].T)
+  i_rows = i_rows.at[:, no + ni :].set(o_rows[no:, no : no + ni].T)
   i_rows = i_rows.at[jnp.arange(ni), no + jnp.arange(ni)].set(jnp.sum(idb * idb, -1))
   return all_t, extras, jnp.concatenate([o_rows[:no], i_rows, o_rows[no:]])
 
@@ -222,19 +239,36 @@ def _target_samples(g_all, key, *, num_ood, num_refs, draws):
   return jax.vmap(one)(ii.ravel(), jj.ravel())
 
 
-def targets_from_geometry(geom: BankGeometry, *, num_refs: int, tolerance_scale: float, key: jax.Array,
-                           draws_per_latent: int) -> Targets:
-  samples = np.asarray(_target_samples(geom.g_all, key, num_ood=geom.num_ood, num_refs=num_refs,
-                                       draws=draws_per_latent), np.float64)
+def targets_from_geometry(
+    geom: BankGeometry, *, num_refs: int, tolerance_scale: float, key: jax.Array, draws_per_latent: int
+) -> Targets:
+  samples = np.asarray(
+      _target_samples(geom.g_all, key, num_ood=geom.num_ood, num_refs=num_refs, draws=draws_per_latent), np.float64
+  )
   values, stds = samples.mean(0), samples.std(0, ddof=1)
   tol = tolerance_scale * stds
   inside = np.all(np.abs(samples - values) <= tol, axis=1)
-  return Targets(tuple(map(float, values)), tuple(map(float, tol)), tuple(map(float, stds)), int(num_refs),
-                 float(tolerance_scale), int(samples.shape[0]), float(inside.mean()), int(draws_per_latent))
+  return Targets(
+      tuple(map(float, values)),
+      tuple(map(float, tol)),
+      tuple(map(float, stds)),
+      int(num_refs),
+      float(tolerance_scale),
+      int(samples.shape[0]),
+      float(inside.mean()),
+      int(draws_per_latent),
+  )
 
 
-def compute_targets(ood_bank: Any, id_bank: Any, *, num_refs: int = 10, tolerance_scale: float = 1.0,
-                    key: jax.Array, draws_per_latent: int = 4) -> Targets:
+def compute_targets(
+    ood_bank: Any,
+    id_bank: Any,
+    *,
+    num_refs: int = 10,
+    tolerance_scale: float = 1.0,
+    key: jax.Array,
+    draws_per_latent: int = 4,
+) -> Targets:
   """Targets and tolerances of the three criteria from the banks in use.
 
   For each real OOD latent i and draw j (sample s = i * draws + j; references from
@@ -249,8 +283,10 @@ def compute_targets(ood_bank: Any, id_bank: Any, *, num_refs: int = 10, toleranc
   if not tolerance_scale > 0:
     raise ValueError(f"tolerance_scale must be > 0, got {tolerance_scale}")
   geom = BankGeometry.build(ood_bank, id_bank)
-  return targets_from_geometry(geom, num_refs=num_refs, tolerance_scale=tolerance_scale, key=key,
-                                draws_per_latent=draws_per_latent)
+  return targets_from_geometry(
+      geom, num_refs=num_refs, tolerance_scale=tolerance_scale, key=key, draws_per_latent=draws_per_latent
+  )
+
 
 # ---------------------------------------------------------------------------
 # Scoring materialised candidates.
@@ -270,7 +306,8 @@ def _score_shared(c, refs_t, gram_refs, values, tols, b, guard_margin, *, num_re
   cc = jnp.sum(c * c, -1)
   n = c.shape[0]
   stats = jax.vmap(criteria_from_dots, in_axes=(0, 0, None, 0, None))(
-      cc, dots[:, :r], jnp.diagonal(gram_refs)[:r], dots[:, r:2 * r], gram_refs[r:2 * r, r:2 * r])
+      cc, dots[:, :r], jnp.diagonal(gram_refs)[:r], dots[:, r : 2 * r], gram_refs[r : 2 * r, r : 2 * r]
+  )
   logit = dots[:, -1] + b if has_guard else jnp.full((n,), jnp.inf)
   return stats, logit, *accept(stats, logit, values, tols, guard_margin)
 
@@ -287,9 +324,17 @@ def _score_per_candidate(c, refs, w, values, tols, b, guard_margin, *, num_refs,
   return stats, logit, *accept(stats, logit, values, tols, guard_margin)
 
 
-def score_candidates(candidates: Any, id_refs: Any, ood_refs: Any, targets: Targets, *,
-                     guard: LinearGuard | None = None, guard_margin: float = 0.0, chunk_size: int = 256,
-                     mesh: Any = None) -> dict:
+def score_candidates(
+    candidates: Any,
+    id_refs: Any,
+    ood_refs: Any,
+    targets: Targets,
+    *,
+    guard: LinearGuard | None = None,
+    guard_margin: float = 0.0,
+    chunk_size: int = 256,
+    mesh: Any = None,
+) -> dict:
   """Scores materialised candidates (B, ...) against references.
 
   ``id_refs``/``ood_refs``: (R, ...) shared by every candidate, or (B, R, ...) one
@@ -306,8 +351,10 @@ def score_candidates(candidates: Any, id_refs: Any, ood_refs: Any, targets: Targ
   cand_ndim = np.ndim(candidates)
   id_refs, ood_refs = np.asarray(id_refs, np.float32), np.asarray(ood_refs, np.float32)
   if id_refs.ndim != ood_refs.ndim or id_refs.ndim not in (cand_ndim, cand_ndim + 1):
-    raise ValueError(f"references must be (R, ...) shared or (B, R, ...) per candidate for candidates "
-                     f"{np.shape(candidates)}; got ID {id_refs.shape}, OOD {ood_refs.shape}")
+    raise ValueError(
+        f"references must be (R, ...) shared or (B, R, ...) per candidate for candidates "
+        f"{np.shape(candidates)}; got ID {id_refs.shape}, OOD {ood_refs.shape}"
+    )
   shared = id_refs.ndim == cand_ndim
   lead = () if shared else (b_total,)
   if not shared and (id_refs.shape[0] != b_total or ood_refs.shape[0] != b_total):
@@ -333,18 +380,24 @@ def score_candidates(candidates: Any, id_refs: Any, ood_refs: Any, targets: Targ
     gram_refs = gram_small(refs_t)
   outs = []
   for s in range(0, b_total, chunk):
-    blk, n = pad_rows(c[s:s + chunk] if on_device else np.asarray(c[s:s + chunk]), chunk)
+    blk, n = pad_rows(c[s : s + chunk] if on_device else np.asarray(c[s : s + chunk]), chunk)
     if shared:
-      out = _score_shared(place(blk), refs_t, gram_refs, values, tols, gb, margin, num_refs=r,
-                          has_guard=guard is not None)
+      out = _score_shared(
+          place(blk), refs_t, gram_refs, values, tols, gb, margin, num_refs=r, has_guard=guard is not None
+      )
     else:
-      refs, _ = pad_rows(np.concatenate([id_refs[s:s + chunk], ood_refs[s:s + chunk]], 1), chunk)
-      out = _score_per_candidate(place(blk), place(refs), w, values, tols, gb, margin, num_refs=r,
-                                 has_guard=guard is not None)
+      refs, _ = pad_rows(np.concatenate([id_refs[s : s + chunk], ood_refs[s : s + chunk]], 1), chunk)
+      out = _score_per_candidate(
+          place(blk), place(refs), w, values, tols, gb, margin, num_refs=r, has_guard=guard is not None
+      )
     outs.append([np.asarray(o)[:n] for o in out])
   stats, logit, passed, accepted = (np.concatenate(x) for x in zip(*outs))
   dev = stats - np.asarray(targets.values)
-  return {"stats": stats, "deviation": dev, "normalised": dev / np.asarray(targets.tolerances),
-          "passed": passed, "guard_logit": logit, "accepted": accepted}
-
-
+  return {
+      "stats": stats,
+      "deviation": dev,
+      "normalised": dev / np.asarray(targets.tolerances),
+      "passed": passed,
+      "guard_logit": logit,
+      "accepted": accepted,
+  }

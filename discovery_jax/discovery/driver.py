@@ -32,8 +32,16 @@ OPT_BASES = ("global", "refs")
 GUARDS = ("mean_diff", "logistic")
 # published_head: the published HEAD prior (ID bank, np.var of all entries), fitted by the caller.
 PRIOR_KINDS = ("pooled", "diagonal", "published_head")
-_RECORD_KEYS = ("candidate_index", "path_index", "source_index", "t", "id_ref_index", "ood_ref_index", "stats",
-                "guard_logit")
+_RECORD_KEYS = (
+    "candidate_index",
+    "path_index",
+    "source_index",
+    "t",
+    "id_ref_index",
+    "ood_ref_index",
+    "stats",
+    "guard_logit",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,8 +129,21 @@ class DiscoveryResult:
 
   def summary(self) -> dict:
     """JSON-ready: everything but the arrays."""
-    keys = ("num_candidates", "num_scored", "acceptance_rate", "candidates_per_second", "seconds", "setup_seconds",
-            "rejections", "sole_rejections", "most_rejecting", "prior", "mode", "config", "comparison")
+    keys = (
+        "num_candidates",
+        "num_scored",
+        "acceptance_rate",
+        "candidates_per_second",
+        "seconds",
+        "setup_seconds",
+        "rejections",
+        "sole_rejections",
+        "most_rejecting",
+        "prior",
+        "mode",
+        "config",
+        "comparison",
+    )
     out = {k: getattr(self, k) for k in keys}
     out["num_accepted"] = self.num_accepted
     out["targets"] = self.targets.to_dict()
@@ -168,32 +189,57 @@ def _setup(ood_bank, id_bank, num_samples, key, options, targets, prior, guard, 
   if num_samples < 1:
     raise ValueError(f"num_samples must be >= 1, got {num_samples}")
   if targets is not None and targets.num_refs != options.num_refs:
-    raise ValueError(f"targets were computed with num_refs={targets.num_refs}, discover got "
-                     f"num_refs={options.num_refs}")
+    raise ValueError(
+        f"targets were computed with num_refs={targets.num_refs}, discover got " f"num_refs={options.num_refs}"
+    )
   start = time.perf_counter()
   guard = _resolve_guard(guard, ood_bank, id_bank)
-  geom = BankGeometry.build(ood_bank, id_bank, w=None if guard is None else guard.w,
-                            full_id_gram=options.mode == "optimize")
+  geom = BankGeometry.build(
+      ood_bank, id_bank, w=None if guard is None else guard.w, full_id_gram=options.mode == "optimize"
+  )
   if targets is None:
-    targets = targets_from_geometry(geom, num_refs=options.num_refs, tolerance_scale=options.tolerance_scale,
-                                    key=jax.random.fold_in(key, 5), draws_per_latent=options.draws_per_latent)
+    targets = targets_from_geometry(
+        geom,
+        num_refs=options.num_refs,
+        tolerance_scale=options.tolerance_scale,
+        key=jax.random.fold_in(key, 5),
+        draws_per_latent=options.draws_per_latent,
+    )
   prior = prior or fit_prior(ood_bank, options.prior_kind)
   if prior.dim != geom.ood.shape[1]:
     raise ValueError(f"prior dimension {prior.dim} != latent size {geom.ood.shape[1]}")
-  cfg = KernelConfig(geom.num_ood, int(options.num_interior), int(options.num_refs), options.opt_basis,
-                     int(options.opt_steps) if options.mode == "optimize" else 0, float(options.opt_lr),
-                     guard is not None, float(options.guard_margin))
+  cfg = KernelConfig(
+      geom.num_ood,
+      int(options.num_interior),
+      int(options.num_refs),
+      options.opt_basis,
+      int(options.opt_steps) if options.mode == "optimize" else 0,
+      float(options.opt_lr),
+      guard is not None,
+      float(options.guard_margin),
+  )
   keys = (jax.random.fold_in(key, 0), jax.random.fold_in(key, 2), jax.random.fold_in(key, 3))
   sources = jax.random.permutation(jax.random.fold_in(key, 1), geom.num_ood).astype(jnp.int32)
   values, tols = targets.arrays()
   gbias = guard.b if guard is not None else jnp.zeros((), jnp.float32)
-  ood_norms = jnp.sqrt(jnp.diagonal(geom.g_all)[:geom.num_ood])
+  ood_norms = jnp.sqrt(jnp.diagonal(geom.g_all)[: geom.num_ood])
   shell = (jnp.mean(ood_norms), jnp.maximum(jnp.std(ood_norms), 1e-6 * jnp.mean(ood_norms)))
   inputs = (geom.all_t, geom.g_all, shell, prior, keys, sources, values, tols, gbias)
   max_candidates = int(options.max_candidates or 1000 * num_samples)
-  return _Search(geom, targets, prior, guard, cfg, inputs, latent_shape(ood_bank), max_candidates,
-                 -(-max_candidates // cfg.num_interior), -(-int(options.chunk_paths) // ROW_BLOCK) * ROW_BLOCK,
-                 parallel.data_size(mesh), time.perf_counter() - start)
+  return _Search(
+      geom,
+      targets,
+      prior,
+      guard,
+      cfg,
+      inputs,
+      latent_shape(ood_bank),
+      max_candidates,
+      -(-max_candidates // cfg.num_interior),
+      -(-int(options.chunk_paths) // ROW_BLOCK) * ROW_BLOCK,
+      parallel.data_size(mesh),
+      time.perf_counter() - start,
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -232,8 +278,16 @@ class ChunkSelection:
   sole: np.ndarray  # (4,) candidates failing only that one
 
 
-def select_chunk(accepted: np.ndarray, passed: np.ndarray, first_path: int, *, num_interior: int,
-                 max_candidates: int, max_per_path: int | None, needed: int) -> ChunkSelection:
+def select_chunk(
+    accepted: np.ndarray,
+    passed: np.ndarray,
+    first_path: int,
+    *,
+    num_interior: int,
+    max_candidates: int,
+    max_per_path: int | None,
+    needed: int,
+) -> ChunkSelection:
   """Pure host-side selection of one chunk: budget, the per-path cap, the first
   ``needed`` acceptances in global order, and the rejection counts of every
   candidate examined up to the last one kept.
@@ -255,8 +309,9 @@ def select_chunk(accepted: np.ndarray, passed: np.ndarray, first_path: int, *, n
     hits = hits[:needed]
     valid &= g <= g[hits[-1]]
   failed = ~passed.reshape(-1, passed.shape[-1])[valid]
-  return ChunkSelection(hits, int(valid.sum()), num_scored, failed.sum(0),
-                        (failed & (failed.sum(1, keepdims=True) == 1)).sum(0))
+  return ChunkSelection(
+      hits, int(valid.sum()), num_scored, failed.sum(0), (failed & (failed.sum(1, keepdims=True) == 1)).sum(0)
+  )
 
 
 def _materialise_hits(search: _Search, host: dict, z: Any, hits: np.ndarray) -> np.ndarray:
@@ -266,63 +321,124 @@ def _materialise_hits(search: _Search, host: dict, z: Any, hits: np.ndarray) -> 
   pi, ki = np.divmod(hits, num_interior)
   blocks = []
   for s in range(0, len(hits), MAT_BLOCK):
-    sel_p, sel_k = pi[s:s + MAT_BLOCK], ki[s:s + MAT_BLOCK]
+    sel_p, sel_k = pi[s : s + MAT_BLOCK], ki[s : s + MAT_BLOCK]
     pad = MAT_BLOCK - len(sel_p)
     sel_p, sel_k = np.r_[sel_p, np.zeros(pad, int)], np.r_[sel_k, np.zeros(pad, int)]
     # Rows of several devices gathered (exactly) onto the default device.
     sub = z[0].shape[0]
-    z_rows = (z[0][sel_p] if len(z) == 1 else
-              jnp.asarray(np.stack([np.asarray(z[i // sub][i % sub]) for i in sel_p])))
-    m = materialise(geom.ood, geom.idb, geom.extras, z_rows, jnp.asarray(host["source"][sel_p]),
-                    jnp.asarray(host["id_refs"][sel_p, sel_k]), jnp.asarray(host["ood_refs"][sel_p, sel_k]),
-                    jnp.asarray(host["coef"][sel_p, sel_k]), jnp.asarray(host["gram"][sel_p, sel_k]),
-                    jnp.asarray(host["rho"][sel_p, sel_k]), with_refs=with_refs)
-    blocks.append(np.asarray(m)[:MAT_BLOCK - pad])
+    z_rows = z[0][sel_p] if len(z) == 1 else jnp.asarray(np.stack([np.asarray(z[i // sub][i % sub]) for i in sel_p]))
+    m = materialise(
+        geom.ood,
+        geom.idb,
+        geom.extras,
+        z_rows,
+        jnp.asarray(host["source"][sel_p]),
+        jnp.asarray(host["id_refs"][sel_p, sel_k]),
+        jnp.asarray(host["ood_refs"][sel_p, sel_k]),
+        jnp.asarray(host["coef"][sel_p, sel_k]),
+        jnp.asarray(host["gram"][sel_p, sel_k]),
+        jnp.asarray(host["rho"][sel_p, sel_k]),
+        with_refs=with_refs,
+    )
+    blocks.append(np.asarray(m)[: MAT_BLOCK - pad])
   return np.concatenate(blocks).reshape((len(hits),) + search.shape)
 
 
 def _records(host: dict, first_path: int, hits: np.ndarray, num_interior: int) -> dict:
   pi, ki = np.divmod(hits, num_interior)
-  return {"candidate_index": (first_path + pi) * num_interior + ki, "path_index": first_path + pi,
-          "source_index": host["source"][pi], "t": (ki + 1) / (num_interior + 1),
-          "id_ref_index": host["id_refs"][pi, ki], "ood_ref_index": host["ood_refs"][pi, ki],
-          "stats": host["stats"][pi, ki], "guard_logit": host["logit"][pi, ki]}
+  return {
+      "candidate_index": (first_path + pi) * num_interior + ki,
+      "path_index": first_path + pi,
+      "source_index": host["source"][pi],
+      "t": (ki + 1) / (num_interior + 1),
+      "id_ref_index": host["id_refs"][pi, ki],
+      "ood_ref_index": host["ood_refs"][pi, ki],
+      "stats": host["stats"][pi, ki],
+      "guard_logit": host["logit"][pi, ki],
+  }
 
 
 # ---------------------------------------------------------------------------
 # The result.
 
 
-def _build_result(search: _Search, options: DiscoveryOptions, num_samples: int, latents: np.ndarray,
-                  records: list[dict], fails: np.ndarray, sole: np.ndarray, examined: int, scored: int,
-                  seconds: float) -> DiscoveryResult:
+def _build_result(
+    search: _Search,
+    options: DiscoveryOptions,
+    num_samples: int,
+    latents: np.ndarray,
+    records: list[dict],
+    fails: np.ndarray,
+    sole: np.ndarray,
+    examined: int,
+    scored: int,
+    seconds: float,
+) -> DiscoveryResult:
   r = options.num_refs
-  tails = {"candidate_index": ((), np.int64), "path_index": ((), np.int64), "source_index": ((), np.int64),
-           "t": ((), np.float64), "id_ref_index": ((r,), np.int32), "ood_ref_index": ((r,), np.int32),
-           "stats": ((3,), np.float32), "guard_logit": ((), np.float32)}
-  cat = {k: (np.concatenate([rec[k] for rec in records]).astype(dt) if records else np.zeros((0,) + tail, dt))
-         for k, (tail, dt) in tails.items()}
+  tails = {
+      "candidate_index": ((), np.int64),
+      "path_index": ((), np.int64),
+      "source_index": ((), np.int64),
+      "t": ((), np.float64),
+      "id_ref_index": ((r,), np.int32),
+      "ood_ref_index": ((r,), np.int32),
+      "stats": ((3,), np.float32),
+      "guard_logit": ((), np.float32),
+  }
+  cat = {
+      k: (np.concatenate([rec[k] for rec in records]).astype(dt) if records else np.zeros((0,) + tail, dt))
+      for k, (tail, dt) in tails.items()
+  }
   rejections = {name: int(v) for name, v in zip(REJECTION_REASONS, fails)}
   considered = rejections if search.guard is not None else {k: v for k, v in rejections.items() if k != "guard"}
   n_acc = latents.shape[0]
   return DiscoveryResult(
-      latents=latents, **cat, num_candidates=examined, num_scored=scored, acceptance_rate=n_acc / max(examined, 1),
-      candidates_per_second=scored / max(seconds, 1e-9), seconds=seconds, setup_seconds=search.setup_seconds,
-      rejections=rejections, sole_rejections={name: int(v) for name, v in zip(REJECTION_REASONS, sole)},
+      latents=latents,
+      **cat,
+      num_candidates=examined,
+      num_scored=scored,
+      acceptance_rate=n_acc / max(examined, 1),
+      candidates_per_second=scored / max(seconds, 1e-9),
+      seconds=seconds,
+      setup_seconds=search.setup_seconds,
+      rejections=rejections,
+      sole_rejections={name: int(v) for name, v in zip(REJECTION_REASONS, sole)},
       most_rejecting=(max(considered, key=considered.get) if any(considered.values()) else None),
-      targets=search.targets, prior=search.prior.summary(), mode=options.mode,
-      config={"num_samples": num_samples, "max_candidates": search.max_candidates,
-              "num_interior": options.num_interior, "num_refs": r, "max_per_path": options.max_per_path,
-              "tolerance_scale": search.targets.tolerance_scale,
-              "guard": search.guard.kind if search.guard else None, "guard_margin": options.guard_margin,
-              "opt_steps": search.cfg.opt_steps, "opt_lr": options.opt_lr, "opt_basis": options.opt_basis,
-              "chunk_paths": options.chunk_paths, "dim": int(np.prod(search.shape))})
+      targets=search.targets,
+      prior=search.prior.summary(),
+      mode=options.mode,
+      config={
+          "num_samples": num_samples,
+          "max_candidates": search.max_candidates,
+          "num_interior": options.num_interior,
+          "num_refs": r,
+          "max_per_path": options.max_per_path,
+          "tolerance_scale": search.targets.tolerance_scale,
+          "guard": search.guard.kind if search.guard else None,
+          "guard_margin": options.guard_margin,
+          "opt_steps": search.cfg.opt_steps,
+          "opt_lr": options.opt_lr,
+          "opt_basis": options.opt_basis,
+          "chunk_paths": options.chunk_paths,
+          "dim": int(np.prod(search.shape)),
+      },
+  )
 
 
-def discover(ood_bank: Any, id_bank: Any, *, num_samples: int, key: jax.Array,
-             options: DiscoveryOptions | None = None, targets: Targets | None = None,
-             prior: GaussianPrior | None = None, fitted_guard: LinearGuard | None = None,
-             out: np.ndarray | None = None, mesh: Any = None, **overrides: Any) -> DiscoveryResult:
+def discover(
+    ood_bank: Any,
+    id_bank: Any,
+    *,
+    num_samples: int,
+    key: jax.Array,
+    options: DiscoveryOptions | None = None,
+    targets: Targets | None = None,
+    prior: GaussianPrior | None = None,
+    fitted_guard: LinearGuard | None = None,
+    out: np.ndarray | None = None,
+    mesh: Any = None,
+    **overrides: Any,
+) -> DiscoveryResult:
   """Latent discovery: slerp candidates between OOD latents and prior draws, kept
   when they meet the three geometric criteria and the guard.
 
@@ -339,10 +455,12 @@ def discover(ood_bank: Any, id_bank: Any, *, num_samples: int, key: jax.Array,
   if options.mode == "typical":
     raise ValueError("mode='typical' judges denoised images: use discovery.discover_typical (sample does)")
   if prior is None and options.prior_kind == "published_head":
-    raise ValueError("prior_kind='published_head' is fitted on the ID bank: pass "
-                     "prior=fit_prior_published_head(id_bank)")
-  search = _setup(ood_bank, id_bank, int(num_samples), key, options, targets, prior,
-                  fitted_guard or options.guard, mesh)
+    raise ValueError(
+        "prior_kind='published_head' is fitted on the ID bank: pass " "prior=fit_prior_published_head(id_bank)"
+    )
+  search = _setup(
+      ood_bank, id_bank, int(num_samples), key, options, targets, prior, fitted_guard or options.guard, mesh
+  )
   if out is not None and (out.shape[0] < num_samples or tuple(out.shape[1:]) != search.shape):
     raise ValueError(f"out must have shape ({num_samples}, {', '.join(map(str, search.shape))}), got {out.shape}")
   kept, records = [], []
@@ -350,15 +468,21 @@ def discover(ood_bank: Any, id_bank: Any, *, num_samples: int, key: jax.Array,
   n_acc = examined = scored = 0
   loop_start = time.perf_counter()
   for p0, host, z in _chunks(search, mesh):
-    sel = select_chunk(host["accepted"], host["passed"], p0, num_interior=search.cfg.num_interior,
-                       max_candidates=search.max_candidates, max_per_path=options.max_per_path,
-                       needed=num_samples - n_acc)
+    sel = select_chunk(
+        host["accepted"],
+        host["passed"],
+        p0,
+        num_interior=search.cfg.num_interior,
+        max_candidates=search.max_candidates,
+        max_per_path=options.max_per_path,
+        needed=num_samples - n_acc,
+    )
     examined, scored = examined + sel.num_examined, scored + sel.num_scored
     fails, sole = fails + sel.fails, sole + sel.sole
     if len(sel.hits):
       mat = _materialise_hits(search, host, z, sel.hits)
       if out is not None:
-        out[n_acc:n_acc + len(sel.hits)] = mat
+        out[n_acc : n_acc + len(sel.hits)] = mat
       else:
         kept.append(mat)
       records.append(_records(host, p0, sel.hits, search.cfg.num_interior))
@@ -366,10 +490,12 @@ def discover(ood_bank: Any, id_bank: Any, *, num_samples: int, key: jax.Array,
     if n_acc >= num_samples:
       break
   seconds = time.perf_counter() - loop_start
-  latents = (out[:n_acc] if out is not None else
-             np.concatenate(kept) if kept else np.zeros((0,) + search.shape, np.float32))
+  latents = (
+      out[:n_acc] if out is not None else np.concatenate(kept) if kept else np.zeros((0,) + search.shape, np.float32)
+  )
   result = _build_result(search, options, int(num_samples), latents, records, fails, sole, examined, scored, seconds)
   if options.compare and n_acc:
-    result.comparison = compare_to_bank(result.latents, ood_bank, id_bank, targets=search.targets, guard=search.guard,
-                                        key=jax.random.fold_in(key, 4))
+    result.comparison = compare_to_bank(
+        result.latents, ood_bank, id_bank, targets=search.targets, guard=search.guard, key=jax.random.fold_in(key, 4)
+    )
   return result

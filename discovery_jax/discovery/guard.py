@@ -32,7 +32,7 @@ def guard_logits(guard: LinearGuard, x: jax.Array) -> jax.Array:
 def project(rows: np.ndarray, w: np.ndarray) -> np.ndarray:
   out = np.empty(rows.shape[0], np.float64)
   for s, b in row_blocks(rows):
-    out[s:s + len(b)] = b.astype(np.float64) @ w
+    out[s : s + len(b)] = b.astype(np.float64) @ w
   return out
 
 
@@ -67,10 +67,9 @@ def fit_guard(ood_bank: Any, id_bank: Any, *, kind: str = "mean_diff", C: float 
     w = np.zeros(ro.shape[1], np.float64)
     for rows, a in ((ro, alpha[:no]), (ri, alpha[no:])):
       for s, blk in row_blocks(rows):
-        w += a[s:s + len(blk)] @ blk.astype(np.float64)
+        w += a[s : s + len(blk)] @ blk.astype(np.float64)
     b = float(clf.intercept_[0])
   else:
     raise ValueError(f"guard kind must be 'mean_diff' or 'logistic', got {kind!r}")
   scale = float(np.std(project(ro, w) + b)) or 1.0
   return LinearGuard(jnp.asarray(w, jnp.float32), jnp.asarray(b, jnp.float32), jnp.asarray(scale, jnp.float32), kind)
-

@@ -43,7 +43,7 @@ def stats_from_coefficients(a, gb, rho, r, has_guard, guard_b):
   [v, u, id refs (R), ood refs (R), w, mean(ood), mean(id)]."""
   dots, _ = candidate_dots(a, gb, rho)
   ids, oods = slice(2, 2 + r), slice(2 + r, 2 + 2 * r)
-  stats = criteria_from_dots(rho ** 2, dots[ids], jnp.diagonal(gb)[ids], dots[oods], gb[oods, oods])
+  stats = criteria_from_dots(rho**2, dots[ids], jnp.diagonal(gb)[ids], dots[oods], gb[oods, oods])
   logit = dots[2 + 2 * r] + guard_b if has_guard else jnp.inf
   return stats, logit
 
@@ -56,13 +56,12 @@ def trainable(r: int, opt_basis: str) -> np.ndarray:
   # mixed images (embedded demo, t_0=400: OOD hit rate 0.70 with them, 1.00 without).
   mask[[0, 1, 2 * r + 3]] = 1
   if opt_basis == "refs":
-    mask[2:2 + 2 * r] = 1
+    mask[2 : 2 + 2 * r] = 1
   return mask
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def path_kernel(all_t, g_all, shell, prior, keys, sources, paths, values, tols, guard_b, *,
-                 cfg: KernelConfig):
+def path_kernel(all_t, g_all, shell, prior, keys, sources, paths, values, tols, guard_b, *, cfg: KernelConfig):
   """One chunk of paths (a multiple of ROW_BLOCK): prior draws, slerp candidates,
   their references, optional optimisation, criteria. Every per-candidate quantity
   depends only on the candidate's global index (fixed-shape matmuls, per-index keys).
@@ -93,8 +92,9 @@ def path_kernel(all_t, g_all, shell, prior, keys, sources, paths, values, tols, 
     def per_candidate(al, be, nd_k, ids_k, oods_k):
       ix = jnp.concatenate([s[None], ids_k, oods_k, no + ni + jnp.arange(EXTRAS)])  # u, refs, extras in S
       zr = zrow[ix]
-      gb = jnp.concatenate([jnp.concatenate([zz_p[None], zr])[None],
-                            jnp.concatenate([zr[:, None], g_all[ix][:, ix]], 1)], 0)
+      gb = jnp.concatenate(
+          [jnp.concatenate([zz_p[None], zr])[None], jnp.concatenate([zr[:, None], g_all[ix][:, ix]], 1)], 0
+      )
       a0 = jnp.zeros(ix.shape[0] + 1, jnp.float32).at[0].set(be / nd_k).at[1].set(al / nd_k)
       return a0, gb
 
@@ -111,9 +111,19 @@ def path_kernel(all_t, g_all, shell, prior, keys, sources, paths, values, tols, 
   stats, logit = stats_fn(a, gb, rho)
   passed, accepted = accept(stats, logit, values, tols, cfg.guard_margin)
   unflat = lambda x: x.reshape((paths.shape[0], kk) + x.shape[1:])
-  return {"z": z, "source": src, "coef": unflat(a), "gram": unflat(gb), "rho": unflat(rho), "stats": unflat(stats),
-          "logit": unflat(logit), "passed": unflat(passed), "accepted": unflat(accepted), "id_refs": idx_id - no,
-          "ood_refs": idx_ood}
+  return {
+      "z": z,
+      "source": src,
+      "coef": unflat(a),
+      "gram": unflat(gb),
+      "rho": unflat(rho),
+      "stats": unflat(stats),
+      "logit": unflat(logit),
+      "passed": unflat(passed),
+      "accepted": unflat(accepted),
+      "id_refs": idx_id - no,
+      "ood_refs": idx_ood,
+  }
 
 
 def optimise(a0, gb, rho0, shell, values, tols, cfg: KernelConfig, stats_fn, dim: int):
@@ -139,8 +149,10 @@ def optimise(a0, gb, rho0, shell, values, tols, cfg: KernelConfig, stats_fn, dim
     return jnp.sum(((stats - values) / tols) ** 2)
 
   sched = lambda lr: optax.cosine_decay_schedule(lr, cfg.opt_steps, alpha=0.01)
-  opt = optax.partition({"a": optax.adam(sched(cfg.opt_lr / math.sqrt(dim))), "s": optax.adam(sched(cfg.opt_lr / 10))},
-                        {"a": "a", "s": "s"})
+  opt = optax.partition(
+      {"a": optax.adam(sched(cfg.opt_lr / math.sqrt(dim))), "s": optax.adam(sched(cfg.opt_lr / 10))},
+      {"a": "a", "s": "s"},
+  )
   params = {"a": a0, "s": s0}
   mask = jnp.asarray(trainable(cfg.num_refs, cfg.opt_basis))
 
@@ -166,12 +178,10 @@ def materialise(ood, idb, extras, z_rows, src, idx_id, idx_ood, coef, gb, rho, *
   scale = rho / jnp.sqrt(jnp.maximum(jnp.einsum("bi,bij,bj->b", coef, gn, coef), TINY))
   wt = coef / nb
   r = idx_id.shape[1]
-  c = wt[:, 0:1] * z_rows + wt[:, 1:2] * ood[src] + wt[:, 2 + 2 * r:] @ extras
+  c = wt[:, 0:1] * z_rows + wt[:, 1:2] * ood[src] + wt[:, 2 + 2 * r :] @ extras
   if with_refs:
     rows = jnp.arange(src.shape[0])[:, None]
-    w_ood = jnp.zeros((src.shape[0], ood.shape[0]), jnp.float32).at[rows, idx_ood].add(wt[:, 2 + r:2 + 2 * r])
-    w_id = jnp.zeros((src.shape[0], idb.shape[0]), jnp.float32).at[rows, idx_id].add(wt[:, 2:2 + r])
+    w_ood = jnp.zeros((src.shape[0], ood.shape[0]), jnp.float32).at[rows, idx_ood].add(wt[:, 2 + r : 2 + 2 * r])
+    w_id = jnp.zeros((src.shape[0], idb.shape[0]), jnp.float32).at[rows, idx_id].add(wt[:, 2 : 2 + r])
     c = c + w_ood @ ood + w_id @ idb
   return scale[:, None] * c
-
-

@@ -45,16 +45,19 @@ def check_banks(ood_bank: Any, id_bank: Any | None = None, *, num_refs: int | No
       raise ValueError(f"num_refs must be >= 2 (the vertex angle needs pairs of references), got {num_refs}")
     n = np.shape(ood_bank)[0]
     if n < num_refs + 1:
-      raise ValueError(f"the OOD bank has {n} latents; num_refs={num_refs} needs at least {num_refs + 1} "
-                       f"(each real latent is compared with {num_refs} OTHER latents, leave-one-out)")
+      raise ValueError(
+          f"the OOD bank has {n} latents; num_refs={num_refs} needs at least {num_refs + 1} "
+          f"(each real latent is compared with {num_refs} OTHER latents, leave-one-out)"
+      )
     if id_bank is not None and np.shape(id_bank)[0] < num_refs:
-      raise ValueError(f"the ID bank has {np.shape(id_bank)[0]} latents; num_refs={num_refs} needs at least "
-                       f"{num_refs}")
+      raise ValueError(
+          f"the ID bank has {np.shape(id_bank)[0]} latents; num_refs={num_refs} needs at least " f"{num_refs}"
+      )
 
 
 def row_blocks(rows: np.ndarray, block: int = STREAM_ROWS) -> Iterator[tuple[int, np.ndarray]]:
   for start in range(0, rows.shape[0], block):
-    yield start, np.asarray(rows[start:start + block], np.float32)
+    yield start, np.asarray(rows[start : start + block], np.float32)
 
 
 def pad_rows(x: np.ndarray | jax.Array, multiple: int) -> tuple[Any, int]:
@@ -62,7 +65,8 @@ def pad_rows(x: np.ndarray | jax.Array, multiple: int) -> tuple[Any, int]:
   pad = (-n) % multiple
   if pad:
     x = (jnp if isinstance(x, jax.Array) else np).concatenate(
-        [x, (jnp if isinstance(x, jax.Array) else np).zeros((pad,) + x.shape[1:], x.dtype)])
+        [x, (jnp if isinstance(x, jax.Array) else np).zeros((pad,) + x.shape[1:], x.dtype)]
+    )
   return x, n
 
 
@@ -91,7 +95,7 @@ def norms(bank: Any) -> np.ndarray:
   rows = as_rows(bank)
   out = np.empty(rows.shape[0], np.float64)
   for s, b in row_blocks(rows):
-    out[s:s + len(b)] = np.sqrt(np.square(b, dtype=np.float64).sum(1))
+    out[s : s + len(b)] = np.sqrt(np.square(b, dtype=np.float64).sum(1))
   return out
 
 
@@ -113,7 +117,7 @@ def gram(a: Any, b: Any | None = None) -> np.ndarray:
     raise ValueError(f"latent sizes differ: {ra.shape[1]} vs {rb_t.shape[0]}")
   out = np.empty((ra.shape[0], rb_t.shape[1]), np.float64)
   for s, blk in row_blocks(ra):
-    out[s:s + len(blk)] = np.asarray(matmul_rows(blk, rb_t))
+    out[s : s + len(blk)] = np.asarray(matmul_rows(blk, rb_t))
   return out
 
 
@@ -124,7 +128,6 @@ def dist_from_gram(g: np.ndarray, na2: np.ndarray, nb2: np.ndarray) -> np.ndarra
 def angle_from_gram(g: np.ndarray, na2: np.ndarray, nb2: np.ndarray) -> np.ndarray:
   cos = g / np.sqrt(np.maximum(na2[:, None] * nb2[None, :], TINY))
   return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
-
 
 
 def stacked_gram(ro: np.ndarray, ri: np.ndarray) -> np.ndarray:
@@ -141,4 +144,3 @@ def span_features(g: np.ndarray, train: np.ndarray, rel_eps: float = 1e-7) -> tu
   keep = s > rel_eps * s.max()
   m = u[:, keep] / np.sqrt(s[keep])
   return g[:, train] @ m, m
-

@@ -15,8 +15,9 @@ import numpy as np
 from discovery_jax.discovery.linalg import as_rows, latent_shape, row_blocks
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=["mean", "var"],
-                   meta_fields=["kind", "shape", "num_latents"])
+@functools.partial(
+    jax.tree_util.register_dataclass, data_fields=["mean", "var"], meta_fields=["kind", "shape", "num_latents"]
+)
 @dataclasses.dataclass(frozen=True)
 class GaussianPrior:
   """N(mean, diag(var)) over flattened latents; ``var`` is a scalar (pooled) or (d,)."""
@@ -43,9 +44,14 @@ class GaussianPrior:
     return float(np.sqrt(m @ m + total_var))
 
   def summary(self) -> dict:
-    return {"kind": self.kind, "dim": self.dim, "num_latents": self.num_latents, "sigma": self.sigma,
-            "mean_norm": float(np.linalg.norm(np.asarray(self.mean, np.float64))),
-            "shell_radius": self.shell_radius()}
+    return {
+        "kind": self.kind,
+        "dim": self.dim,
+        "num_latents": self.num_latents,
+        "sigma": self.sigma,
+        "mean_norm": float(np.linalg.norm(np.asarray(self.mean, np.float64))),
+        "shell_radius": self.shell_radius(),
+    }
 
 
 def fit_prior(latents: Any, kind: str = "pooled") -> GaussianPrior:
@@ -88,8 +94,13 @@ def fit_prior_published_head(id_latents: Any) -> GaussianPrior:
   grand = total.sum() / (n * d)
   for _, b in row_blocks(rows):
     sq += float(np.square(b.astype(np.float64) - grand).sum())
-  return GaussianPrior(jnp.asarray(total / n, jnp.float32), jnp.asarray(np.float32(sq / (n * d))), "published_head",
-                       latent_shape(id_latents), n)
+  return GaussianPrior(
+      jnp.asarray(total / n, jnp.float32),
+      jnp.asarray(np.float32(sq / (n * d))),
+      "published_head",
+      latent_shape(id_latents),
+      n,
+  )
 
 
 def standard_normal(key: jax.Array, dim: int) -> jax.Array:
@@ -125,7 +136,12 @@ def sample_prior(prior: GaussianPrior, key: jax.Array, sample_index: Any) -> jax
 
 def gaussian_geometry(dim: int, sigma: float = 1.0) -> dict:
   """What an isotropic N(0, sigma^2 I_d) predicts (docs/method.md, "Geometry")."""
-  return {"dim": int(dim), "sigma": float(sigma), "shell_radius": math.sqrt(dim) * sigma,
-          "pairwise_distance": math.sqrt(2 * dim) * sigma, "angle_origin_deg": 90.0,
-          "angle_vertex_deg": 60.0, "angle_origin_std_deg": math.degrees(1 / math.sqrt(dim))}
-
+  return {
+      "dim": int(dim),
+      "sigma": float(sigma),
+      "shell_radius": math.sqrt(dim) * sigma,
+      "pairwise_distance": math.sqrt(2 * dim) * sigma,
+      "angle_origin_deg": 90.0,
+      "angle_vertex_deg": 60.0,
+      "angle_origin_std_deg": math.degrees(1 / math.sqrt(dim)),
+  }

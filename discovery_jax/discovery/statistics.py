@@ -7,8 +7,17 @@ from typing import Any
 
 import numpy as np
 
-from discovery_jax.discovery.linalg import (TINY, angle_from_gram, as_rows, bank_mean, check_banks, dist_from_gram, gram,
-                                          norms, row_blocks)
+from discovery_jax.discovery.linalg import (
+    TINY,
+    angle_from_gram,
+    as_rows,
+    bank_mean,
+    check_banks,
+    dist_from_gram,
+    gram,
+    norms,
+    row_blocks,
+)
 from discovery_jax.discovery.prior import GaussianPrior, fit_prior, gaussian_geometry
 
 
@@ -75,9 +84,12 @@ def describe_from_gram(g: np.ndarray, num_triples: int, seed: int) -> dict:
   n = g.shape[0]
   n2 = np.diag(g).copy()
   iu = np.triu_indices(n, 1)
-  out = {"num_latents": int(n), "norm": mean_std(np.sqrt(np.maximum(n2, 0))),
-         "pairwise_distance": mean_std(dist_from_gram(g, n2, n2)[iu]),
-         "angle_origin_deg": mean_std(angle_from_gram(g, n2, n2)[iu])}
+  out = {
+      "num_latents": int(n),
+      "norm": mean_std(np.sqrt(np.maximum(n2, 0))),
+      "pairwise_distance": mean_std(dist_from_gram(g, n2, n2)[iu]),
+      "angle_origin_deg": mean_std(angle_from_gram(g, n2, n2)[iu]),
+  }
   if n >= 3 and num_triples > 0:
     out["angle_vertex_deg"] = mean_std(vertex_from_gram(g, random_triples(n, num_triples, seed)))
   return out
@@ -115,14 +127,21 @@ def norm_vs_chi(bank: Any, prior: GaussianPrior | None = None, *, prior_from_ban
   inv_std = 1.0 / np.sqrt(np.asarray(prior.var, np.float64))
   r = np.empty(n, np.float64)
   for s, b in row_blocks(rows):
-    r[s:s + len(b)] = np.sqrt(np.square((b - mean) * inv_std).sum(1))
+    r[s : s + len(b)] = np.sqrt(np.square((b - mean) * inv_std).sum(1))
   if prior_from_bank:
     r *= math.sqrt(n / (n - 1))
   chi = sps.chi(df=d)
   ks = sps.kstest(r, chi.cdf)
   raw = norms(rows)
-  return {"num_latents": int(n), "dim": int(d), "ks_statistic": float(ks.statistic), "ks_pvalue": float(ks.pvalue),
-          "observed_mean": float(r.mean()), "observed_std": float(r.std(ddof=1)) if n > 1 else float("nan"),
-          "chi_mean": float(chi.mean()), "chi_std": float(chi.std()),
-          "raw_norm_mean": float(raw.mean()), "prior_shell_radius": prior.shell_radius()}
-
+  return {
+      "num_latents": int(n),
+      "dim": int(d),
+      "ks_statistic": float(ks.statistic),
+      "ks_pvalue": float(ks.pvalue),
+      "observed_mean": float(r.mean()),
+      "observed_std": float(r.std(ddof=1)) if n > 1 else float("nan"),
+      "chi_mean": float(chi.mean()),
+      "chi_std": float(chi.std()),
+      "raw_norm_mean": float(raw.mean()),
+      "prior_shell_radius": prior.shell_radius(),
+  }

@@ -73,8 +73,15 @@ class TypicalOptions:
 
 
 @jax.jit
-def _candidates(rows: jax.Array, prior: GaussianPrior, order: jax.Array, key: jax.Array, index: jax.Array,
-                s_lo: jax.Array, s_hi: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _candidates(
+    rows: jax.Array,
+    prior: GaussianPrior,
+    order: jax.Array,
+    key: jax.Array,
+    index: jax.Array,
+    s_lo: jax.Array,
+    s_hi: jax.Array,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   n = rows.shape[0]
   k_strength, k_noise = jax.random.fold_in(key, _KEY_STRENGTH), jax.random.fold_in(key, _KEY_NOISE)
 
@@ -88,8 +95,13 @@ def _candidates(rows: jax.Array, prior: GaussianPrior, order: jax.Array, key: ja
   return jax.vmap(one)(index)
 
 
-def typical_candidates(ood_bank: Any, prior: GaussianPrior, key: jax.Array, candidate_index: Any,
-                       strength_range: tuple[float, float] = (0.1, 0.7)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def typical_candidates(
+    ood_bank: Any,
+    prior: GaussianPrior,
+    key: jax.Array,
+    candidate_index: Any,
+    strength_range: tuple[float, float] = (0.1, 0.7),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Candidates g of ``candidate_index``: (latents (n, *shape), source index, strength).
 
   Sources cycle through a key-seeded permutation of the bank, so every few-shot latent
@@ -97,8 +109,9 @@ def typical_candidates(ood_bank: Any, prior: GaussianPrior, key: jax.Array, cand
   rows = jnp.asarray(as_rows(ood_bank))
   order = jax.random.permutation(jax.random.fold_in(key, _KEY_SOURCE), rows.shape[0]).astype(jnp.int32)
   index = jnp.atleast_1d(jnp.asarray(candidate_index, jnp.uint32))
-  z, src, s = _candidates(rows, prior, order, key, index, jnp.float32(strength_range[0]),
-                          jnp.float32(strength_range[1]))
+  z, src, s = _candidates(
+      rows, prior, order, key, index, jnp.float32(strength_range[0]), jnp.float32(strength_range[1])
+  )
   return np.asarray(z).reshape((-1,) + latent_shape(ood_bank)), np.asarray(src), np.asarray(s)
 
 
@@ -126,14 +139,20 @@ class ImageCriteria:
   def fit(cls, fewshot_features: Any, own_features: Any | None, options: TypicalOptions) -> "ImageCriteria":
     f = np.asarray(fewshot_features, np.float64)
     if f.shape[0] < 4:
-      raise ValueError(f"image-space discovery needs at least 4 few-shot images (leave-one-out distances), "
-                       f"got {f.shape[0]}")
+      raise ValueError(
+          f"image-space discovery needs at least 4 few-shot images (leave-one-out distances), " f"got {f.shape[0]}"
+      )
     d = _distances(f, f)
     np.fill_diagonal(d, np.inf)
     loo = d.min(axis=1)
     band = (float(np.quantile(loo, options.band[0])), float(np.quantile(loo, options.band[1])))
-    return cls(f, band, float(np.quantile(loo, options.separation_quantile)),
-               None if own_features is None or not options.guard else np.asarray(own_features, np.float64), loo)
+    return cls(
+        f,
+        band,
+        float(np.quantile(loo, options.separation_quantile)),
+        None if own_features is None or not options.guard else np.asarray(own_features, np.float64),
+        loo,
+    )
 
   def judge(self, features: np.ndarray) -> dict:
     """Per candidate: nearest few-shot distance and index, whether it is in the band,
@@ -141,13 +160,19 @@ class ImageCriteria:
     d = _distances(features, self.fewshot)
     nn, idx = d.min(axis=1), d.argmin(axis=1)
     out = {"nn_fewshot": nn, "nn_index": idx, "too_close": nn < self.band[0], "too_far": nn > self.band[1]}
-    out["own_side"] = (_distances(features, self.own).min(axis=1) < nn if self.own is not None
-                       else np.zeros(len(nn), bool))
+    out["own_side"] = (
+        _distances(features, self.own).min(axis=1) < nn if self.own is not None else np.zeros(len(nn), bool)
+    )
     return out
 
   def summary(self) -> dict:
-    return {"band": list(self.band), "separation": self.separation, "num_fewshot": int(len(self.fewshot)),
-            "loo_nn_median": float(np.median(self.loo_distances)), "guard": self.own is not None}
+    return {
+        "band": list(self.band),
+        "separation": self.separation,
+        "num_fewshot": int(len(self.fewshot)),
+        "loo_nn_median": float(np.median(self.loo_distances)),
+        "guard": self.own is not None,
+    }
 
 
 def select(features: np.ndarray, verdict: dict, accepted: np.ndarray, separation: float, needed: int) -> np.ndarray:
@@ -160,7 +185,7 @@ def select(features: np.ndarray, verdict: dict, accepted: np.ndarray, separation
   for i in np.flatnonzero(ok):
     if len(kept) >= needed:
       break
-    x = features[i:i + 1]
+    x = features[i : i + 1]
     if kept_feats and _distances(x, np.concatenate(kept_feats)).min() < separation:
       continue
     kept.append(int(i))
@@ -192,18 +217,37 @@ class TypicalResult:
     return int(self.latents.shape[0])
 
   def summary(self) -> dict:
-    return {"mode": "typical", "num_accepted": self.num_accepted, "num_candidates": self.num_candidates,
-            "acceptance_rate": self.num_accepted / max(self.num_candidates, 1), "rejections": self.rejections,
-            "criteria": self.criteria, "prior": self.prior, "seconds": self.seconds, "config": self.options,
-            "strength_accepted": {"mean": float(np.mean(self.strength)) if len(self.strength) else None,
-                                  "min": float(np.min(self.strength)) if len(self.strength) else None,
-                                  "max": float(np.max(self.strength)) if len(self.strength) else None}}
+    return {
+        "mode": "typical",
+        "num_accepted": self.num_accepted,
+        "num_candidates": self.num_candidates,
+        "acceptance_rate": self.num_accepted / max(self.num_candidates, 1),
+        "rejections": self.rejections,
+        "criteria": self.criteria,
+        "prior": self.prior,
+        "seconds": self.seconds,
+        "config": self.options,
+        "strength_accepted": {
+            "mean": float(np.mean(self.strength)) if len(self.strength) else None,
+            "min": float(np.min(self.strength)) if len(self.strength) else None,
+            "max": float(np.max(self.strength)) if len(self.strength) else None,
+        },
+    }
 
 
-def discover_typical(ood_bank: Any, *, num_samples: int, key: jax.Array, denoise: Callable[[np.ndarray], np.ndarray],
-                     features: Callable[[np.ndarray], np.ndarray], fewshot_images: np.ndarray,
-                     own_images: np.ndarray | None = None, options: TypicalOptions | None = None,
-                     prior: GaussianPrior | None = None, log: Callable[[str], None] | None = None) -> TypicalResult:
+def discover_typical(
+    ood_bank: Any,
+    *,
+    num_samples: int,
+    key: jax.Array,
+    denoise: Callable[[np.ndarray], np.ndarray],
+    features: Callable[[np.ndarray], np.ndarray],
+    fewshot_images: np.ndarray,
+    own_images: np.ndarray | None = None,
+    options: TypicalOptions | None = None,
+    prior: GaussianPrior | None = None,
+    log: Callable[[str], None] | None = None,
+) -> TypicalResult:
   """Typical candidates, denoised in batches (``denoise``: latents -> images), judged by
   ``features`` of their images against the few-shot images' own leave-one-out
   statistics, kept until ``num_samples`` or ``pool_factor * num_samples`` candidates.
@@ -250,8 +294,16 @@ def discover_typical(ood_bank: Any, *, num_samples: int, key: jax.Array, denoise
   cat = lambda xs, tail, dt: np.concatenate(xs).astype(dt) if xs else np.zeros((0,) + tail, dt)
   shape = latent_shape(ood_bank)
   return TypicalResult(
-      latents=cat(lat, shape, np.float32), images=cat(imgs, tuple(fewshot_images.shape[1:]), np.float32),
-      candidate_index=cat(idx, (), np.int64), source_index=cat(srcs, (), np.int64),
-      strength=cat(strengths, (), np.float32), nn_fewshot=cat(nns, (), np.float64), num_candidates=examined,
-      rejections=rejections, criteria=criteria.summary(), prior=prior.summary(),
-      seconds=time.perf_counter() - start, options=dataclasses.asdict(options))
+      latents=cat(lat, shape, np.float32),
+      images=cat(imgs, tuple(fewshot_images.shape[1:]), np.float32),
+      candidate_index=cat(idx, (), np.int64),
+      source_index=cat(srcs, (), np.int64),
+      strength=cat(strengths, (), np.float32),
+      nn_fewshot=cat(nns, (), np.float64),
+      num_candidates=examined,
+      rejections=rejections,
+      criteria=criteria.summary(),
+      prior=prior.summary(),
+      seconds=time.perf_counter() - start,
+      options=dataclasses.asdict(options),
+  )

@@ -81,8 +81,7 @@ class RealData:
   physical_channels: int | None = None
 
 
-def load_real_data(fewshot_dir: str | None, eval_dir: str | None, id_dir: str | None,
-                   inputs: InputOptions) -> RealData:
+def load_real_data(fewshot_dir: str | None, eval_dir: str | None, id_dir: str | None, inputs: InputOptions) -> RealData:
   """The few-shot set, held-out target images and (optional) held-out ID images."""
   if not fewshot_dir:
     raise ValueError("evaluation needs config.data.ood_dir (the few-shot set, for memorization)")
@@ -100,6 +99,7 @@ def load_real_data(fewshot_dir: str | None, eval_dir: str | None, id_dir: str | 
 
 def to_physical(x: np.ndarray, real: RealData) -> np.ndarray:
   from discovery_jax.data import scientific, transforms
+
   t = transforms.Transform.from_dict(real.transform)
   return scientific.from_model_output(x, t, channels=real.physical_channels or 1, clip=True)
 
@@ -116,39 +116,61 @@ class Evaluator:
     self.real = real
     self.options = options
     self.extractor = features_lib.create_extractor(
-        options.features, inception_path=options.inception_path, feature_net_path=options.feature_net_path,
-        image_shape=real.fewshot.shape[1:], **_extractor_kwargs(options))
+        options.features,
+        inception_path=options.inception_path,
+        feature_net_path=options.feature_net_path,
+        image_shape=real.fewshot.shape[1:],
+        **_extractor_kwargs(options),
+    )
     self.few = self.extractor(real.fewshot)
     self.held = self.extractor(real.heldout_ood)
     self.id = self.extractor(real.heldout_id) if real.heldout_id is not None else None
     n = len(self.held)
     if n < MIN_HELDOUT:
-      raise ValueError(f"evaluation needs at least {MIN_HELDOUT} held-out target images in config.data.eval_dir, "
-                       f"got {n}")
+      raise ValueError(
+          f"evaluation needs at least {MIN_HELDOUT} held-out target images in config.data.eval_dir, " f"got {n}"
+      )
     perm = np.random.default_rng(options.seed).permutation(n)
     quarter = n // 4
-    self.split = {"reference": np.sort(perm[2 * quarter:]), "calibration": np.sort(perm[:quarter]),
-                  "test": np.sort(perm[quarter:2 * quarter])}
+    self.split = {
+        "reference": np.sort(perm[2 * quarter :]),
+        "calibration": np.sort(perm[:quarter]),
+        "test": np.sort(perm[quarter : 2 * quarter]),
+    }
     reference = np.concatenate([self.few, self.held[self.split["reference"]]])
-    contrast = judge_lib.pixel_contrast(np.concatenate([real.fewshot, real.heldout_ood[self.split["reference"]],
-                                                        real.heldout_ood[self.split["calibration"]]]))
-    self.judge = judge_lib.DomainJudge.fit(reference, self.held[self.split["calibration"]], self.id,
-                                           k=options.judge_k, coverage=options.judge_coverage,
-                                           target_contrast=contrast)
+    contrast = judge_lib.pixel_contrast(
+        np.concatenate(
+            [real.fewshot, real.heldout_ood[self.split["reference"]], real.heldout_ood[self.split["calibration"]]]
+        )
+    )
+    self.judge = judge_lib.DomainJudge.fit(
+        reference,
+        self.held[self.split["calibration"]],
+        self.id,
+        k=options.judge_k,
+        coverage=options.judge_coverage,
+        target_contrast=contrast,
+    )
     self.kid_subset = options.kid_subset_size
 
   def describe(self) -> dict:
-    return {"features": self.extractor.describe(), "num_fewshot": len(self.few), "num_heldout_ood": len(self.held),
-            "num_heldout_id": 0 if self.id is None else len(self.id), "domain_judge": self.judge.describe(),
-            "heldout_split": {k: int(len(v)) for k, v in self.split.items()}}
+    return {
+        "features": self.extractor.describe(),
+        "num_fewshot": len(self.few),
+        "num_heldout_ood": len(self.held),
+        "num_heldout_id": 0 if self.id is None else len(self.id),
+        "domain_judge": self.judge.describe(),
+        "heldout_split": {k: int(len(v)) for k, v in self.split.items()},
+    }
 
   def reference(self) -> dict:
     """The held-out real target images scored like a method: the yardstick (FD half
     against half; the judge on the quarter it never saw)."""
     return self.evaluate(self.real.heldout_ood, name="real held-out OOD", is_reference=True)
 
-  def evaluate(self, samples: np.ndarray, *, name: str, id_samples: np.ndarray | None = None,
-               is_reference: bool = False) -> dict:
+  def evaluate(
+      self, samples: np.ndarray, *, name: str, id_samples: np.ndarray | None = None, is_reference: bool = False
+  ) -> dict:
     samples = np.asarray(samples, np.float32)
     feats = self.extractor(samples)
     n = len(feats)
@@ -169,8 +191,7 @@ class Evaluator:
     if len(ref) > 5:
       out.update(judge_lib.coverage_density(ref, feats, k=5))
     out["diversity"] = metrics.diversity(feats)["mean_pairwise_distance"] if len(feats) > 1 else float("nan")
-    out["pixel_diversity"] = (metrics.pixel_diversity(pixels)["mean_pairwise_rms"] if len(pixels) > 1
-                              else float("nan"))
+    out["pixel_diversity"] = metrics.pixel_diversity(pixels)["mean_pairwise_rms"] if len(pixels) > 1 else float("nan")
     mem = metrics.memorization(feats, self.few, None if is_reference else self.held)
     out["memorization"] = mem
     out["nn_ratio"] = mem.get("nn_median_ratio", float("nan"))
@@ -198,10 +219,17 @@ class Evaluator:
     if self.real.transform is None:
       return None
     from discovery_jax.metrics import physics as science
+
     gen = to_physical(samples, self.real)
     scale = "log10" if float(np.min(self.real.heldout_physical)) > 0 else "asinh"
-    return science.compare_fields(gen, self.real.heldout_physical, scale=scale, out_dir=out_dir,
-                                  prefix=name.replace(" ", "_"), labels=(name, "held-out real"))
+    return science.compare_fields(
+        gen,
+        self.real.heldout_physical,
+        scale=scale,
+        out_dir=out_dir,
+        prefix=name.replace(" ", "_"),
+        labels=(name, "held-out real"),
+    )
 
 
 def _extractor_kwargs(options: EvaluationOptions) -> dict:

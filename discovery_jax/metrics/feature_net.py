@@ -50,8 +50,11 @@ class FeatureNet(nn.Module):
 
 
 def build(architecture: Mapping[str, Any]) -> FeatureNet:
-  return FeatureNet(widths=tuple(architecture["widths"]), embed_dim=int(architecture["embed_dim"]),
-                    num_classes=int(architecture["num_classes"]))
+  return FeatureNet(
+      widths=tuple(architecture["widths"]),
+      embed_dim=int(architecture["embed_dim"]),
+      num_classes=int(architecture["num_classes"]),
+  )
 
 
 def flatten_params(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -71,6 +74,7 @@ def save(directory: str, params: Mapping[str, Any], metadata: dict) -> dict:
 
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
   import io
+
   buf = io.BytesIO()
   np.savez(buf, **arrays)
   return buf.getvalue()
@@ -82,14 +86,18 @@ def load(directory: str | None = None) -> tuple[FeatureNet, dict, dict]:
   weights, meta_path = os.path.join(directory, WEIGHTS_FILE), os.path.join(directory, METADATA_FILE)
   for path in (weights, meta_path):
     if not os.path.isfile(path):
-      raise FileNotFoundError(f"feature network: {path} does not exist (a folder written by "
-                              "`python -m discovery_jax.demo.train_features`)")
+      raise FileNotFoundError(
+          f"feature network: {path} does not exist (a folder written by "
+          "`python -m discovery_jax.demo.train_features`)"
+      )
   with open(meta_path) as f:
     meta = json.load(f)
   digest = fileio.sha256_file(weights)
   if digest != meta.get("weights_sha256"):
-    raise ValueError(f"feature network: {weights} has sha256 {digest}, its metadata says "
-                     f"{meta.get('weights_sha256')} (a corrupt or replaced file)")
+    raise ValueError(
+        f"feature network: {weights} has sha256 {digest}, its metadata says "
+        f"{meta.get('weights_sha256')} (a corrupt or replaced file)"
+    )
   with np.load(weights, allow_pickle=False) as data:
     params = traverse_util.unflatten_dict({k: jnp.asarray(data[k]) for k in data.files}, sep="/")
   return build(meta["architecture"]), params, meta

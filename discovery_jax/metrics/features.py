@@ -46,8 +46,7 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 # Preprocessing.
 
 
-def to_unit_interval(images: Any, value_range: tuple[float, float] = (-1.0, 1.0),
-                     quantize: bool = True) -> np.ndarray:
+def to_unit_interval(images: Any, value_range: tuple[float, float] = (-1.0, 1.0), quantize: bool = True) -> np.ndarray:
   """NHWC images -> float32 in [0, 1] with 3 channels (grayscale is repeated).
 
   uint8 input is read as [0, 255] whatever ``value_range`` says. ``quantize`` rounds
@@ -106,8 +105,7 @@ def _resize_area(x: jax.Array, size: int | None) -> jax.Array:
   """Antialiased resize for the stand-in extractors (their exact filter does not matter)."""
   if size is None or x.shape[1:3] == (size, size):
     return x
-  return jax.image.resize(x, (x.shape[0], size, size, x.shape[3]), "linear", antialias=True,
-                          precision=_HIGHEST)
+  return jax.image.resize(x, (x.shape[0], size, size, x.shape[3]), "linear", antialias=True, precision=_HIGHEST)
 
 
 # ---------------------------------------------------------------------------
@@ -129,21 +127,27 @@ class FeatureExtractor:
   batch_size: int = 64
   info: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
-  def __call__(self, images: Any, *, value_range: tuple[float, float] = (-1.0, 1.0),
-               quantize: bool = True, batch_size: int | None = None) -> np.ndarray:
+  def __call__(
+      self,
+      images: Any,
+      *,
+      value_range: tuple[float, float] = (-1.0, 1.0),
+      quantize: bool = True,
+      batch_size: int | None = None,
+  ) -> np.ndarray:
     """``images``: an NHWC array (numpy or jax), or an iterable of such batches."""
     bs = int(batch_size or self.batch_size)
     if bs < 1:
       raise ValueError(f"batch_size must be >= 1, got {bs}")
     if hasattr(images, "shape") and hasattr(images, "__getitem__"):
-      chunks: Iterable[Any] = (images[i:i + bs] for i in range(0, int(images.shape[0]), bs))
+      chunks: Iterable[Any] = (images[i : i + bs] for i in range(0, int(images.shape[0]), bs))
     else:
       chunks = images
     outs = []
     for chunk in chunks:
       x = to_unit_interval(chunk, value_range, quantize)
       for i in range(0, x.shape[0], bs):
-        part = x[i:i + bs]
+        part = x[i : i + bs]
         n = part.shape[0]
         if n < bs:  # pad: one compiled shape for every batch.
           part = np.concatenate([part, np.zeros((bs - n,) + part.shape[1:], part.dtype)])
@@ -164,8 +168,9 @@ def _weights_hash(arrays: Iterable[np.ndarray]) -> str:
 # Inception (FID).
 
 
-def inception_extractor(variables: Mapping[str, Any], *, batch_size: int = 50,
-                        precision: str = "highest") -> FeatureExtractor:
+def inception_extractor(
+    variables: Mapping[str, Any], *, batch_size: int = 50, precision: str = "highest"
+) -> FeatureExtractor:
   """pool3 features of FID's Inception-v3 for ``variables`` from ``load_inception``."""
   module = inception.FIDInceptionV3(precision=precision)
 
@@ -176,18 +181,25 @@ def inception_extractor(variables: Mapping[str, Any], *, batch_size: int = 50,
 
   # Weights are a jit argument, not a constant baked into the compiled program.
   variables = jax.device_put(dict(variables))
-  return FeatureExtractor("inception_pool3", inception.POOL3_DIM, functools.partial(run, variables),
-                          batch_size, {"resize": INCEPTION_SIZE, "precision": precision})
+  return FeatureExtractor(
+      "inception_pool3",
+      inception.POOL3_DIM,
+      functools.partial(run, variables),
+      batch_size,
+      {"resize": INCEPTION_SIZE, "precision": precision},
+  )
 
 
 def read_inception_metadata(path: str) -> dict:
   meta_path = os.path.join(path, INCEPTION_METADATA_FILE)
   if not os.path.isfile(meta_path):
     from discovery_jax.checkpoint import CheckpointError
+
     raise CheckpointError(
         f"{path} is not a converted FID Inception folder ({INCEPTION_METADATA_FILE} is missing); "
         "convert pytorch-fid's weights with: python -m convert.inception "
-        "--pth=pt_inception-2015-12-05-6726825d.pth --output=DIR")
+        "--pth=pt_inception-2015-12-05-6726825d.pth --output=DIR"
+    )
   with open(meta_path) as f:
     return json.load(f)
 
@@ -213,8 +225,11 @@ def load_inception(path: str) -> dict:
 def load_inception_extractor(path: str, **kwargs: Any) -> FeatureExtractor:
   extractor = inception_extractor(load_inception(path), **kwargs)
   meta = read_inception_metadata(path)
-  info = {**extractor.info, "weights": os.path.abspath(path),
-          "official_fid_weights": bool(meta.get("official_fid_weights", False))}
+  info = {
+      **extractor.info,
+      "weights": os.path.abspath(path),
+      "official_fid_weights": bool(meta.get("official_fid_weights", False)),
+  }
   return dataclasses.replace(extractor, info=info)
 
 
@@ -222,8 +237,9 @@ def load_inception_extractor(path: str, **kwargs: Any) -> FeatureExtractor:
 # Offline stand-ins.
 
 
-def random_conv_extractor(seed: int = 0, *, size: int = 64, widths: tuple[int, ...] = (32, 64, 128),
-                          batch_size: int = 64) -> FeatureExtractor:
+def random_conv_extractor(
+    seed: int = 0, *, size: int = 64, widths: tuple[int, ...] = (32, 64, 128), batch_size: int = 64
+) -> FeatureExtractor:
   """A frozen random ReLU conv net: 3x3 stride-2 convs with He-scaled Gaussian weights.
 
   Features: the spatial mean of every stage's activations plus a 2x2 grid of the last
@@ -243,21 +259,26 @@ def random_conv_extractor(seed: int = 0, *, size: int = 64, widths: tuple[int, .
     h = _resize_area(2.0 * x - 1.0, size)
     pooled = []
     for k in kernels:
-      h = jax.nn.relu(jax.lax.conv_general_dilated(
-          h, k, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=_HIGHEST))
+      h = jax.nn.relu(
+          jax.lax.conv_general_dilated(
+              h, k, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=_HIGHEST
+          )
+      )
       pooled.append(jnp.mean(h, axis=(1, 2)))
     n, hh, ww, c = h.shape
-    grid = h[:, :hh // 2 * 2, :ww // 2 * 2].reshape(n, 2, hh // 2, 2, ww // 2, c).mean(axis=(2, 4))
+    grid = h[:, : hh // 2 * 2, : ww // 2 * 2].reshape(n, 2, hh // 2, 2, ww // 2, c).mean(axis=(2, 4))
     return jnp.concatenate(pooled + [grid.reshape(n, 4 * c)], axis=-1)
 
   dim = int(sum(widths) + 4 * widths[-1])
   info = {"seed": seed, "size": size, "widths": list(widths), "weights_sha256": _weights_hash(kernels)}
-  return FeatureExtractor("random_conv", dim, functools.partial(run, [jnp.asarray(k) for k in kernels]),
-                          batch_size, info)
+  return FeatureExtractor(
+      "random_conv", dim, functools.partial(run, [jnp.asarray(k) for k in kernels]), batch_size, info
+  )
 
 
-def random_projection_extractor(seed: int = 0, *, dim: int = 256, size: int = 32,
-                                batch_size: int = 256) -> FeatureExtractor:
+def random_projection_extractor(
+    seed: int = 0, *, dim: int = 256, size: int = 32, batch_size: int = 256
+) -> FeatureExtractor:
   """Pixels at ``size`` x ``size`` in [-1, 1], flattened and projected by a fixed Gaussian
   matrix / sqrt(D): Euclidean distances are kept up to ~1/sqrt(dim) relative error."""
   d_in = size * size * 3
@@ -269,8 +290,7 @@ def random_projection_extractor(seed: int = 0, *, dim: int = 256, size: int = 32
     return jnp.dot(h, proj, precision=_HIGHEST)
 
   info = {"seed": seed, "size": size, "weights_sha256": _weights_hash([proj])}
-  return FeatureExtractor("random_projection", dim, functools.partial(run, jnp.asarray(proj)),
-                          batch_size, info)
+  return FeatureExtractor("random_projection", dim, functools.partial(run, jnp.asarray(proj)), batch_size, info)
 
 
 def pixel_extractor(size: int | None = 64, *, batch_size: int = 256) -> FeatureExtractor:
@@ -284,36 +304,51 @@ def pixel_extractor(size: int | None = 64, *, batch_size: int = 256) -> FeatureE
   return FeatureExtractor("pixels", dim, run, batch_size, {"size": size})
 
 
-def learned_extractor(path: str | None = None, *, image_shape: tuple[int, ...] | None = None,
-                      batch_size: int = 256) -> FeatureExtractor:
+def learned_extractor(
+    path: str | None = None, *, image_shape: tuple[int, ...] | None = None, batch_size: int = 256
+) -> FeatureExtractor:
   """The project's learned feature network (``metrics.feature_net``; default: the
   committed one). Grayscale of the input (channel mean), at the net's own size:
   images of another size are refused, not resized (features of resampled images are
   not the ones the net was trained on)."""
   from discovery_jax.metrics import feature_net
+
   module, params, meta = feature_net.load(path)
   want = feature_net.image_shape(meta)
   if image_shape is not None and tuple(image_shape[:2]) != want[:2]:
-    raise ValueError(f"the feature network {path or feature_net.ASSET_DIR} takes {want[0]}x{want[1]} images, these are "
-                     f"{image_shape[0]}x{image_shape[1]}; use evaluate.features='inception' (with inception_path) or "
-                     "'random_conv'")
+    raise ValueError(
+        f"the feature network {path or feature_net.ASSET_DIR} takes {want[0]}x{want[1]} images, these are "
+        f"{image_shape[0]}x{image_shape[1]}; use evaluate.features='inception' (with inception_path) or "
+        "'random_conv'"
+    )
 
   @jax.jit
   def run(params, x):
     gray = 2.0 * jnp.mean(x, axis=-1, keepdims=True) - 1.0
     return module.apply({"params": params}, gray)[0]
 
-  info = {"weights_sha256": meta["weights_sha256"][:16], "classes": len(meta.get("class_names", [])),
-          "test_accuracy": meta.get("test_accuracy", {}).get("overall"), "image_shape": list(want)}
-  return FeatureExtractor("learned", int(meta["architecture"]["embed_dim"]), functools.partial(run, params),
-                          batch_size, info)
+  info = {
+      "weights_sha256": meta["weights_sha256"][:16],
+      "classes": len(meta.get("class_names", [])),
+      "test_accuracy": meta.get("test_accuracy", {}).get("overall"),
+      "image_shape": list(want),
+  }
+  return FeatureExtractor(
+      "learned", int(meta["architecture"]["embed_dim"]), functools.partial(run, params), batch_size, info
+  )
 
 
 EXTRACTORS = ("learned", "inception", "random_conv", "random_projection", "pixels")
 
 
-def create_extractor(name: str, *, inception_path: str | None = None, feature_net_path: str | None = None,
-                     image_shape: tuple[int, ...] | None = None, **kwargs: Any) -> FeatureExtractor:
+def create_extractor(
+    name: str,
+    *,
+    inception_path: str | None = None,
+    feature_net_path: str | None = None,
+    image_shape: tuple[int, ...] | None = None,
+    **kwargs: Any,
+) -> FeatureExtractor:
   """By name, for configs: 'learned' (the project's feature network), 'inception'
   (needs ``inception_path``), 'random_conv', 'random_projection' or 'pixels';
   ``kwargs`` go to the constructor."""
@@ -321,11 +356,16 @@ def create_extractor(name: str, *, inception_path: str | None = None, feature_ne
     return learned_extractor(feature_net_path, image_shape=image_shape, **kwargs)
   if name == "inception":
     if not inception_path:
-      raise ValueError("the 'inception' extractor needs inception_path= (a folder written by "
-                       "`python -m convert.inception`); use 'random_conv' where no weights exist")
+      raise ValueError(
+          "the 'inception' extractor needs inception_path= (a folder written by "
+          "`python -m convert.inception`); use 'random_conv' where no weights exist"
+      )
     return load_inception_extractor(inception_path, **kwargs)
-  makers = {"random_conv": random_conv_extractor, "random_projection": random_projection_extractor,
-            "pixels": pixel_extractor}
+  makers = {
+      "random_conv": random_conv_extractor,
+      "random_projection": random_projection_extractor,
+      "pixels": pixel_extractor,
+  }
   if name not in makers:
     raise ValueError(f"unknown feature extractor {name!r}; choose from {list(EXTRACTORS)}")
   return makers[name](**kwargs)

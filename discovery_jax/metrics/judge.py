@@ -50,8 +50,15 @@ class Manifold:
   calibration: dict
 
   @classmethod
-  def fit(cls, reference: Any, calibration: Any | None = None, *, k: int = 3, coverage: float = 0.95,
-          name: str = "reference") -> "Manifold":
+  def fit(
+      cls,
+      reference: Any,
+      calibration: Any | None = None,
+      *,
+      k: int = 3,
+      coverage: float = 0.95,
+      name: str = "reference",
+  ) -> "Manifold":
     """Radii from ``reference``; ``scale`` (>= 1) is the ``coverage`` quantile of the
     manifold scores of ``calibration`` (real images of the same domain NOT in the
     reference), so that fraction of fresh real images counts as inside. Without a
@@ -70,9 +77,18 @@ class Manifold:
       scores = d.min(axis=1)
       how = f"leave-one-out over the {len(ref)} references"
     scale = max(1.0, float(np.quantile(scores, coverage)))
-    return cls(ref, radii, scale, int(k), {"coverage": float(coverage), "on": how,
-                                           "inside_at_scale_1": float(np.mean(scores <= 1.0)),
-                                           "num_reference": int(len(ref))})
+    return cls(
+        ref,
+        radii,
+        scale,
+        int(k),
+        {
+            "coverage": float(coverage),
+            "on": how,
+            "inside_at_scale_1": float(np.mean(scores <= 1.0)),
+            "num_reference": int(len(ref)),
+        },
+    )
 
   def score(self, features: np.ndarray) -> np.ndarray:
     return manifold_score(features, self.support, self.radii) / self.scale
@@ -93,9 +109,17 @@ class DomainJudge:
   contrast_floor: float = 0.0
 
   @classmethod
-  def fit(cls, target_reference: Any, target_calibration: Any | None = None, id_reference: Any | None = None,
-          *, k: int = 3, coverage: float = 0.95, target_contrast: Any | None = None,
-          contrast_quantile: float = 0.01) -> "DomainJudge":
+  def fit(
+      cls,
+      target_reference: Any,
+      target_calibration: Any | None = None,
+      id_reference: Any | None = None,
+      *,
+      k: int = 3,
+      coverage: float = 0.95,
+      target_contrast: Any | None = None,
+      contrast_quantile: float = 0.01,
+  ) -> "DomainJudge":
     """``target_contrast``: pixel contrasts of real target images (``pixel_contrast``);
     the floor is their ``contrast_quantile``."""
     target = Manifold.fit(target_reference, target_calibration, k=k, coverage=coverage, name="target reference")
@@ -121,13 +145,22 @@ class DomainJudge:
 
   def rates(self, features: Any, contrast: Any | None = None) -> dict:
     v = self.verdicts(features, contrast)
-    return {"ood_hit_rate": float(np.mean(v == TARGET)), "id_fallback_rate": float(np.mean(v == IN_DOMAIN)),
-            "neither_rate": float(np.mean(v == NEITHER)), "num_samples": int(len(v))}
+    return {
+        "ood_hit_rate": float(np.mean(v == TARGET)),
+        "id_fallback_rate": float(np.mean(v == IN_DOMAIN)),
+        "neither_rate": float(np.mean(v == NEITHER)),
+        "num_samples": int(len(v)),
+    }
 
   def describe(self) -> dict:
-    out = {"kind": "k-NN realism against real target features (Kynkaanniemi et al. 2019), in-domain manifold "
-                   "for mode interference", "k": self.target.k, "target": self.target.calibration,
-           "target_scale": self.target.scale, "pixel_contrast_floor": self.contrast_floor}
+    out = {
+        "kind": "k-NN realism against real target features (Kynkaanniemi et al. 2019), in-domain manifold "
+        "for mode interference",
+        "k": self.target.k,
+        "target": self.target.calibration,
+        "target_scale": self.target.scale,
+        "pixel_contrast_floor": self.contrast_floor,
+    }
     if self.in_domain is not None:
       out.update(in_domain=self.in_domain.calibration, in_domain_scale=self.in_domain.scale)
     return out
@@ -151,8 +184,12 @@ def near_duplicate_rate(samples: Any, heldout: Any, *, quantile: float = 0.05) -
   d = pairwise_distances(x, x)
   np.fill_diagonal(d, np.inf)
   nn = d.min(axis=1)
-  return {"near_duplicate_rate": float(np.mean(nn < threshold)), "threshold": threshold,
-          "quantile": float(quantile), "distinct_rate": float(np.mean(nn >= threshold))}
+  return {
+      "near_duplicate_rate": float(np.mean(nn < threshold)),
+      "threshold": threshold,
+      "quantile": float(quantile),
+      "distinct_rate": float(np.mean(nn >= threshold)),
+  }
 
 
 def copy_flags(samples: Any, fewshot: Any, heldout: Any, *, quantile: float = 0.05) -> dict:
@@ -163,8 +200,12 @@ def copy_flags(samples: Any, fewshot: Any, heldout: Any, *, quantile: float = 0.
   d_x, _ = nearest_neighbours(x, f)
   d_h, _ = nearest_neighbours(h, f)
   threshold = float(np.quantile(d_h, quantile))
-  return {"copy_rate": float(np.mean(d_x < threshold)), "copy_threshold": threshold, "quantile": float(quantile),
-          "flags": d_x < threshold}
+  return {
+      "copy_rate": float(np.mean(d_x < threshold)),
+      "copy_threshold": threshold,
+      "quantile": float(quantile),
+      "flags": d_x < threshold,
+  }
 
 
 def coverage_density(real: Any, fake: Any, *, k: int = 5) -> dict:
@@ -177,5 +218,4 @@ def coverage_density(real: Any, fake: Any, *, k: int = 5) -> dict:
     raise ValueError(f"coverage/density with k={k} needs more than {k} real samples, got {r.shape[0]}")
   radii = kth_neighbour_radii(r, k)
   inside = pairwise_distances(f, r) <= radii[None, :]
-  return {"density": float(inside.sum() / (k * f.shape[0])), "coverage": float(inside.any(axis=0).mean()),
-          "k": int(k)}
+  return {"density": float(inside.sum() / (k * f.shape[0])), "coverage": float(inside.any(axis=0).mean()), "k": int(k)}

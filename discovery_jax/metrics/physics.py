@@ -71,12 +71,22 @@ def _values(fields, scale: str, softening: float) -> tuple[np.ndarray, dict]:
   raw = np.concatenate([b.ravel() for b in _as_batches(fields)])
   finite = raw[np.isfinite(raw)]
   vals = apply_scale(finite, scale, softening)
-  return vals, {"n_values": int(raw.size), "n_nonfinite": int(raw.size - finite.size),
-                "n_dropped_nonpositive": int(finite.size - vals.size)}
+  return vals, {
+      "n_values": int(raw.size),
+      "n_nonfinite": int(raw.size - finite.size),
+      "n_dropped_nonpositive": int(finite.size - vals.size),
+  }
 
 
-def pixel_histograms(generated, real, *, bins: int = 64, value_range: tuple[float, float] | None = None,
-                     scale: str = "linear", softening: float = 1.0) -> dict:
+def pixel_histograms(
+    generated,
+    real,
+    *,
+    bins: int = 64,
+    value_range: tuple[float, float] | None = None,
+    scale: str = "linear",
+    softening: float = 1.0,
+) -> dict:
   """Histograms of both sets on common bins (default: the pooled min..max of both)."""
   gen, gen_info = _values(generated, scale, softening)
   ref, ref_info = _values(real, scale, softening)
@@ -91,10 +101,19 @@ def pixel_histograms(generated, real, *, bins: int = 64, value_range: tuple[floa
   edges = np.linspace(lo, hi, int(bins) + 1)
   # Values outside a given range go to the edge bins (no mass is silently lost).
   count = lambda v: np.histogram(np.clip(v, lo, hi), bins=edges)[0]
-  return {"edges": edges.tolist(), "generated": count(gen).tolist(), "real": count(ref).tolist(), "scale": scale,
-          "softening": float(softening), "generated_info": gen_info, "real_info": ref_info,
-          "generated_mean": float(gen.mean()), "generated_std": float(gen.std()),
-          "real_mean": float(ref.mean()), "real_std": float(ref.std())}
+  return {
+      "edges": edges.tolist(),
+      "generated": count(gen).tolist(),
+      "real": count(ref).tolist(),
+      "scale": scale,
+      "softening": float(softening),
+      "generated_info": gen_info,
+      "real_info": ref_info,
+      "generated_mean": float(gen.mean()),
+      "generated_std": float(gen.std()),
+      "real_mean": float(ref.mean()),
+      "real_std": float(ref.std()),
+  }
 
 
 def histogram_distances(hist: dict, *, smoothing: float = 0.5) -> dict:
@@ -106,6 +125,7 @@ def histogram_distances(hist: dict, *, smoothing: float = 0.5) -> dict:
   kl_real_generated and js use ``smoothing`` pseudo-counts per bin.
   """
   from scipy import stats
+
   edges = np.asarray(hist["edges"])
   centres = 0.5 * (edges[1:] + edges[:-1])
   g = np.asarray(hist["generated"], np.float64)
@@ -117,10 +137,15 @@ def histogram_distances(hist: dict, *, smoothing: float = 0.5) -> dict:
   m = 0.5 * (sg + sr)
   kl = lambda a, b: float(np.sum(a * np.log(a / b)))
   std = hist.get("real_std") or 0.0
-  return {"wasserstein1": w1, "wasserstein1_over_real_std": w1 / std if std > 0 else None,
-          "intersection": float(np.minimum(p_g, p_r).sum()), "kl_real_generated": kl(sr, sg),
-          "js": 0.5 * kl(sr, m) + 0.5 * kl(sg, m), "smoothing": float(smoothing),
-          "mean_difference": float(hist["generated_mean"] - hist["real_mean"])}
+  return {
+      "wasserstein1": w1,
+      "wasserstein1_over_real_std": w1 / std if std > 0 else None,
+      "intersection": float(np.minimum(p_g, p_r).sum()),
+      "kl_real_generated": kl(sr, sg),
+      "js": 0.5 * kl(sr, m) + 0.5 * kl(sg, m),
+      "smoothing": float(smoothing),
+      "mean_difference": float(hist["generated_mean"] - hist["real_mean"]),
+  }
 
 
 # ---------------------------------------------------------------------------
@@ -130,7 +155,7 @@ def histogram_distances(hist: dict, *, smoothing: float = 0.5) -> dict:
 def _k_bins(h: int, w: int) -> tuple[np.ndarray, int]:
   fy = np.fft.fftfreq(h)[:, None]
   fx = np.fft.fftfreq(w)[None, :]
-  k = np.rint(np.sqrt(fx ** 2 + fy ** 2) * min(h, w)).astype(int)
+  k = np.rint(np.sqrt(fx**2 + fy**2) * min(h, w)).astype(int)
   return k, min(h, w) // 2
 
 
@@ -156,13 +181,17 @@ def power_spectrum(fields, *, window: str | None = None) -> dict:
     if b.shape[1:3] != (h, w):
       raise ValueError(f"power spectra need fields of one size, got {(h, w)} and {b.shape[1:3]}")
     b = np.nan_to_num(b - np.nanmean(b, axis=(1, 2), keepdims=True)) * taper
-    p2 = np.abs(np.fft.fft2(b, axes=(1, 2))) ** 2 / (h * w)             # (n, H, W, C)
-    p2 = np.moveaxis(p2, -1, 1).reshape(-1, h, w)                        # (n*C, H, W)
+    p2 = np.abs(np.fft.fft2(b, axes=(1, 2))) ** 2 / (h * w)  # (n, H, W, C)
+    p2 = np.moveaxis(p2, -1, 1).reshape(-1, h, w)  # (n*C, H, W)
     for p in p2:
       spectra.append(np.bincount(kmap[keep], weights=p[keep], minlength=kmax + 1)[1:] / counts)
   spectra = np.asarray(spectra)
-  return {"k": np.arange(1, kmax + 1).tolist(), "power": spectra.mean(axis=0).tolist(),
-          "power_std": spectra.std(axis=0).tolist(), "n_spectra": int(len(spectra))}
+  return {
+      "k": np.arange(1, kmax + 1).tolist(),
+      "power": spectra.mean(axis=0).tolist(),
+      "power_std": spectra.std(axis=0).tolist(),
+      "n_spectra": int(len(spectra)),
+  }
 
 
 def spectrum_distance(ps_generated: dict, ps_real: dict, *, k_range: tuple[float, float] | None = None) -> dict:
@@ -176,8 +205,7 @@ def spectrum_distance(ps_generated: dict, ps_real: dict, *, k_range: tuple[float
   if not ok.any():
     raise ValueError("the power spectra share no wavenumber with positive power")
   ratio = np.abs(np.log10(pg[ig][ok] / pr[ir][ok]))
-  return {"mean_abs_log10_ratio": float(ratio.mean()), "max_abs_log10_ratio": float(ratio.max()),
-          "n_k": int(ok.sum())}
+  return {"mean_abs_log10_ratio": float(ratio.mean()), "max_abs_log10_ratio": float(ratio.max()), "n_k": int(ok.sum())}
 
 
 def fit_power_law(ps: dict, *, k_range: tuple[float, float] = (2, np.inf)) -> dict:
@@ -187,15 +215,21 @@ def fit_power_law(ps: dict, *, k_range: tuple[float, float] = (2, np.inf)) -> di
   if ok.sum() < 2:
     raise ValueError(f"fewer than 2 wavenumbers in {k_range} to fit")
   slope, intercept = np.polyfit(np.log10(k[ok]), np.log10(p[ok]), 1)
-  return {"beta": float(-slope), "amplitude": float(10 ** intercept), "k_range": [float(k[ok][0]), float(k[ok][-1])]}
+  return {"beta": float(-slope), "amplitude": float(10**intercept), "k_range": [float(k[ok][0]), float(k[ok][-1])]}
 
 
 # ---------------------------------------------------------------------------
 # Plots.
 
 
-def plot_histograms(hist: dict, path: str, *, labels: tuple[str, str] = ("generated", "real"),
-                    title: str | None = None, log_y: bool = True) -> str:
+def plot_histograms(
+    hist: dict,
+    path: str,
+    *,
+    labels: tuple[str, str] = ("generated", "real"),
+    title: str | None = None,
+    log_y: bool = True,
+) -> str:
   """Density histograms of both sets overlaid (steps), saved as PNG."""
   fig = plots.new_figure()
   ax = fig.add_subplot(1, 1, 1)
@@ -207,8 +241,11 @@ def plot_histograms(hist: dict, path: str, *, labels: tuple[str, str] = ("genera
   if log_y:
     ax.set_yscale("log")
   scale = hist.get("scale", "linear")
-  ax.set_xlabel({"linear": "pixel value", "log10": "log10 pixel value", "asinh": "asinh(pixel value / softening)"}
-                .get(scale, "pixel value"))
+  ax.set_xlabel(
+      {"linear": "pixel value", "log10": "log10 pixel value", "asinh": "asinh(pixel value / softening)"}.get(
+          scale, "pixel value"
+      )
+  )
   ax.set_ylabel("density")
   ax.legend(frameon=False)
   if title:
@@ -226,8 +263,9 @@ def plot_power_spectra(spectra: dict[str, dict], path: str, *, title: str | None
     (line,) = ax.plot(k[ok], p[ok], label=label, linewidth=1.4)
     if "power_std" in ps:
       s = np.asarray(ps["power_std"], np.float64)[ok]
-      ax.fill_between(k[ok], np.maximum(p[ok] - s, p[ok] * 1e-3), p[ok] + s, color=line.get_color(), alpha=0.2,
-                      linewidth=0)
+      ax.fill_between(
+          k[ok], np.maximum(p[ok] - s, p[ok] * 1e-3), p[ok] + s, color=line.get_color(), alpha=0.2, linewidth=0
+      )
   ax.set_xscale("log")
   ax.set_yscale("log")
   ax.set_xlabel("k (cycles per image side)")
@@ -238,9 +276,18 @@ def plot_power_spectra(spectra: dict[str, dict], path: str, *, title: str | None
   return plots.save_figure(fig, path)
 
 
-def compare_fields(generated, real, *, bins: int = 64, scale: str = "linear", softening: float = 1.0,
-                   out_dir: str | None = None, prefix: str = "fields", labels: tuple[str, str] = ("generated", "real"),
-                   window: str | None = None) -> dict:
+def compare_fields(
+    generated,
+    real,
+    *,
+    bins: int = 64,
+    scale: str = "linear",
+    softening: float = 1.0,
+    out_dir: str | None = None,
+    prefix: str = "fields",
+    labels: tuple[str, str] = ("generated", "real"),
+    window: str | None = None,
+) -> dict:
   """Histograms, their distances, power spectra and their distance; plots into ``out_dir``.
 
   JSON-ready; this is the astrophysical counterpart of FID for ``evaluate``.
@@ -248,13 +295,17 @@ def compare_fields(generated, real, *, bins: int = 64, scale: str = "linear", so
   hist = pixel_histograms(generated, real, bins=bins, scale=scale, softening=softening)
   ps_gen = power_spectrum(generated, window=window)
   ps_real = power_spectrum(real, window=window)
-  result = {"histogram": hist, "histogram_distances": histogram_distances(hist),
-            "power_spectrum": {labels[0]: ps_gen, labels[1]: ps_real},
-            "power_spectrum_distance": spectrum_distance(ps_gen, ps_real)}
+  result = {
+      "histogram": hist,
+      "histogram_distances": histogram_distances(hist),
+      "power_spectrum": {labels[0]: ps_gen, labels[1]: ps_real},
+      "power_spectrum_distance": spectrum_distance(ps_gen, ps_real),
+  }
   if out_dir is not None:
     result["plots"] = {
         "histogram": plot_histograms(hist, os.path.join(out_dir, f"{prefix}_histogram.png"), labels=labels),
-        "power_spectrum": plot_power_spectra({labels[0]: ps_gen, labels[1]: ps_real},
-                                             os.path.join(out_dir, f"{prefix}_power_spectrum.png")),
+        "power_spectrum": plot_power_spectra(
+            {labels[0]: ps_gen, labels[1]: ps_real}, os.path.join(out_dir, f"{prefix}_power_spectrum.png")
+        ),
     }
   return result

@@ -22,7 +22,7 @@ def mse(a: np.ndarray, b: np.ndarray) -> float:
 
 def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
   err = mse(a, b)
-  return float("inf") if err == 0 else float(10 * np.log10(data_range ** 2 / err))
+  return float("inf") if err == 0 else float(10 * np.log10(data_range**2 / err))
 
 
 def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 1.0, sigma: float = 1.5) -> float:
@@ -43,7 +43,7 @@ def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 1.0, sigma: float = 1
     vx = cov * (blur(x * x) - mx * mx)
     vy = cov * (blur(y * y) - my * my)
     vxy = cov * (blur(x * y) - mx * my)
-    s = ((2 * mx * my + c1) * (2 * vxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    s = ((2 * mx * my + c1) * (2 * vxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
     pad = 5  # skimage crops the border where the window is incomplete.
     values.append(s[pad:-pad, pad:-pad].mean() if min(x.shape) > 2 * pad else s.mean())
   return float(np.mean(values))

@@ -80,8 +80,7 @@ def _trace_sqrt_product_eigh(s1: np.ndarray, s2: np.ndarray) -> float:
   return float(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0.0, None)).sum())
 
 
-def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any, eps: float = 1e-6,
-                     method: str = "sqrtm") -> float:
+def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any, eps: float = 1e-6, method: str = "sqrtm") -> float:
   """|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)) between two Gaussians.
 
   ``method='sqrtm'`` is the reference formula (pytorch-fid, TTUR). ``sqrtm`` of a
@@ -109,8 +108,9 @@ def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any, eps: float = 
     if np.iscomplexobj(covmean):
       diag = np.diagonal(covmean)
       if np.abs(diag.imag).max() > 1e-3 * max(1.0, np.abs(diag.real).max()):
-        raise ValueError(f"frechet_distance: sqrtm has a significant imaginary component "
-                         f"({np.abs(diag.imag).max():.3g})")
+        raise ValueError(
+            f"frechet_distance: sqrtm has a significant imaginary component " f"({np.abs(diag.imag).max():.3g})"
+        )
       covmean = covmean.real
     tr_covmean = float(np.trace(covmean))
   else:
@@ -134,8 +134,17 @@ def _polynomial_kernel(a: np.ndarray, b: np.ndarray, degree: int, gamma: float, 
   return (gamma * (a @ b.T) + coef0) ** degree
 
 
-def kid(a: Any, b: Any, *, num_subsets: int = 100, subset_size: int = 1000, degree: int = 3,
-        gamma: float | None = None, coef0: float = 1.0, seed: int = 0) -> dict:
+def kid(
+    a: Any,
+    b: Any,
+    *,
+    num_subsets: int = 100,
+    subset_size: int = 1000,
+    degree: int = 3,
+    gamma: float | None = None,
+    coef0: float = 1.0,
+    seed: int = 0,
+) -> dict:
   """Kernel Inception Distance (Binkowski et al. 2018): unbiased MMD^2 with the kernel
   ``(gamma x.y + coef0)^degree``, gamma = 1/F by default, averaged over random subsets.
 
@@ -156,10 +165,15 @@ def kid(a: Any, b: Any, *, num_subsets: int = 100, subset_size: int = 1000, degr
     kxx = _polynomial_kernel(x, x, degree, gamma, coef0)
     kyy = _polynomial_kernel(y, y, degree, gamma, coef0)
     kxy = _polynomial_kernel(x, y, degree, gamma, coef0)
-    values[s] = ((kxx.sum() - np.trace(kxx)) / (m * (m - 1))
-                 + (kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2.0 * kxy.mean())
-  return {"kid_mean": float(values.mean()), "kid_std": float(values.std()),
-          "num_subsets": int(num_subsets), "subset_size": int(m)}
+    values[s] = (
+        (kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2.0 * kxy.mean()
+    )
+  return {
+      "kid_mean": float(values.mean()),
+      "kid_std": float(values.std()),
+      "num_subsets": int(num_subsets),
+      "subset_size": int(m),
+  }
 
 
 # ---------------------------------------------------------------------------
@@ -226,8 +240,10 @@ def precision_recall(real: Any, fake: Any, *, k: int = 3, chunk: int = DEFAULT_C
   real, fake = as_features(real, "real"), as_features(fake, "fake")
   _check_dims(real, fake)
   if min(real.shape[0], fake.shape[0]) <= k:
-    raise ValueError(f"precision_recall with k={k} needs more than {k} samples in each set "
-                     f"(got {real.shape[0]} real, {fake.shape[0]} fake)")
+    raise ValueError(
+        f"precision_recall with k={k} needs more than {k} samples in each set "
+        f"(got {real.shape[0]} real, {fake.shape[0]} fake)"
+    )
   real_radii = _kth_neighbour_radii(real, k, chunk)
   fake_radii = _kth_neighbour_radii(fake, k, chunk)
   precision = _inside_manifold(fake, real, real_radii, chunk).mean()
@@ -260,8 +276,7 @@ def _pairwise_moments(x: np.ndarray, chunk: int) -> tuple[float, float, int]:
   return mean, math.sqrt(max(total_sq / count - mean * mean, 0.0)), count
 
 
-def diversity(features: Any, *, max_samples: int | None = None, seed: int = 0,
-              chunk: int = DEFAULT_CHUNK) -> dict:
+def diversity(features: Any, *, max_samples: int | None = None, seed: int = 0, chunk: int = DEFAULT_CHUNK) -> dict:
   """Mean (and std) pairwise Euclidean feature distance within one set.
 
   Compare a generated set's value with the held-out real set's: lower means
@@ -271,12 +286,22 @@ def diversity(features: Any, *, max_samples: int | None = None, seed: int = 0,
   if x.shape[0] < 2:
     raise ValueError("diversity needs at least 2 samples")
   mean, std, pairs = _pairwise_moments(x, chunk)
-  return {"mean_pairwise_distance": float(mean), "std_pairwise_distance": float(std),
-          "num_samples": int(x.shape[0]), "num_pairs": int(pairs)}
+  return {
+      "mean_pairwise_distance": float(mean),
+      "std_pairwise_distance": float(std),
+      "num_samples": int(x.shape[0]),
+      "num_pairs": int(pairs),
+  }
 
 
-def pixel_diversity(images: Any, *, value_range: tuple[float, float] = (-1.0, 1.0),
-                    max_samples: int | None = 500, seed: int = 0, chunk: int = 256) -> dict:
+def pixel_diversity(
+    images: Any,
+    *,
+    value_range: tuple[float, float] = (-1.0, 1.0),
+    max_samples: int | None = 500,
+    seed: int = 0,
+    chunk: int = 256,
+) -> dict:
   """Mean pairwise RMS pixel difference on a [0, 1] scale (no learned metric: an
   LPIPS-free diversity). 0 for identical images; ~0.41 for independent uniform noise.
 
@@ -293,17 +318,27 @@ def pixel_diversity(images: Any, *, value_range: tuple[float, float] = (-1.0, 1.
     x = ((x.astype(np.float32) - lo) / (hi - lo)).astype(np.float32)
   scale = 1.0 / math.sqrt(x.shape[1])
   mean, std, pairs = _pairwise_moments(x, chunk)
-  return {"mean_pairwise_rms": float(mean * scale), "std_pairwise_rms": float(std * scale),
-          "num_samples": int(x.shape[0]), "num_pairs": int(pairs)}
+  return {
+      "mean_pairwise_rms": float(mean * scale),
+      "std_pairwise_rms": float(std * scale),
+      "num_samples": int(x.shape[0]),
+      "num_pairs": int(pairs),
+  }
 
 
 # ---------------------------------------------------------------------------
 # Memorization.
 
 
-def memorization(generated: Any, train: Any, heldout: Any | None = None, *,
-                 copy_ratio: float = 0.1, return_per_sample: bool = False,
-                 chunk: int = DEFAULT_CHUNK) -> dict:
+def memorization(
+    generated: Any,
+    train: Any,
+    heldout: Any | None = None,
+    *,
+    copy_ratio: float = 0.1,
+    return_per_sample: bool = False,
+    chunk: int = DEFAULT_CHUNK,
+) -> dict:
   """New images or copies? Nearest-neighbour distances to the few-shot training set.
 
   The reference scale is the same statistic for held-out real target images (fresh
@@ -321,8 +356,10 @@ def memorization(generated: Any, train: Any, heldout: Any | None = None, *,
   _check_dims(gen, tr)
   d_gen, idx_gen = nearest_neighbours(gen, tr, chunk=chunk)
   out: dict[str, Any] = {
-      "num_generated": int(gen.shape[0]), "num_train": int(tr.shape[0]),
-      "gen_nn_mean": float(d_gen.mean()), "gen_nn_median": float(np.median(d_gen)),
+      "num_generated": int(gen.shape[0]),
+      "num_train": int(tr.shape[0]),
+      "gen_nn_mean": float(d_gen.mean()),
+      "gen_nn_median": float(np.median(d_gen)),
       "gen_nn_min": float(d_gen.min()),
       "num_train_images_matched": int(np.unique(idx_gen).size),
   }
@@ -331,15 +368,18 @@ def memorization(generated: Any, train: Any, heldout: Any | None = None, *,
     _check_dims(ho, tr)
     d_ho, _ = nearest_neighbours(ho, tr, chunk=chunk)
     median = float(np.median(d_ho))
-    out.update({
-        "num_heldout": int(ho.shape[0]),
-        "heldout_nn_mean": float(d_ho.mean()), "heldout_nn_median": median,
-        "frac_closer_than_heldout_median": float((d_gen < median).mean()),
-        "nn_median_ratio": float(np.median(d_gen) / median) if median > 0 else float("nan"),
-        "copy_ratio": float(copy_ratio),
-        "frac_near_copies": float((d_gen < copy_ratio * median).mean()),
-        "num_exact_copies": int((d_gen <= 1e-6 * median).sum()),
-    })
+    out.update(
+        {
+            "num_heldout": int(ho.shape[0]),
+            "heldout_nn_mean": float(d_ho.mean()),
+            "heldout_nn_median": median,
+            "frac_closer_than_heldout_median": float((d_gen < median).mean()),
+            "nn_median_ratio": float(np.median(d_gen) / median) if median > 0 else float("nan"),
+            "copy_ratio": float(copy_ratio),
+            "frac_near_copies": float((d_gen < copy_ratio * median).mean()),
+            "num_exact_copies": int((d_gen <= 1e-6 * median).sum()),
+        }
+    )
   else:
     out["num_exact_copies"] = int((d_gen <= 1e-6 * max(float(np.median(d_gen)), 1e-12)).sum())
   if return_per_sample:
@@ -370,11 +410,14 @@ class DomainClassifier:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-    return make_pipeline(StandardScaler(), LogisticRegression(
-        C=self.C, max_iter=self.max_iter, class_weight="balanced"))
 
-  def fit(self, id_features: Any, ood_features: Any, *, heldout_fraction: float = 0.25,
-          seed: int = 0) -> "DomainClassifier":
+    return make_pipeline(
+        StandardScaler(), LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight="balanced")
+    )
+
+  def fit(
+      self, id_features: Any, ood_features: Any, *, heldout_fraction: float = 0.25, seed: int = 0
+  ) -> "DomainClassifier":
     id_x, ood_x = as_features(id_features, "id_features"), as_features(ood_features, "ood_features")
     _check_dims(id_x, ood_x)
     x = np.concatenate([id_x, ood_x])
@@ -383,11 +426,16 @@ class DomainClassifier:
     if heldout_fraction > 0 and min(len(id_x), len(ood_x)) >= 4:
       from sklearn.metrics import balanced_accuracy_score
       from sklearn.model_selection import train_test_split
+
       xtr, xte, ytr, yte = train_test_split(x, y, test_size=heldout_fraction, stratify=y, random_state=seed)
       pred = self._make().fit(xtr, ytr).predict(xte)
-      report.update({"heldout_accuracy": float((pred == yte).mean()),
-                     "heldout_balanced_accuracy": float(balanced_accuracy_score(yte, pred)),
-                     "num_heldout": int(len(yte))})
+      report.update(
+          {
+              "heldout_accuracy": float((pred == yte).mean()),
+              "heldout_balanced_accuracy": float(balanced_accuracy_score(yte, pred)),
+              "num_heldout": int(len(yte)),
+          }
+      )
     self.pipeline = self._make().fit(x, y)
     report["train_accuracy"] = float((self.pipeline.predict(x) == y).mean())
     self.fit_report = report
@@ -412,13 +460,17 @@ class DomainClassifier:
     and ``ambiguous_rate`` in between flags mixtures of the two domains."""
     p = self.predict_ood_proba(features)
     confident_ood, confident_id = p >= confidence, p <= 1.0 - confidence
-    return {"ood_hit_rate": float((p >= threshold).mean()),
-            "id_fallback_rate": float((p < threshold).mean()),
-            "confident_ood_rate": float(confident_ood.mean()),
-            "confident_id_rate": float(confident_id.mean()),
-            "ambiguous_rate": float((~confident_ood & ~confident_id).mean()),
-            "mean_ood_probability": float(p.mean()), "num_samples": int(p.size),
-            "threshold": float(threshold), "confidence": float(confidence)}
+    return {
+        "ood_hit_rate": float((p >= threshold).mean()),
+        "id_fallback_rate": float((p < threshold).mean()),
+        "confident_ood_rate": float(confident_ood.mean()),
+        "confident_id_rate": float(confident_id.mean()),
+        "ambiguous_rate": float((~confident_ood & ~confident_id).mean()),
+        "mean_ood_probability": float(p.mean()),
+        "num_samples": int(p.size),
+        "threshold": float(threshold),
+        "confidence": float(confidence),
+    }
 
 
 def fit_domain_classifier(id_features: Any, ood_features: Any, **kwargs: Any) -> DomainClassifier:

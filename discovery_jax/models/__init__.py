@@ -15,8 +15,15 @@ from discovery_jax.models.ddpm import DDPMUNet
 from discovery_jax.models.iddpm import IDDPMUNet
 
 __all__ = [
-    "DDPMUNet", "IDDPMUNet", "ModelConfigError", "create_model", "eps_channels",
-    "init_params", "load", "param_shapes", "validate",
+    "DDPMUNet",
+    "IDDPMUNet",
+    "ModelConfigError",
+    "create_model",
+    "eps_channels",
+    "init_params",
+    "load",
+    "param_shapes",
+    "validate",
 ]
 
 
@@ -79,4 +86,5 @@ def param_shapes(module: nn.Module) -> dict:
 def load(checkpoint_dir: str):
   """Returns ``(module, params)`` from a checkpoint written by ``convert``/``train``."""
   from discovery_jax import checkpoint  # local: keeps models/ free of I/O at import.
+
   return checkpoint.load_model(checkpoint_dir)

@@ -13,13 +13,30 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 
 DDPM_REQUIRED = (
-    "image_size", "in_channels", "out_ch", "ch", "ch_mult", "num_res_blocks",
-    "attn_resolutions", "dropout", "resamp_with_conv",
+    "image_size",
+    "in_channels",
+    "out_ch",
+    "ch",
+    "ch_mult",
+    "num_res_blocks",
+    "attn_resolutions",
+    "dropout",
+    "resamp_with_conv",
 )
 IDDPM_REQUIRED = (
-    "image_size", "in_channels", "num_channels", "num_res_blocks", "channel_mult",
-    "attention_resolutions", "num_head_channels", "num_heads", "learn_sigma",
-    "use_scale_shift_norm", "resblock_updown", "use_new_attention_order", "dropout",
+    "image_size",
+    "in_channels",
+    "num_channels",
+    "num_res_blocks",
+    "channel_mult",
+    "attention_resolutions",
+    "num_head_channels",
+    "num_heads",
+    "learn_sigma",
+    "use_scale_shift_norm",
+    "resblock_updown",
+    "use_new_attention_order",
+    "dropout",
 )
 # Fields added by this project, with their defaults.
 COMMON_OPTIONAL = {
@@ -81,7 +98,8 @@ def validate(config: Any) -> dict:
   if unknown:
     raise ModelConfigError(
         f"model config (arch={arch!r}) has unknown field(s) {unknown}; "
-        f"known fields: {sorted(set(required) | set(optional))}")
+        f"known fields: {sorted(set(required) | set(optional))}"
+    )
   out = {**optional, **cfg}
 
   if out["dtype"] not in DTYPES:
@@ -93,8 +111,10 @@ def validate(config: Any) -> dict:
 
   size = int(out["image_size"])
   mult_key, base_key, attn_key = (
-      ("ch_mult", "ch", "attn_resolutions") if arch == "ddpm"
-      else ("channel_mult", "num_channels", "attention_resolutions"))
+      ("ch_mult", "ch", "attn_resolutions")
+      if arch == "ddpm"
+      else ("channel_mult", "num_channels", "attention_resolutions")
+  )
   mult = _int_tuple(mult_key, out[mult_key])
   attn = tuple(int(r) for r in out[attn_key]) if out[attn_key] is not None else ()
   base = int(out[base_key])
@@ -103,18 +123,21 @@ def validate(config: Any) -> dict:
     raise ModelConfigError(f"model.num_res_blocks must be >= 1, got {out['num_res_blocks']!r}")
   if size % (2 ** (len(mult) - 1)):
     raise ModelConfigError(
-        f"model.image_size={size} must be divisible by 2**(len({mult_key})-1) = {2 ** (len(mult) - 1)}")
+        f"model.image_size={size} must be divisible by 2**(len({mult_key})-1) = {2 ** (len(mult) - 1)}"
+    )
   for m in mult:
     if (base * m) % GROUPS:
       raise ModelConfigError(
           f"model.{base_key}={base} x {mult_key} entry {m} = {base * m} channels is not divisible "
-          f"by the {GROUPS} GroupNorm groups")
-  resolutions = [size // 2 ** i for i in range(len(mult))]
+          f"by the {GROUPS} GroupNorm groups"
+      )
+  resolutions = [size // 2**i for i in range(len(mult))]
   for r in attn:
     if r not in resolutions:
       raise ModelConfigError(
           f"model.{attn_key} contains {r}, which is not a resolution of this network "
-          f"(image_size={size}, {len(mult)} levels: {resolutions})")
+          f"(image_size={size}, {len(mult)} levels: {resolutions})"
+      )
 
   if arch == "ddpm":
     hc = int(out["attn_head_channels"])

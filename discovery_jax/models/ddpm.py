@@ -54,8 +54,7 @@ class AttnBlock(nn.Module):
     heads = 1 if self.head_channels <= 0 else c // self.head_channels
     hn = layers.apply_norm(layers.group_norm(GN_EPS, "norm"), x)
     q, k, v = (
-        layers.conv(c, 1, name=n, **kw)(hn).reshape(b, height * width, heads, c // heads)
-        for n in ("q", "k", "v")
+        layers.conv(c, 1, name=n, **kw)(hn).reshape(b, height * width, heads, c // heads) for n in ("q", "k", "v")
     )
     o = layers.multihead_attention(q, k, v, precision=self.precision)
     o = o.reshape(b, height, width, c)
@@ -73,8 +72,13 @@ class Downsample(nn.Module):
       return layers.avg_pool2(x)
     # torch: F.pad(x, (0, 1, 0, 1)) then a stride-2 conv without padding.
     return layers.conv(
-        x.shape[-1], 3, stride=2, padding=((0, 1), (0, 1)), name="conv",
-        dtype=self.dtype, precision=self.precision,
+        x.shape[-1],
+        3,
+        stride=2,
+        padding=((0, 1), (0, 1)),
+        name="conv",
+        dtype=self.dtype,
+        precision=self.precision,
     )(x)
 
 
@@ -124,8 +128,7 @@ class DDPMUNet(nn.Module):
     res = self.image_size
     for i in range(num_levels):
       for j in range(self.num_res_blocks):
-        h = ResnetBlock(self.ch * self.ch_mult[i], self.dropout, name=f"down.{i}.block.{j}", **kw)(
-            hs[-1], temb, det)
+        h = ResnetBlock(self.ch * self.ch_mult[i], self.dropout, name=f"down.{i}.block.{j}", **kw)(hs[-1], temb, det)
         if res in self.attn_resolutions:
           h = AttnBlock(self.attn_head_channels, name=f"down.{i}.attn.{j}", **kw)(h)
         hs.append(h)
@@ -144,8 +147,7 @@ class DDPMUNet(nn.Module):
     for i in reversed(range(num_levels)):
       for j in range(self.num_res_blocks + 1):
         h = jnp.concatenate([h, hs.pop()], axis=-1)
-        h = ResnetBlock(self.ch * self.ch_mult[i], self.dropout, name=f"up.{i}.block.{j}", **kw)(
-            h, temb, det)
+        h = ResnetBlock(self.ch * self.ch_mult[i], self.dropout, name=f"up.{i}.block.{j}", **kw)(h, temb, det)
         if res in self.attn_resolutions:
           h = AttnBlock(self.attn_head_channels, name=f"up.{i}.attn.{j}", **kw)(h)
       if i != 0:

@@ -91,8 +91,7 @@ class Downsample(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.use_conv:  # stride-2 3x3 conv with padding 1 on every side.
-      return layers.conv(x.shape[-1], 3, stride=2, name="op", dtype=self.dtype,
-                         precision=self.precision)(x)
+      return layers.conv(x.shape[-1], 3, stride=2, name="op", dtype=self.dtype, precision=self.precision)(x)
     return layers.avg_pool2(x)
 
 
@@ -153,8 +152,7 @@ class IDDPMUNet(nn.Module):
       return ResBlock(out_channels, self.use_scale_shift_norm, self.dropout, name=name, **updown, **kw)
 
     def attention(channels, name, upsample):
-      return AttentionBlock(self._heads(channels, upsample), self.use_new_attention_order,
-                            name=name, **kw)
+      return AttentionBlock(self._heads(channels, upsample), self.use_new_attention_order, name=name, **kw)
 
     h = layers.conv(mc, 3, name="input_blocks.0.0", **kw)(x.astype(self.dtype))
     hs = [h]

@@ -51,12 +51,19 @@ class BasicConv2d(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     ph, pw = _pair(self.padding)
     x = nn.Conv(
-        self.features, _pair(self.kernel), strides=(self.stride, self.stride),
-        padding=((ph, ph), (pw, pw)), use_bias=False, dtype=jnp.float32, param_dtype=jnp.float32,
-        precision=layers.PRECISIONS[self.precision], name="conv")(x)
+        self.features,
+        _pair(self.kernel),
+        strides=(self.stride, self.stride),
+        padding=((ph, ph), (pw, pw)),
+        use_bias=False,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        precision=layers.PRECISIONS[self.precision],
+        name="conv",
+    )(x)
     x = nn.BatchNorm(
-        use_running_average=True, epsilon=BN_EPSILON, dtype=jnp.float32, param_dtype=jnp.float32,
-        name="bn")(x)
+        use_running_average=True, epsilon=BN_EPSILON, dtype=jnp.float32, param_dtype=jnp.float32, name="bn"
+    )(x)
     return nn.relu(x)
 
 
@@ -158,12 +165,14 @@ class InceptionE(nn.Module):
     conv = lambda f, k, p, name: BasicConv2d(f, k, padding=p, precision=self.precision, name=name)
     b1 = conv(320, 1, 0, "branch1x1")(x)
     b3 = conv(384, 1, 0, "branch3x3_1")(x)
-    b3 = jnp.concatenate([conv(384, (1, 3), (0, 1), "branch3x3_2a")(b3),
-                          conv(384, (3, 1), (1, 0), "branch3x3_2b")(b3)], axis=-1)
+    b3 = jnp.concatenate(
+        [conv(384, (1, 3), (0, 1), "branch3x3_2a")(b3), conv(384, (3, 1), (1, 0), "branch3x3_2b")(b3)], axis=-1
+    )
     bd = conv(448, 1, 0, "branch3x3dbl_1")(x)
     bd = conv(384, 3, 1, "branch3x3dbl_2")(bd)
-    bd = jnp.concatenate([conv(384, (1, 3), (0, 1), "branch3x3dbl_3a")(bd),
-                          conv(384, (3, 1), (1, 0), "branch3x3dbl_3b")(bd)], axis=-1)
+    bd = jnp.concatenate(
+        [conv(384, (1, 3), (0, 1), "branch3x3dbl_3a")(bd), conv(384, (3, 1), (1, 0), "branch3x3dbl_3b")(bd)], axis=-1
+    )
     pooled = _max_pool_3x3_same(x) if self.pool == "max" else _avg_pool_3x3_same(x)
     bp = conv(192, 1, 0, "branch_pool")(pooled)
     return jnp.concatenate([b1, b3, bd, bp], axis=-1)
@@ -183,8 +192,10 @@ class FIDInceptionV3(nn.Module):
     if x.ndim != 4 or x.shape[-1] != 3:
       raise ValueError(f"FIDInceptionV3 expects NHWC images with 3 channels, got shape {x.shape}")
     if min(x.shape[1], x.shape[2]) < MIN_SIZE:
-      raise ValueError(f"FIDInceptionV3 needs images of at least {MIN_SIZE}x{MIN_SIZE}, got "
-                       f"{x.shape[1]}x{x.shape[2]} (FID resizes to 299x299 first)")
+      raise ValueError(
+          f"FIDInceptionV3 needs images of at least {MIN_SIZE}x{MIN_SIZE}, got "
+          f"{x.shape[1]}x{x.shape[2]} (FID resizes to 299x299 first)"
+      )
     p = self.precision
     x = jnp.asarray(x, jnp.float32)
     x = BasicConv2d(32, 3, 2, precision=p, name="Conv2d_1a_3x3")(x)

@@ -120,13 +120,9 @@ def conv(
   )
 
 
-def dense(
-    features: int, *, name: str, dtype: Dtype, precision: Precision, zero_init: bool = False
-) -> nn.Dense:
+def dense(features: int, *, name: str, dtype: Dtype, precision: Precision, zero_init: bool = False) -> nn.Dense:
   extra = {"kernel_init": nn.initializers.zeros} if zero_init else {}
-  return nn.Dense(
-      features, dtype=dtype, param_dtype=jnp.float32, precision=precision, name=name, **extra
-  )
+  return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, precision=precision, name=name, **extra)
 
 
 def upsample_nearest(x: jax.Array) -> jax.Array:
@@ -137,6 +133,7 @@ def upsample_nearest(x: jax.Array) -> jax.Array:
 class Upsample(nn.Module):
   """Nearest-neighbour 2x upsampling, then an optional 3x3 conv named ``conv``
   (the same module in both families: DDPM's ``with_conv``, guided-diffusion's ``use_conv``)."""
+
   with_conv: bool
   dtype: Any
   precision: Any
@@ -154,9 +151,7 @@ def avg_pool2(x: jax.Array) -> jax.Array:
   return nn.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
 
 
-def multihead_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, *, precision: Precision
-) -> jax.Array:
+def multihead_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, precision: Precision) -> jax.Array:
   """Softmax attention over tokens; q, k, v are (B, T, H, d); returns (B, T, H, d).
 
   Logits are scaled by ``d ** -0.5`` and the softmax runs in float32. Heads are
@@ -166,9 +161,7 @@ def multihead_attention(
   """
   scale = q.shape[-1] ** -0.5
   q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))
-  logits = jnp.einsum(
-      "bhqd,bhkd->bhqk", q, k, precision=precision, preferred_element_type=jnp.float32
-  )
+  logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, precision=precision, preferred_element_type=jnp.float32)
   weights = jax.nn.softmax(logits * scale, axis=-1).astype(v.dtype)
   out = jnp.einsum("bhqk,bhkd->bhqd", weights, v, precision=precision)
   return out.transpose(0, 2, 1, 3)

@@ -71,9 +71,13 @@ def make_optimizer(cfg: TrainOptions) -> optax.GradientTransformation:
   """Adam with linear warm-up, global-norm clipping and optional weight decay."""
   lr = float(cfg.learning_rate)
   warmup = int(cfg.warmup_steps)
-  schedule = optax.join_schedules(
-      [optax.linear_schedule(0.0, lr, max(warmup, 1)), optax.constant_schedule(lr)], [max(warmup, 1)]
-  ) if warmup > 0 else optax.constant_schedule(lr)
+  schedule = (
+      optax.join_schedules(
+          [optax.linear_schedule(0.0, lr, max(warmup, 1)), optax.constant_schedule(lr)], [max(warmup, 1)]
+      )
+      if warmup > 0
+      else optax.constant_schedule(lr)
+  )
   parts = []
   if float(cfg.grad_clip) > 0:
     parts.append(optax.clip_by_global_norm(float(cfg.grad_clip)))
@@ -91,8 +95,16 @@ def init_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=ema, opt_state=tx.init(params))
 
 
-def diffusion_loss(module: nn.Module, params: Any, x0: jax.Array, index: jax.Array, key: jax.Array,
-                   alphas_cumprod: jax.Array, eps_channels: int, hflip: bool = False) -> jax.Array:
+def diffusion_loss(
+    module: nn.Module,
+    params: Any,
+    x0: jax.Array,
+    index: jax.Array,
+    key: jax.Array,
+    alphas_cumprod: jax.Array,
+    eps_channels: int,
+    hflip: bool = False,
+) -> jax.Array:
   """Mean squared error of the eps prediction at uniformly drawn timesteps.
 
   For iDDPM checkpoints with learned variances only the eps channels are trained
@@ -103,27 +115,38 @@ def diffusion_loss(module: nn.Module, params: Any, x0: jax.Array, index: jax.Arr
   def draws(i):
     k = jax.random.fold_in(key, i)
     kt, kn, kf, kd = jax.random.split(k, 4)
-    return (jax.random.randint(kt, (), 0, num_t), jax.random.normal(kn, x0.shape[1:], x0.dtype),
-            jax.random.bernoulli(kf), kd)
+    return (
+        jax.random.randint(kt, (), 0, num_t),
+        jax.random.normal(kn, x0.shape[1:], x0.dtype),
+        jax.random.bernoulli(kf),
+        kd,
+    )
 
   t, noise, flip, _ = jax.vmap(draws)(index)
   if hflip:
     x0 = jnp.where(flip[:, None, None, None], x0[:, :, ::-1, :], x0)
   a = alphas_cumprod[t][:, None, None, None]
   x_t = jnp.sqrt(a) * x0 + jnp.sqrt(1 - a) * noise
-  dropout_key = jax.random.fold_in(key, 2 ** 31 - 1)
+  dropout_key = jax.random.fold_in(key, 2**31 - 1)
   out = module.apply({"params": params}, x_t, t, train=True, rngs={"dropout": dropout_key})
   return jnp.mean((out[..., :eps_channels] - noise) ** 2)
 
 
-def make_train_step(module: nn.Module, tx: optax.GradientTransformation, alphas_cumprod: np.ndarray,
-                    eps_channels: int, ema_decay: float, hflip: bool) -> Callable:
+def make_train_step(
+    module: nn.Module,
+    tx: optax.GradientTransformation,
+    alphas_cumprod: np.ndarray,
+    eps_channels: int,
+    ema_decay: float,
+    hflip: bool,
+) -> Callable:
   alphas = jnp.asarray(alphas_cumprod, jnp.float32)
 
   def step(state: TrainState, x0: jax.Array, index: jax.Array, key: jax.Array):
     step_key = jax.random.fold_in(key, state.step)
     loss, grads = jax.value_and_grad(
-        lambda p: diffusion_loss(module, p, x0, index, step_key, alphas, eps_channels, hflip))(state.params)
+        lambda p: diffusion_loss(module, p, x0, index, step_key, alphas, eps_channels, hflip)
+    )(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, state.ema_params, params)
@@ -185,23 +208,33 @@ def load_training_images(source: str, options: images.ImageOptions) -> np.ndarra
 
 def _manager(directory: str, keep: int):
   import orbax.checkpoint as ocp
+
   options = ocp.CheckpointManagerOptions(max_to_keep=max(1, keep), create=True)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
-def train_loop(module: nn.Module, params: Any, data: ArrayDataset, cfg: TrainOptions, workdir: str,
-               *, schedule: diffusion.Schedule, mesh=None, eps_channels: int,
-               should_stop: Callable[[int], bool] | None = None) -> TrainState:
+def train_loop(
+    module: nn.Module,
+    params: Any,
+    data: ArrayDataset,
+    cfg: TrainOptions,
+    workdir: str,
+    *,
+    schedule: diffusion.Schedule,
+    mesh=None,
+    eps_channels: int,
+    should_stop: Callable[[int], bool] | None = None,
+) -> TrainState:
   """Trains until ``cfg.steps``, resuming from the newest checkpoint in ``workdir``.
 
   Writes ``checkpoints/`` (orbax CheckpointManager), ``train_log.jsonl`` (one line
   per ``log_every`` steps) and returns the final state.
   """
   import orbax.checkpoint as ocp
+
   tx = make_optimizer(cfg)
   batch_size = parallel.round_up(int(cfg.batch_size), parallel.data_size(mesh))
-  step_fn = make_train_step(module, tx, schedule.alphas_cumprod, eps_channels, float(cfg.ema_decay),
-                            bool(cfg.hflip))
+  step_fn = make_train_step(module, tx, schedule.alphas_cumprod, eps_channels, float(cfg.ema_decay), bool(cfg.hflip))
   state = init_state(params, tx)
   manager = _manager(os.path.join(workdir, "checkpoints"), int(cfg.keep_checkpoints))
   latest = manager.latest_step()
@@ -228,13 +261,23 @@ def train_loop(module: nn.Module, params: Any, data: ArrayDataset, cfg: TrainOpt
         values = [float(v) for v in jax.device_get(losses)]
         losses = []
         now = time.time()
-        entry = {"step": done, "loss": float(np.mean(values)), "grad_norm": float(metrics["grad_norm"]),
-                 "images_per_s": round(every_log * batch_size / max(now - last, 1e-9), 2)}
+        entry = {
+            "step": done,
+            "loss": float(np.mean(values)),
+            "grad_norm": float(metrics["grad_norm"]),
+            "images_per_s": round(every_log * batch_size / max(now - last, 1e-9), 2),
+        }
         last = now
         log.write(json.dumps(entry) + "\n")
         log.flush()
-        logging.info("step %d/%d loss %.5f (%.1f img/s, ETA %.0fs)", done, total, entry["loss"],
-                     entry["images_per_s"], (total - done) * batch_size / max(entry["images_per_s"], 1e-9))
+        logging.info(
+            "step %d/%d loss %.5f (%.1f img/s, ETA %.0fs)",
+            done,
+            total,
+            entry["loss"],
+            entry["images_per_s"],
+            (total - done) * batch_size / max(entry["images_per_s"], 1e-9),
+        )
       if done % every_ckpt == 0 or done == total:
         with checkpoint.quiet_orbax():
           manager.save(done, args=ocp.args.StandardSave(jax.device_get(state)), force=True)
@@ -263,8 +306,10 @@ def read_log(workdir: str) -> list[dict]:
 
 def plot_loss(workdir: str, path: str) -> None:
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   log = read_log(workdir)
   if not log:
     return
@@ -279,18 +324,37 @@ def plot_loss(workdir: str, path: str) -> None:
   plt.close(fig)
 
 
-def sample_from_noise(module: nn.Module, params: Any, count: int, *, schedule: diffusion.Schedule, n_steps: int,
-                      key: jax.Array, batch_size: int = 16, mesh=None, start_index: int = 0) -> np.ndarray:
+def sample_from_noise(
+    module: nn.Module,
+    params: Any,
+    count: int,
+    *,
+    schedule: diffusion.Schedule,
+    n_steps: int,
+    key: jax.Array,
+    batch_size: int = 16,
+    mesh=None,
+    start_index: int = 0,
+) -> np.ndarray:
   """Unconditional DDIM samples of a model (sample i from ``runner.pure_noise(key, i)``)."""
-  runner = DDIMRunner(diffusion.eps_fn(module, params), schedule.num_timesteps - 1, n_steps, schedule, batch_size,
-                      mesh)
+  runner = DDIMRunner(diffusion.eps_fn(module, params), schedule.num_timesteps - 1, n_steps, schedule, batch_size, mesh)
   shape = (module.image_size, module.image_size, module.in_channels)
   return runner.sample_from_noise(key, range(start_index, start_index + count), shape)
 
 
-def run(options: TrainOptions, workdir: str, *, params: Any, model_config: dict, data_source: str,
-        image_options: images.ImageOptions, schedule: diffusion.Schedule, preview_steps: int, mesh: Any,
-        metadata: dict) -> dict:
+def run(
+    options: TrainOptions,
+    workdir: str,
+    *,
+    params: Any,
+    model_config: dict,
+    data_source: str,
+    image_options: images.ImageOptions,
+    schedule: diffusion.Schedule,
+    preview_steps: int,
+    mesh: Any,
+    metadata: dict,
+) -> dict:
   """Trains ``params`` on ``data_source`` and writes:
 
   ``WORKDIR/model/`` (a discovery_jax checkpoint of the EMA weights),
@@ -301,22 +365,51 @@ def run(options: TrainOptions, workdir: str, *, params: Any, model_config: dict,
   data = ArrayDataset(load_training_images(data_source, image_options), seed=int(options.seed))
   logging.info("%d training images %s from %s", len(data.images), data.images.shape[1:], data_source)
   start = time.time()
-  state = train_loop(module, params, data, options, workdir, schedule=schedule, mesh=mesh,
-                     eps_channels=models.eps_channels(model_config))
+  state = train_loop(
+      module,
+      params,
+      data,
+      options,
+      workdir,
+      schedule=schedule,
+      mesh=mesh,
+      eps_channels=models.eps_channels(model_config),
+  )
   ema = jax.device_get(state.ema_params)
   out_model = os.path.join(workdir, "model")
-  checkpoint.save_model(out_model, ema, model_config, overwrite=True,
-                        metadata={**metadata, "trained_steps": int(state.step), "data": os.path.abspath(data_source),
-                                  "num_training_images": len(data.images)})
+  checkpoint.save_model(
+      out_model,
+      ema,
+      model_config,
+      overwrite=True,
+      metadata={
+          **metadata,
+          "trained_steps": int(state.step),
+          "data": os.path.abspath(data_source),
+          "num_training_images": len(data.images),
+      },
+  )
   plot_loss(workdir, os.path.join(workdir, "loss.png"))
   if options.num_preview > 0:
-    preview = sample_from_noise(module, ema, options.num_preview, schedule=schedule, n_steps=preview_steps,
-                                key=jax.random.key(int(options.seed) + 1), mesh=mesh)
+    preview = sample_from_noise(
+        module,
+        ema,
+        options.num_preview,
+        schedule=schedule,
+        n_steps=preview_steps,
+        key=jax.random.key(int(options.seed) + 1),
+        mesh=mesh,
+    )
     images.save_png(os.path.join(workdir, "samples.png"), images.make_grid(preview))
   log = read_log(workdir)
-  summary = {"steps": int(state.step), "final_loss": log[-1]["loss"] if log else None,
-             "seconds_this_run": round(time.time() - start, 1), "model": out_model,
-             "num_training_images": len(data.images), "batch_size": int(options.batch_size),
-             "learning_rate": float(options.learning_rate)}
+  summary = {
+      "steps": int(state.step),
+      "final_loss": log[-1]["loss"] if log else None,
+      "seconds_this_run": round(time.time() - start, 1),
+      "model": out_model,
+      "num_training_images": len(data.images),
+      "batch_size": int(options.batch_size),
+      "learning_rate": float(options.learning_rate),
+  }
   fileio.atomic_write_json(os.path.join(workdir, "summary.json"), summary)
   return summary
