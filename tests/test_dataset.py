@@ -215,8 +215,8 @@ def test_disk_full_leaves_no_partial_shard_and_a_clear_message(tmp_path, referen
   for shard in (0, 1):
     writer.write_shard(shard, fake_examples(np.asarray(writer.shard_range(shard))))
   before = shard_digests(tmp_path)
-  real = D._open_record_writer
-  monkeypatch.setattr(D, "_open_record_writer", lambda path: _FullDiskWriter(path, None))
+  real = D.open_record_writer
+  monkeypatch.setattr(D, "open_record_writer", lambda path: _FullDiskWriter(path, None))
   with pytest.raises(D.ShardWriteError) as info:
     writer.write_shard(2, fake_examples(np.asarray(writer.shard_range(2))))
   message = str(info.value)
@@ -224,7 +224,7 @@ def test_disk_full_leaves_no_partial_shard_and_a_clear_message(tmp_path, referen
   assert info.value.errno == errno.ENOSPC
   assert not glob.glob(str(tmp_path / "*tmp*")) and not os.path.exists(writer.shard_path(2))
   assert shard_digests(tmp_path) == before and writer.pending_shards() == [2, 3, 4]
-  monkeypatch.setattr(D, "_open_record_writer", real)
+  monkeypatch.setattr(D, "open_record_writer", real)
   assert make_writer(tmp_path).write_pending(fake_examples) == [2, 3, 4]
   assert make_writer(tmp_path).finalize().complete
   assert shard_digests(tmp_path) == shard_digests(reference)

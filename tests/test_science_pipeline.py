@@ -40,6 +40,10 @@ def fields(tmp_path_factory, vectors_available):
           "data.cube_slices": "all",
           "sample.num_samples": 4,
           "sample.evaluate": False,
+          # The random-weight test model cannot make images of any domain, which the default
+          # 'typical' search rightly refuses (31 of 32 candidates "too far"); this test is about
+          # the physical-units pipeline, so it takes the paper's latent-space search.
+          "discovery.mode": "rejection",
       },
   )
   return {"root": root, "config": cfg, "rad": rad}

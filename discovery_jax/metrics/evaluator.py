@@ -60,7 +60,7 @@ class EvaluationOptions:
   kid_subset_size: int = 100
   seed: int = 0
   judge_k: int = 3
-  judge_coverage: float = 0.95
+  judge_coverage: float = 0.98
   copy_quantile: float = 0.05
   duplicate_quantile: float = 0.05
 

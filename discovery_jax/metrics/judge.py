@@ -56,26 +56,26 @@ class Manifold:
       calibration: Any | None = None,
       *,
       k: int = 3,
-      coverage: float = 0.95,
+      coverage: float = 0.98,
       name: str = "reference",
   ) -> "Manifold":
     """Radii from ``reference``; ``scale`` (>= 1) is the ``coverage`` quantile of the
-    manifold scores of ``calibration`` (real images of the same domain NOT in the
-    reference), so that fraction of fresh real images counts as inside. Without a
-    calibration set the reference's own leave-one-out scores are used."""
+    manifold scores of real images of the domain that a ball was not built around:
+    the ``calibration`` images (NOT in the reference) and every reference image scored
+    against the others (leave-one-out), so that fraction of fresh real images counts as
+    inside; the pooled scores keep the quantile stable on small sets."""
     ref = as_features(reference, name)
     if ref.shape[0] <= k:
       raise ValueError(f"the {name} set has {ref.shape[0]} images; a k-NN manifold with k={k} needs more than {k}")
     radii = kth_neighbour_radii(ref, k)
+    d = pairwise_distances(ref, ref) / np.maximum(radii, 1e-12)[None, :]
+    np.fill_diagonal(d, np.inf)
+    scores = d.min(axis=1)
+    how = f"leave-one-out over the {len(ref)} references"
     if calibration is not None:
       cal = as_features(calibration, f"{name} calibration")
-      scores = manifold_score(cal, ref, radii)
-      how = f"{len(cal)} held-out real images"
-    else:
-      d = pairwise_distances(ref, ref) / np.maximum(radii, 1e-12)[None, :]
-      np.fill_diagonal(d, np.inf)
-      scores = d.min(axis=1)
-      how = f"leave-one-out over the {len(ref)} references"
+      scores = np.concatenate([manifold_score(cal, ref, radii), scores])
+      how = f"{len(cal)} held-out real images and " + how
     scale = max(1.0, float(np.quantile(scores, coverage)))
     return cls(
         ref,
@@ -116,7 +116,7 @@ class DomainJudge:
       id_reference: Any | None = None,
       *,
       k: int = 3,
-      coverage: float = 0.95,
+      coverage: float = 0.98,
       target_contrast: Any | None = None,
       contrast_quantile: float = 0.01,
   ) -> "DomainJudge":
