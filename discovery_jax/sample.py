@@ -146,19 +146,7 @@ def find_latents(
     )
     record = result.summary()
     record["num_samples_requested"] = n
-    record["_arrays"] = {
-        k: np.asarray(getattr(result, k))
-        for k in (
-            "candidate_index",
-            "path_index",
-            "source_index",
-            "t",
-            "id_ref_index",
-            "ood_ref_index",
-            "stats",
-            "guard_logit",
-        )
-    }
+    record["_arrays"] = {k: np.asarray(getattr(result, k)) for k in discovery.RECORD_KEYS}
     logging.info(
         "discovery (%s): %d/%d latents from %d candidates (acceptance %.4f, %.0f candidates/s); " "targets %s",
         options.mode,

@@ -51,7 +51,14 @@ import numpy as np
 from absl import logging
 
 from discovery_jax.data.dataset_format import (  # noqa: F401 (features_spec: part of this module's interface)
-    DatasetError, encode_png, features_spec, open_record_writer, read_records, tfds_features, validate_features_spec)
+    DatasetError,
+    encode_png,
+    features_spec,
+    open_record_writer,
+    read_records,
+    tfds_features,
+    validate_features_spec,
+)
 
 FORMAT = "discovery_jax.dataset"
 VERSION = 1
@@ -95,7 +102,6 @@ def metadata_changes(
 
 class ShardWriteError(OSError):
   """A shard could not be written (disk full, I/O error). Nothing complete was lost."""
-
 
 
 # --------------------------------------------------------------------------- small file helpers
@@ -166,7 +172,6 @@ def _sha256(path: str) -> str:
     for block in iter(lambda: f.read(1 << 20), b""):
       digest.update(block)
   return digest.hexdigest()
-
 
 
 # --------------------------------------------------------------------------- reports

@@ -18,8 +18,6 @@ class DatasetError(ValueError):
   """A dataset directory or request that is inconsistent, incompatible or corrupt; names it."""
 
 
-
-
 def features_spec(
     image_shape: Sequence[int], latent_shape: Sequence[int] | None = None, scalars: Mapping[str, str] | None = None
 ) -> dict:
@@ -87,7 +85,6 @@ def encode_png(image: np.ndarray) -> bytes:
   return buf.getvalue()
 
 
-
 def open_record_writer(path: str):
   """An array_record writer for random access (one record per chunk, as tfds writes)."""
   from array_record.python import array_record_module
@@ -103,4 +100,3 @@ def read_records(path: str) -> list[bytes]:
     return reader.read_all()
   finally:
     reader.close()
-

@@ -44,10 +44,6 @@ PROVENANCE_CARDS = {
 SINGLE_CHANNEL_CMAP = "inferno"
 
 
-def _tmp_path(path: str, suffix: str) -> str:
-  return os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp-{os.getpid()}{suffix}")
-
-
 def _atomic(path: str, suffix: str, write) -> str:
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   fileio.atomic_write_with(path, write, suffix)

@@ -32,7 +32,8 @@ OPT_BASES = ("global", "refs")
 GUARDS = ("mean_diff", "logistic")
 # published_head: the published HEAD prior (ID bank, np.var of all entries), fitted by the caller.
 PRIOR_KINDS = ("pooled", "diagonal", "published_head")
-_RECORD_KEYS = (
+# Per-latent provenance arrays of a DiscoveryResult (saved beside the latents by `sample`).
+RECORD_KEYS = (
     "candidate_index",
     "path_index",
     "source_index",

@@ -22,16 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from discovery_jax.metrics.scores import as_features, nearest_neighbours, pairwise_distances
+from discovery_jax.metrics.scores import as_features, kth_neighbour_radii, nearest_neighbours, pairwise_distances
 
 TARGET, IN_DOMAIN, NEITHER = "target", "in_domain", "neither"
-
-
-def kth_neighbour_radii(x: np.ndarray, k: int) -> np.ndarray:
-  """Distance from each row of ``x`` to its k-th nearest OTHER row."""
-  d = pairwise_distances(x, x)
-  np.fill_diagonal(d, np.inf)
-  return np.partition(d, k - 1, axis=1)[:, k - 1]
 
 
 def manifold_score(query: np.ndarray, support: np.ndarray, radii: np.ndarray) -> np.ndarray:

@@ -213,7 +213,7 @@ def nearest_neighbours(query: Any, reference: Any, *, chunk: int = DEFAULT_CHUNK
   return dist, idx
 
 
-def _kth_neighbour_radii(x: np.ndarray, k: int, chunk: int) -> np.ndarray:
+def kth_neighbour_radii(x: np.ndarray, k: int, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
   """Distance from each row of ``x`` to its k-th nearest OTHER row."""
   radii = np.empty(x.shape[0])
   for sl in _row_chunks(x.shape[0], chunk):
@@ -244,8 +244,8 @@ def precision_recall(real: Any, fake: Any, *, k: int = 3, chunk: int = DEFAULT_C
         f"precision_recall with k={k} needs more than {k} samples in each set "
         f"(got {real.shape[0]} real, {fake.shape[0]} fake)"
     )
-  real_radii = _kth_neighbour_radii(real, k, chunk)
-  fake_radii = _kth_neighbour_radii(fake, k, chunk)
+  real_radii = kth_neighbour_radii(real, k, chunk)
+  fake_radii = kth_neighbour_radii(fake, k, chunk)
   precision = _inside_manifold(fake, real, real_radii, chunk).mean()
   recall = _inside_manifold(real, fake, fake_radii, chunk).mean()
   return {"precision": float(precision), "recall": float(recall), "k": int(k)}
