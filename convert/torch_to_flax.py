@@ -16,7 +16,6 @@ unpickling would execute code is refused.
 from __future__ import annotations
 
 import os
-import pickle
 from typing import Any, Mapping
 
 import flax.traverse_util
@@ -78,19 +77,31 @@ def load_torch_file(path: str) -> Any:
     # No mmap: memory-mapped pages would stay resident beside the converted
     # arrays, while ordinary storages are freed one by one as they are converted.
     return torch.load(path, map_location="cpu", weights_only=True)
-  except pickle.UnpicklingError as e:
-    msg = str(e)
-    if "Weights only load failed" in msg or "weights_only" in msg:
-      first = next((line.strip() for line in msg.splitlines() if "GLOBAL" in line or "Unsupported" in line), "")
+  except Exception as e:  # torch's unpickler raises anything from IndexError to RuntimeError.
+    lines = str(e).splitlines() or [type(e).__name__]
+    unsafe = next((line.strip() for line in lines if "Unsupported global" in line), "")
+    if unsafe and _looks_like_torch_file(path):
       raise CheckpointError(
-          f"{path}: refused: unpickling this file would execute code ({first or 'non-tensor objects'}). "
+          f"{path}: refused as unsafe: unpickling this file would execute code ({unsafe.split('. ')[0]}). "
           "Only plain tensor state dicts are loaded (torch.load(weights_only=True)); re-save the "
           "weights with torch.save(model.state_dict(), path) from a trusted environment."
       ) from None
-    raise CheckpointError(f"{path} is not a PyTorch checkpoint ({msg.splitlines()[0]})") from None
-  except Exception as e:  # torch's unpickler raises anything from IndexError to RuntimeError.
-    detail = (str(e).splitlines() or [type(e).__name__])[0]
-    raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {detail})") from None
+    detail = next((line.strip() for line in lines if "WeightsUnpickler error" in line or "error" in line.lower()), "")
+    detail = (detail or lines[0].strip())[:200]
+    raise CheckpointError(
+        f"corrupt or not a PyTorch checkpoint: {path} ({type(e).__name__}: {detail}; a truncated download or a "
+        "file of another format)"
+    ) from None
+
+
+def _looks_like_torch_file(path: str) -> bool:
+  """True for what ``torch.save`` writes: a zip archive, or a legacy file that opens with a
+  protocol >= 2 pickle header. Anything else is corrupt, whatever torch's unpickler said."""
+  import zipfile
+
+  with open(path, "rb") as f:
+    head = f.read(2)
+  return zipfile.is_zipfile(path) or (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
 
 
 def _is_tensor(value: Any) -> bool:

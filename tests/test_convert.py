@@ -99,9 +99,25 @@ def test_refuses_pickles_that_execute_code(tmp_path):
   marker = tmp_path / "pwned"
   path = tmp_path / "evil.pt"
   torch.save({"weight": torch.zeros(2), "payload": _Exploit(str(marker))}, path)
-  with pytest.raises(CheckpointError, match="execute code"):
+  with pytest.raises(CheckpointError, match="refused as unsafe: unpickling this file would execute code"):
     torch_to_flax.convert_state_dict(str(path), helpers.small_ddpm_config())
   assert not marker.exists()
+
+
+def test_corrupt_files_are_not_reported_as_unsafe(tmp_path):
+  """Issue 15 case 5: random bytes and a truncated download are corrupt, not attacks."""
+  noise = tmp_path / "noise.pt"
+  noise.write_bytes(np.random.default_rng(0).bytes(5000))
+  good = tmp_path / "good.pt"
+  torch.save({"weight": torch.zeros(64)}, good)
+  truncated = tmp_path / "truncated.pt"
+  truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+  for path in (noise, truncated):
+    with pytest.raises(CheckpointError) as info:
+      torch_to_flax.load_torch_file(str(path))
+    msg = str(info.value)
+    assert msg.startswith(f"corrupt or not a PyTorch checkpoint: {path} (")
+    assert "unsafe" not in msg and "execute code" not in msg and "\n" not in msg
 
 
 def test_refuses_files_that_are_not_checkpoints(tmp_path):
