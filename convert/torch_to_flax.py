@@ -23,7 +23,7 @@ import numpy as np
 
 from discovery_jax import checkpoint, models
 
-LEAF_TO_TORCH = {"kernel": "weight", "scale": "weight", "bias": "bias"}
+LEAF_TO_TORCH = {"kernel": "weight", "scale": "weight", "bias": "bias", "embedding": "weight"}
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "ema_model", "ema", "params", "net", "module")
 STRIP_PREFIXES = ("module.", "_orig_mod.")
 CONV1D_MODULES = ("qkv", "proj_out")  # 1-D convolutions of guided-diffusion's attention.
@@ -253,7 +253,7 @@ def convert_state_dict(path_or_state_dict: Any, model_config: Any) -> dict:
   if isinstance(path_or_state_dict, (str, os.PathLike)):
     source = os.fspath(path_or_state_dict)
     if os.path.isdir(source):
-      state, _ = diffusers_format.read_folder(source, model_config)
+      state, _, _ = diffusers_format.read_folder(source, model_config)
     else:
       state = unwrap_state_dict(load_torch_file(source), source)
   else:

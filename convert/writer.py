@@ -29,10 +29,9 @@ def convert_checkpoint(
   if os.path.exists(output) and not overwrite:  # fail before the slow part.
     raise checkpoint.CheckpointError(f"{output} already exists; pass --overwrite to replace it")
   if diffusers:
-    state, derived = diffusers_format.read_folder(source, model_config)
-    model_config = model_config if model_config is not None else derived
+    state, model_config, info = diffusers_format.read_folder(source, model_config)
     params = torch_to_flax.convert_state_dict(state, model_config)
-    digest = ""
+    digest = info["weights_sha256"]
   else:
     if model_config is None:
       raise torch_to_flax.CheckpointError(
@@ -40,6 +39,7 @@ def convert_checkpoint(
       )
     params = torch_to_flax.convert_state_dict(source, model_config)
     digest = sha256(source)
+    info = {}
   cfg = models.validate(model_config)
   seconds_convert = time.time() - start
   path = checkpoint.save_model(
@@ -52,12 +52,15 @@ def convert_checkpoint(
           "source_sha256": digest,
           "source_format": "diffusers" if diffusers else "torch",
           "arch": cfg["arch"],
+          **({"diffusers": info} if diffusers else {}),
       },
   )
   num_params = int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
   return {
       "output": path,
       "arch": cfg["arch"],
+      "scheduler_config": info.get("scheduler_config"),
+      "prediction_type": cfg.get("prediction_type", "epsilon"),
       "num_tensors": len(jax.tree_util.tree_leaves(params)),
       "num_params": num_params,
       "seconds": round(time.time() - start, 2),

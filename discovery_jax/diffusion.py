@@ -38,9 +38,15 @@ DEFAULT_STEPS = 80
 def beta_schedule(
     kind: str = "linear", num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
 ) -> np.ndarray:
-  """Betas in float64. 'linear' is the schedule of every real base model."""
+  """Betas in float64. 'linear' is the schedule of every real base model.
+
+  diffusers' scheduler names are accepted for the same formulas: 'scaled_linear'
+  (linspace of sqrt(beta) squared) is 'quadratic', 'squaredcos_cap_v2' (alpha_bar
+  = cos^2((t/T + 0.008) / 1.008 * pi/2), betas capped at 0.999) is 'cosine'.
+  """
   if num_timesteps < 2:
     raise ValueError(f"diffusion.num_timesteps must be >= 2, got {num_timesteps}")
+  kind = SCHEDULE_ALIASES.get(kind, kind)
   if kind == "linear":
     betas = np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
   elif kind == "quadratic":
@@ -49,10 +55,21 @@ def beta_schedule(
     f = lambda t: math.cos((t / num_timesteps + 0.008) / 1.008 * math.pi / 2) ** 2
     betas = np.array([min(1 - f(i + 1) / f(i), 0.999) for i in range(num_timesteps)], np.float64)
   else:
-    raise ValueError(f"diffusion.beta_schedule must be 'linear', 'quadratic' or 'cosine', got {kind!r}")
+    raise ValueError(
+        "diffusion.beta_schedule must be 'linear', 'quadratic' (= diffusers' 'scaled_linear') or 'cosine' "
+        f"(= 'squaredcos_cap_v2'), got {kind!r}"
+    )
   if not np.all((betas > 0) & (betas < 1)):
     raise ValueError(f"betas must lie in (0, 1); got range [{betas.min()}, {betas.max()}]")
   return betas
+
+
+# diffusers' scheduler names -> this module's names for the same betas.
+SCHEDULE_ALIASES = {"scaled_linear": "quadratic", "squaredcos_cap_v2": "cosine"}
+
+
+def canonical_schedule(kind: str) -> str:
+  return SCHEDULE_ALIASES.get(kind, kind)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,35 +187,62 @@ class EpsFn:
 
   ``apply(params, x, t)`` returns ``(eps, mid_h)``. Kernels below take an EpsFn
   so that jit sees the weights as inputs (not constants) and can shard them.
+  A network trained to predict v or x0 (``prediction_type`` 'v_prediction' or
+  'sample') is turned into eps with alpha_bar_t of its training ``schedule``, as
+  diffusers' DDIM does: eps = sqrt(a) v + sqrt(1-a) x, eps = (x - sqrt(a) x0) /
+  sqrt(1-a). The default 'epsilon' returns the output unchanged.
   """
 
   module: nn.Module
   params: Any
   eps_channels: int
+  prediction_type: str = "epsilon"
+  schedule: "Schedule | None" = None
 
   def apply(self, params: Any, x: jax.Array, t: jax.Array, with_mid: bool = False):
     t = jnp.broadcast_to(jnp.asarray(t), (x.shape[0],))
     out, mid = self.module.apply({"params": params}, x, t, return_mid=True)
-    return out[..., : self.eps_channels], (mid if with_mid else None)
+    out = out[..., : self.eps_channels]
+    if self.prediction_type != "epsilon":
+      a = _per_sample(self.schedule.alpha_bar(jnp.round(t).astype(jnp.int32)), x)
+      if self.prediction_type == "v_prediction":
+        out = jnp.sqrt(a) * out + jnp.sqrt(1 - a) * x
+      else:  # 'sample': out is x0.
+        out = (x - jnp.sqrt(a) * out) / jnp.sqrt(1 - a)
+    return out, (mid if with_mid else None)
 
   def __call__(self, x: jax.Array, t: jax.Array) -> jax.Array:
     return self.apply(self.params, x, t)[0]
 
   def __hash__(self):  # identity: one compiled kernel per (module, params object).
-    return hash((self.module, self.eps_channels))
+    return hash((self.module, self.eps_channels, self.prediction_type, self.schedule))
 
   def __eq__(self, other):
-    return isinstance(other, EpsFn) and self.module == other.module and self.eps_channels == other.eps_channels
+    return (
+        isinstance(other, EpsFn)
+        and self.module == other.module
+        and self.eps_channels == other.eps_channels
+        and self.prediction_type == other.prediction_type
+        and self.schedule == other.schedule
+    )
 
 
 def eps_fn(module: nn.Module, params: Any) -> EpsFn:
-  """The eps prediction of a UNet: for iDDPM with learned sigma, the first
-  ``in_channels`` output channels (3 for RGB); for DDPM, all ``out_ch``."""
+  """The eps prediction of a UNet: for iDDPM with learned sigma, and for a DDPM
+  whose ``out_ch`` is twice ``in_channels`` (diffusers' learned variance), the first
+  ``in_channels`` output channels (3 for RGB); for DDPM, all ``out_ch``. A DDPM
+  that predicts v or x0 (``module.prediction_type``) is converted to eps with the
+  schedule it was trained with (``module.beta_schedule`` etc.)."""
   if isinstance(module, models.IDDPMUNet):
-    channels = module.in_channels
-  else:
-    channels = module.out_ch
-  return EpsFn(module, params, channels)
+    return EpsFn(module, params, module.in_channels)
+  channels = module.in_channels if module.out_ch == 2 * module.in_channels else module.out_ch
+  kind = getattr(module, "prediction_type", "epsilon")
+  if kind == "epsilon":
+    return EpsFn(module, params, channels)
+  schedule = Schedule.from_betas(
+      beta_schedule(module.beta_schedule, int(module.num_train_timesteps), module.beta_start, module.beta_end)
+  )
+  return EpsFn(module, params, channels, kind, schedule)
 
 
 # ---------------------------------------------------------------------------

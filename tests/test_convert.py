@@ -235,9 +235,9 @@ def test_diffusers_folder_matches_diffusers_unet(variant, tmp_path):
 
 
 def test_diffusers_unsupported_config_is_named(tmp_path):
-  net = _diffusers_unet(0, downsample_padding=1)
+  net = _diffusers_unet(0, downsample_padding=2)
   net.save_pretrained(tmp_path / "unet")
-  with pytest.raises(CheckpointError, match="downsample_padding=1 is not supported"):
+  with pytest.raises(CheckpointError, match="downsample_padding=2 is not supported"):
     diffusers_format.read_folder(str(tmp_path / "unet"))
   (tmp_path / "empty").mkdir()
   with pytest.raises(CheckpointError, match="no config.json"):

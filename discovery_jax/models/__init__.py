@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from discovery_jax.models import layers
-from discovery_jax.models.config import DTYPES, ModelConfigError, eps_channels, validate
+from discovery_jax.models.config import DDPM_OPTIONAL, DTYPES, ModelConfigError, eps_channels, validate
 from discovery_jax.models.ddpm import DDPMUNet
 from discovery_jax.models.iddpm import IDDPMUNet
 
@@ -50,6 +50,7 @@ def create_model(model_config: Any) -> nn.Module:
         attn_resolutions=cfg["attn_resolutions"],
         resamp_with_conv=bool(cfg["resamp_with_conv"]),
         attn_head_channels=int(cfg["attn_head_channels"]),
+        **{k: cfg[k] for k in DDPM_OPTIONAL if k != "attn_head_channels"},
         **common,
     )
   return IDDPMUNet(
