@@ -1,21 +1,89 @@
 """File plumbing every writer shares: atomic writes (a file is either complete or
-absent), content hashes, and JSON for numpy and dataclass values."""
+absent), content hashes, JSON for numpy and dataclass values (non-finite numbers
+become ``null``: strict parsers reject a bare ``NaN``), and what a failed write
+means for the user (disk full, read-only)."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import io
 import json
+import math
 import os
+import re
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
+# The temporary names this module writes: ``<name>.tmp-<pid>`` plus an optional extension.
+TMP_PATTERN = re.compile(r"\.tmp-(\d+)(\.[A-Za-z0-9]+)?$")
+# numpy reports a short write on a full disk without an errno: "32768 requested and 2016 written".
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
+NO_SPACE = "no space left on device"
+READ_ONLY = "read-only file system"
+NOT_PERMITTED = "permission denied"
+
+
+class DiskError(OSError):
+  """A write failed because the disk is full or not writable; ``filename`` names the file."""
+
+
+def disk_problem(e: BaseException) -> str | None:
+  """What an OSError means for the user: NO_SPACE, READ_ONLY, NOT_PERMITTED, or None (another error)."""
+  if not isinstance(e, OSError):
+    return None
+  text = str(e)
+  if e.errno in (errno.ENOSPC, errno.EDQUOT) or _SHORT_WRITE.search(text) or "No space left" in text:
+    return NO_SPACE
+  if e.errno == errno.EROFS or "Read-only file system" in text:
+    return READ_ONLY
+  if e.errno in (errno.EACCES, errno.EPERM):
+    return NOT_PERMITTED
+  return None
+
+
+def as_disk_error(e: BaseException, path: str) -> BaseException:
+  """``e`` as a DiskError naming ``path`` when it is a disk problem (else ``e`` itself)."""
+  problem = disk_problem(e)
+  if problem is None or isinstance(e, DiskError):
+    return e
+  code = e.errno or (errno.ENOSPC if problem == NO_SPACE else errno.EIO)
+  return DiskError(code, problem, getattr(e, "filename", None) or path)
+
 
 def _tmp_name(path: str, suffix: str = "") -> str:
   return f"{path}.tmp-{os.getpid()}{suffix}"
+
+
+def _pid_alive(pid: int) -> bool:
+  if pid == os.getpid():
+    return True
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except OSError:  # exists, owned by someone else
+    return True
+  return True
+
+
+def remove_stale_temporaries(root: str) -> list[str]:
+  """Deletes this module's temporary files under ``root`` (``*.tmp-<pid>[.ext]``) left by
+  a run that died (its pid no longer alive here); returns their paths. Nothing else is touched."""
+  removed = []
+  for folder, _, files in os.walk(root):
+    for name in files:
+      m = TMP_PATTERN.search(name)
+      if m is None or _pid_alive(int(m.group(1))):
+        continue
+      path = os.path.join(folder, name)
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+        removed.append(path)
+  return removed
 
 
 @contextlib.contextmanager
@@ -26,9 +94,12 @@ def atomic_path(path: str, suffix: str = "") -> Iterator[str]:
   try:
     yield tmp
     os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(FileNotFoundError):
+  except BaseException as e:
+    with contextlib.suppress(OSError):
       os.remove(tmp)
+    error = as_disk_error(e, path)
+    if error is not e:
+      raise error from e
     raise
 
 
@@ -93,8 +164,28 @@ def json_default(o: Any) -> Any:
   raise TypeError(f"{type(o).__name__} is not JSON serialisable")
 
 
+def finite_json(obj: Any) -> Any:
+  """``obj`` with every NaN/Inf float (Python or numpy, at any depth) replaced by None."""
+  if isinstance(obj, (float, np.floating)):
+    return float(obj) if math.isfinite(obj) else None
+  if isinstance(obj, np.ndarray):
+    return finite_json(obj.tolist())
+  if isinstance(obj, dict):
+    return {k: finite_json(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [finite_json(v) for v in obj]
+  if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+    return finite_json(dataclasses.asdict(obj))
+  return obj
+
+
 def dumps(obj: Any) -> str:
-  return json.dumps(obj, indent=1, sort_keys=True, default=json_default)
+  """Indented, key-sorted, strict JSON: non-finite numbers are written as ``null``."""
+  return json.dumps(finite_json(obj), indent=1, sort_keys=True, default=_json_default_finite, allow_nan=False)
+
+
+def _json_default_finite(o: Any) -> Any:
+  return finite_json(json_default(o))
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

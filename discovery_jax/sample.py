@@ -9,19 +9,25 @@ r"""New images of an unseen domain from a frozen model: latent discovery, then D
    'rejection'), 'gaussian' (the fitted OOD Gaussian, no criteria) or 'renoise'
    (few-shot latents re-noised: "copy with noise");
 3. images: denoises the latents in sharded batches into
-   ``WORKDIR/samples/<method>/``: a tensorflow-datasets dataset (array_record
-   shards + manifest), ``samples.npy`` (float32, model space), ``images/`` PNGs,
-   ``grid.png``, and FITS/physical arrays for scientific data;
+   ``WORKDIR/samples/<method>/``: ``dataset/``, a tensorflow-datasets dataset
+   (array_record shards + manifest) with one PNG per sample in
+   ``dataset/images/``; ``samples.npy`` (float32, model space); ``grid.png``;
+   and ``fits/`` + ``samples_physical.npy`` for scientific data. While rows are
+   still being denoised the array is ``samples.npy.partial``: a ``samples.npy``
+   is always complete;
 4. evaluation against held-out data when ``config.data.eval_dir`` is set;
 5. ``WORKDIR/summary.json``: counts, acceptance rate, the computed targets, seeds,
    timings, ``ood_hit_rate``.
 
 Same config and seed, same samples, on any number of devices or hosts. Every
-stage resumes: banks, latents and dataset shards already written are kept.
+stage resumes: banks, latents and dataset shards already written are kept. One
+run at a time per workdir (a second is refused, naming the first one's pid); a
+full disk or a read-only directory ends the run with one line naming the file.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -33,7 +39,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from discovery_jax import cli, configlib, discovery, fileio, parallel, settings
+from discovery_jax import cli, configlib, discovery, fileio, parallel, progress, settings
 from discovery_jax.data import images
 from discovery_jax.data.bank import LatentBank, bank_path, prepare_banks
 from discovery_jax.runner import DDIMRunner
@@ -41,6 +47,8 @@ from discovery_jax.runner import DDIMRunner
 METHODS = ("discovery", "gaussian", "renoise")
 # Keys of the run: one root seed, one fold per purpose.
 KEY_DISCOVERY, KEY_ID_BANK, KEY_NOISE, KEY_BASELINE = 1, 2, 3, 4
+SAMPLES = "samples.npy"
+PARTIAL = ".partial"  # samples.npy.partial: the rows being denoised; renamed to samples.npy once complete.
 
 
 class DiscoveryBudgetError(ValueError):
@@ -111,13 +119,14 @@ def _typical_latents(
       "strength": result.strength,
       "nn_fewshot": result.nn_fewshot,
   }
-  logging.info(
-      "discovery (typical): %d/%d latents from %d candidates; rejections %s",
+  progress.say(
+      "discovery (typical): %d/%d latents from %d candidates (acceptance %.3f)",
       result.num_accepted,
       n,
       result.num_candidates,
-      result.rejections,
+      result.num_accepted / max(result.num_candidates, 1),
   )
+  logging.info("discovery (typical): rejections %s", result.rejections)
   return result.latents, record
 
 
@@ -147,16 +156,16 @@ def find_latents(
     record = result.summary()
     record["num_samples_requested"] = n
     record["_arrays"] = {k: np.asarray(getattr(result, k)) for k in discovery.RECORD_KEYS}
-    logging.info(
-        "discovery (%s): %d/%d latents from %d candidates (acceptance %.4f, %.0f candidates/s); " "targets %s",
+    progress.say(
+        "discovery (%s): %d/%d latents from %d candidates (acceptance %.3f, %.0f candidates/s)",
         options.mode,
         result.num_accepted,
         n,
         result.num_candidates,
         result.acceptance_rate,
         result.candidates_per_second,
-        record["targets"],
     )
+    logging.info("discovery (%s): targets %s", options.mode, record["targets"])
     return result.latents, record
   key = jax.random.fold_in(root, KEY_BASELINE)
   if method == "gaussian":
@@ -189,7 +198,7 @@ def stage_latents(
     with open(path_json) as f:
       record = json.load(f)
     if record.get("request_digest") == digest and record.get("complete"):
-      logging.info("%s: reusing %s", method, path_npy)
+      progress.say("%s: reusing %s", method, path_npy)
       return np.load(path_npy, mmap_mode="r"), record
     if record.get("request_digest") != digest:
       # Different latents: their images must not mix with the old ones, and the old run is kept.
@@ -259,7 +268,8 @@ def _stale_images(out: str, identity: dict) -> str | None:
 
   changes = dataset.metadata_changes(os.path.join(out, "dataset"), identity)
   if changes is None:
-    return "samples.npy without a dataset" if os.path.isfile(os.path.join(out, "samples.npy")) else None
+    npy = os.path.join(out, SAMPLES)
+    return "samples.npy without a dataset" if os.path.isfile(npy) or os.path.isfile(npy + PARTIAL) else None
   return ", ".join(f"{k}: {was!r} -> {now!r}" for k, was, now in changes) or None
 
 
@@ -270,6 +280,30 @@ def _physical(bank: LatentBank) -> tuple[Any, int] | None:
   from discovery_jax.data import transforms
 
   return transforms.Transform.from_dict(meta["intensity_transform"]), int(meta.get("physical_channels") or 1)
+
+
+def _allocate_rows(path: str, n: int, shape: tuple[int, ...]) -> None:
+  """A zero-filled float32 ``.npy`` of ``(n, *shape)`` at ``path``, its disk blocks reserved up
+  front: a full disk fails here, naming the file, never later inside a memory map."""
+
+  def create(tmp: str) -> None:
+    rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, *shape))
+    del rows  # the header is written; the rows stay zero until denoised.
+    fd = os.open(tmp, os.O_RDWR)
+    try:
+      os.posix_fallocate(fd, 0, os.path.getsize(tmp))
+    except OSError as e:
+      if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # no fallocate here: sparse is fine.
+        raise
+    finally:
+      os.close(fd)
+
+  fileio.atomic_write_with(path, create, ".npy")
+
+
+def _dataset_incomplete(writer) -> bool:
+  """Whether any shard of ``writer``'s dataset (every host's) still has to be written."""
+  return any(writer._quick_check(s) is not None for s in range(writer.num_shards))
 
 
 def stage_images(
@@ -315,13 +349,16 @@ def stage_images(
       identity_keys=dataset.DEFAULT_IDENTITY_KEYS + tuple(identity),
       write_images="png" in formats,
   )
-  npy_path = os.path.join(out, "samples.npy")
-  if not os.path.isfile(npy_path):  # preallocated; rows are written before their shard is recorded.
-    if jax.process_index() == 0:
-      tmp = npy_path + ".tmp.npy"
-      np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, *shape))
-      os.replace(tmp, npy_path)
-    parallel.sync_hosts(f"samples-npy-{method}")
+  # Rows are written into samples.npy.partial before their shard is recorded; it becomes
+  # samples.npy only when the whole dataset is (finish_method), so a samples.npy is never partial.
+  final = os.path.join(out, SAMPLES)
+  npy_path = final + PARTIAL
+  if jax.process_index() == 0 and not os.path.isfile(npy_path):
+    if not os.path.isfile(final):
+      _allocate_rows(npy_path, n, shape)
+    elif _dataset_incomplete(writer):  # shards to redo (e.g. deleted as broken): their rows too.
+      os.replace(final, npy_path)
+  parallel.sync_hosts(f"samples-npy-{method}")
   eta = float(config.sampling.eta)
   noise_key = jax.random.fold_in(root, KEY_NOISE)
   fits_dir = os.path.join(out, "fits")
@@ -363,7 +400,14 @@ def finish_method(config: ml_collections.ConfigDict, workdir: str, method: str, 
   """Process 0: verify the dataset, write the grid (and physical previews)."""
   out = _method_dir(workdir, method)
   report = writer.finalize()
-  samples = np.load(os.path.join(out, "samples.npy"), mmap_mode="r")
+  final = os.path.join(out, SAMPLES)
+  if not report.complete:
+    raise dataset_error(f"{method}: {report.summary()} (the rows denoised so far stay in {final + PARTIAL})")
+  if os.path.isfile(final + PARTIAL):
+    with open(final + PARTIAL, "rb+") as f:
+      os.fsync(f.fileno())
+    os.replace(final + PARTIAL, final)
+  samples = np.load(final, mmap_mode="r")
   g = min(int(config.output.grid_size), samples.shape[0])
   images.save_png(os.path.join(out, "grid.png"), images.make_grid(np.asarray(samples[:g])))
   info = {
@@ -384,6 +428,12 @@ def finish_method(config: ml_collections.ConfigDict, workdir: str, method: str, 
         samples_physical=os.path.join(out, "samples_physical.npy"), grid_physical=os.path.join(out, "grid_physical.png")
     )
   return info
+
+
+def dataset_error(message: str) -> Exception:
+  from discovery_jax.data import dataset
+
+  return dataset.DatasetError(message)
 
 
 def main(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -409,13 +459,14 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
 
   t = time.time()
   if main_host:
-    banks = prepare_banks(
-        settings.bank_sources(config),
-        workdir,
-        runner,
-        model_fingerprint=model.fingerprint,
-        key=jax.random.fold_in(root, KEY_ID_BANK),
-    )
+    with cli.stage("inverting the banks"):
+      banks = prepare_banks(
+          settings.bank_sources(config),
+          workdir,
+          runner,
+          model_fingerprint=model.fingerprint,
+          key=jax.random.fold_in(root, KEY_ID_BANK),
+      )
   parallel.sync_hosts("banks")
   if not main_host:
     banks = {"ood": LatentBank.open(bank_path(workdir, "ood"))}
@@ -431,19 +482,22 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
   for method in methods:
     t = time.time()
     # Every host computes the same latents (deterministic); the main host stores them.
-    latents, record = (
-        stage_latents(config, workdir, method, banks, root, disc_mesh, runner) if main_host else (None, None)
-    )
+    with cli.stage(f"finding the {method} latents"):
+      latents, record = (
+          stage_latents(config, workdir, method, banks, root, disc_mesh, runner) if main_host else (None, None)
+      )
     parallel.sync_hosts(f"latents-{method}")
     if not main_host:
       latents = np.load(os.path.join(_method_dir(workdir, method), "latents.npy"), mmap_mode="r")
     timings[f"{method}_latents"] = round(time.time() - t, 3)
     t = time.time()
-    run = stage_images(config, workdir, method, latents, runner, root, model.fingerprint, physical)
+    with cli.stage(f"denoising the {method} samples"):
+      run = stage_images(config, workdir, method, latents, runner, root, model.fingerprint, physical)
     parallel.sync_hosts(f"images-{method}")
     timings[f"{method}_images"] = round(time.time() - t, 3)
     if main_host:
-      results[method] = {"latents": record, **finish_method(config, workdir, method, run["writer"], physical)}
+      with cli.stage(f"finishing the {method} dataset"):
+        results[method] = {"latents": record, **finish_method(config, workdir, method, run["writer"], physical)}
 
   if not main_host:
     return
@@ -452,11 +506,13 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
     from discovery_jax import evaluate
 
     t = time.time()
-    evaluation_report = evaluate.run_evaluation(config, workdir)
+    with cli.stage("evaluating the samples"):
+      evaluation_report = evaluate.run_evaluation(config, workdir)
     timings["evaluation"] = round(time.time() - t, 3)
   timings["total"] = round(time.time() - start, 3)
   summary = build_summary(config, workdir, methods, results, banks, timings, evaluation_report, model.fingerprint)
-  cli.write_json(os.path.join(workdir, "summary.json"), summary)
+  with cli.stage("writing the summary"):
+    cli.write_json(os.path.join(workdir, "summary.json"), summary)
   first = methods[0]
   line = f"{first}: {summary['num_samples']} samples -> {_method_dir(workdir, first)}"
   if summary.get("acceptance_rate") is not None:

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from discovery_jax.data.inputs import InputOptions, load_all
+from discovery_jax.data import images as images_lib
+from discovery_jax.data.inputs import InputOptions, InputSet, load_all
 from discovery_jax.metrics import features as features_lib
 from discovery_jax.metrics import judge as judge_lib
 from discovery_jax.metrics import scores as metrics
@@ -88,13 +89,43 @@ def load_real_data(fewshot_dir: str | None, eval_dir: str | None, id_dir: str | 
   if not eval_dir:
     raise ValueError("evaluation needs config.data.eval_dir: held-out real target images")
   fewshot, few_inputs = load_all(fewshot_dir, inputs)
-  held, _ = load_all(eval_dir, inputs, transform=few_inputs.transform)
+  held, held_inputs = load_all(eval_dir, inputs, transform=few_inputs.transform)
+  check_heldout_size(eval_dir, held_inputs, few_inputs, inputs.image.image_size)
   heldout_id = load_all(id_dir, inputs)[0] if id_dir else None
   real = RealData(fewshot, held, heldout_id, few_inputs.transform, physical_channels=few_inputs.physical_channels)
   if few_inputs.transform is not None:
     real.fewshot_physical = to_physical(fewshot, real)
     real.heldout_physical = to_physical(held, real)
   return real
+
+
+def native_sizes(inputs: InputSet) -> dict[tuple[int, int], int]:
+  """(width, height) -> number of files, as stored on disk (image folders; empty otherwise)."""
+  if inputs.kind != "image":
+    return {}
+  from PIL import Image
+
+  sizes: dict[tuple[int, int], int] = {}
+  for path in inputs.paths:
+    with Image.open(path) as img:  # reads the header only.
+      sizes[img.size] = sizes.get(img.size, 0) + 1
+  return sizes
+
+
+def check_heldout_size(eval_dir: str, held: InputSet, fewshot: InputSet, model_size: int) -> None:
+  """Refuses held-out images whose stored size differs from the few-shot images' one size:
+  both are resized to the model's size, and a different source size changes the scale of
+  what the images show, so every score would measure the resize, not the method."""
+  few, other = native_sizes(fewshot), native_sizes(held)
+  if len(few) != 1 or not other or set(other) == set(few):
+    return  # few-shot images of mixed sizes (resizing is then the user's intent), or a match.
+  ((fw, fh),) = few
+  shown = ", ".join(f"{w}x{h} ({n} files)" for (w, h), n in sorted(other.items(), key=lambda kv: -kv[1])[:3])
+  raise images_lib.InputError(
+      f"config.data.eval_dir={eval_dir} holds images of {shown}, but the few-shot images "
+      f"(config.data.ood_dir) are {fw}x{fh} and the model's are {model_size}x{model_size}: held-out "
+      f"images of another size would be resized and scored on the resize; use held-out images of {fw}x{fh}"
+  )
 
 
 def to_physical(x: np.ndarray, real: RealData) -> np.ndarray:
@@ -256,6 +287,13 @@ def load_generated(path: str, inputs: InputOptions, transform: dict | None = Non
   """A generated set: an .npy array (model space), a sample output folder, or image files."""
   if os.path.isdir(path) and os.path.isfile(os.path.join(path, "samples.npy")):
     path = os.path.join(path, "samples.npy")
+  elif os.path.isdir(path) and os.path.isfile(os.path.join(path, "samples.npy.partial")):
+    path = os.path.join(path, "samples.npy")
+  if path.endswith(".npy") and not os.path.isfile(path) and os.path.isfile(path + ".partial"):
+    raise ValueError(
+        f"{path} is not finished: only {os.path.basename(path)}.partial exists (its sampling run stopped "
+        "before every sample was denoised); rerun `python -m discovery_jax.sample` on that workdir to resume"
+    )
   if path.endswith(".npy"):
     arr = np.load(path, mmap_mode="r")
     if arr.ndim != 4:
