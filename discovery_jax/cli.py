@@ -6,8 +6,9 @@ Entry points are thin: ``python -m discovery_jax.<name> --config=configs/x.py
 --workdir=DIR [--config.a.b=value ...]``. Bad input (an unknown config key, a bad
 value, a missing folder), a workdir another run is using, a full disk or a
 read-only directory end the run with one line on stderr and exit status 1
-(``DISCOVERY_JAX_TRACEBACK=1`` shows the traceback). Logs are quiet by default:
-progress and the result, one line each; ``--verbosity=0`` gives the full INFO log.
+(``DISCOVERY_JAX_TRACEBACK=1`` shows the traceback). Logs are quiet by default: this
+package's progress and stage lines, one line each, no library notices; ``--verbosity=0``
+gives the full absl log of every library, ``--verbosity=1`` adds debug details.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from discovery_jax import checkpoint, configlib, diffusion, fileio, models, parallel, progress, settings
+from discovery_jax import checkpoint, configlib, diffusion, fileio, models, parallel, settings
 from discovery_jax.data import images
 from discovery_jax.data.bank import BankError
 
@@ -78,9 +79,9 @@ class LoadedModel:
 def load_model(config: ml_collections.ConfigDict) -> LoadedModel:
   """Loads ``config.checkpoint`` with the model config stored beside its weights.
 
-  ``config.model`` may be absent or empty (the checkpoint's own config is used), hold
-  only runtime fields (``dtype``, ``precision``), or describe the network, which must
-  then be the checkpoint's. A DDPM checkpoint's training schedule must be the run's
+  ``config.model`` may be absent or empty (the checkpoint's own config is used and
+  written into ``config.model``), hold only runtime fields (``dtype``, ``precision``),
+  or describe the network, which must then be the checkpoint's. A DDPM checkpoint's training schedule must be the run's
   ``config.diffusion`` (what DDIM will use); a mismatch is refused with the flags to pass.
   """
   ckpt = config.get("checkpoint", "") or ""
@@ -102,7 +103,13 @@ def load_model(config: ml_collections.ConfigDict) -> LoadedModel:
   _check_same_schedule(ckpt, stored, config.get("diffusion", None))
   module, params = checkpoint.load_model(ckpt, **overrides)
   fp = checkpoint.model_fingerprint(ckpt, params)
-  return LoadedModel(module, params, fp, models.validate({**stored, **overrides}))
+  model_config = models.validate({**stored, **overrides})
+  if not any(k not in RUNTIME_MODEL_FIELDS for k in wanted) and hasattr(config, "unlocked"):
+    # config.model held no network: fill it from the checkpoint, so that what reads
+    # config.model later (image size, channels) follows the checkpoint.
+    with config.unlocked():
+      config.model = ml_collections.ConfigDict(model_config)
+  return LoadedModel(module, params, fp, model_config)
 
 
 def _check_same_network(ckpt: str, stored: dict, wanted: dict) -> None:
@@ -235,7 +242,7 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict, name: str) 
   lock_workdir(workdir, name)
   removed = fileio.remove_stale_temporaries(workdir)
   if removed:
-    progress.say("removed %d temporary file(s) an interrupted run left (%s)", len(removed), removed[0])
+    logging.info("removed %d temporary file(s) an interrupted run left (%s)", len(removed), removed[0])
   fileio.atomic_write_json(os.path.join(workdir, f"{name}_config.json"), configlib.to_plain(config))
   return workdir
 
@@ -312,41 +319,40 @@ def _parse_flags(argv: list[str], name: str) -> list[str]:
 
 
 class _QuietFilter(std_logging.Filter):
-  """Lets through this package's warnings and everyone's errors (not the libraries' notices)."""
+  """Lets through this package's lines and everyone's errors (not the libraries' notices)."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
     if record.levelno >= std_logging.ERROR:
       return True
     path = (record.pathname or "").replace(os.sep, "/")
-    return record.levelno >= std_logging.WARNING and "/discovery_jax/" in path
+    return record.levelno >= std_logging.INFO and "/discovery_jax/" in path
 
 
 class _LineFormatter(std_logging.Formatter):
-  """``name: warning: message`` (one line)."""
+  """``name: message`` / ``name: warning: message`` (one line)."""
 
   def __init__(self, name: str):
     super().__init__()
     self.entry = name
 
   def format(self, record: std_logging.LogRecord) -> str:
-    return f"{self.entry}: {record.levelname.lower()}: {' '.join(record.getMessage().splitlines())}"
+    level = "" if record.levelno == std_logging.INFO else f"{record.levelname.lower()}: "
+    return f"{self.entry}: {level}{' '.join(record.getMessage().splitlines())}"
 
 
 def configure_logging(name: str) -> bool:
-  """Quiet logs unless ``--verbosity``/``-v`` is given: this package's warnings as
-  ``name: warning: ...`` lines, progress and results on stderr/stdout, no library notices.
-  Returns True when the full log was asked for. Called by ``run``, never at import."""
+  """Quiet logs unless ``--verbosity``/``-v`` is given: this package's own lines (progress,
+  one line per stage, warnings) as ``name: ...``, no library notices (jax's platform probing,
+  tfds, OpenCV), no absl prefixes. Returns True when the full log was asked for.
+  Called by ``run``, never at import."""
   if flags.FLAGS["verbosity"].present:
-    progress.set_console(False)
     return True
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  logging.set_verbosity(logging.WARNING)
-  for noisy in ("jax", "tensorflow_datasets", "absl"):
-    std_logging.getLogger(noisy).setLevel(std_logging.WARNING)
+  logging.set_verbosity(logging.INFO)
+  std_logging.getLogger("jax").setLevel(std_logging.WARNING)  # its platform probing ("Unable to initialize backend")
   handler = logging.get_absl_handler()
   handler.addFilter(_QuietFilter())
   handler.setFormatter(_LineFormatter(name))
-  progress.set_console(True, name)
   return False
 
 

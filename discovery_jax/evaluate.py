@@ -22,6 +22,7 @@ import os
 
 import ml_collections
 import numpy as np
+from absl import logging
 
 from discovery_jax import cli, fileio, plots, settings
 from discovery_jax.data import images
@@ -40,6 +41,14 @@ def generated_sets(config: ml_collections.ConfigDict, workdir: str) -> list[tupl
     return sets
   found = sorted(glob.glob(os.path.join(workdir, "samples", "*", "samples.npy")))
   found = [p for p in found if ".superseded-" not in os.path.basename(os.path.dirname(p))]  # older runs' outputs
+  for partial in sorted(glob.glob(os.path.join(workdir, "samples", "*", "samples.npy.partial"))):
+    if ".superseded-" not in partial and partial[: -len(".partial")] not in found:
+      logging.warning(
+          "%s: not evaluated: its sampling run did not finish (rerun `python -m discovery_jax.sample` on %s to "
+          "resume it)",
+          os.path.dirname(partial),
+          workdir,
+      )
   return [(os.path.basename(os.path.dirname(p)), p) for p in found]
 
 

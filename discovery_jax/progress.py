@@ -1,34 +1,10 @@
-"""Throughput and ETA logging for long loops (images/s, samples/s, candidates/s), and
-the few lines a user of an entry point needs.
-
-Libraries log through absl at INFO. The entry points (``cli.run``) keep absl quiet by
-default and call ``set_console(True)``: progress and ``say`` lines then go to stderr
-as plain one-line messages (``--verbosity=0`` brings back the full INFO log).
-"""
+"""Throughput and ETA logging for long loops (images/s, samples/s, candidates/s)."""
 
 from __future__ import annotations
 
-import sys
 import time
 
 from absl import logging
-
-_console = {"on": False, "prefix": ""}
-
-
-def set_console(on: bool, prefix: str = "") -> None:
-  """Progress lines and ``say`` messages to stderr (``prefix: message``) instead of the log."""
-  _console["on"], _console["prefix"] = bool(on), prefix
-
-
-def say(message: str, *args) -> None:
-  """One line for the user: stderr in an entry point's console mode, else an INFO log line."""
-  text = message % args if args else message
-  if _console["on"]:
-    prefix = _console["prefix"]
-    print(f"{prefix}: {text}" if prefix else text, file=sys.stderr, flush=True)
-  else:
-    logging.info("%s", text)
 
 
 class Progress:
@@ -56,7 +32,7 @@ class Progress:
     now = time.time()
     if now - self._last_log >= self.interval or self.done >= self.total:
       self._last_log = now
-      say("%s", self.line())
+      logging.info("%s", self.line())
 
   def line(self) -> str:
     rate = self.rate

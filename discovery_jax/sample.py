@@ -39,7 +39,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from discovery_jax import cli, configlib, discovery, fileio, parallel, progress, settings
+from discovery_jax import cli, configlib, discovery, fileio, parallel, settings
 from discovery_jax.data import images
 from discovery_jax.data.bank import LatentBank, bank_path, prepare_banks
 from discovery_jax.runner import DDIMRunner
@@ -119,14 +119,14 @@ def _typical_latents(
       "strength": result.strength,
       "nn_fewshot": result.nn_fewshot,
   }
-  progress.say(
+  logging.info(
       "discovery (typical): %d/%d latents from %d candidates (acceptance %.3f)",
       result.num_accepted,
       n,
       result.num_candidates,
       result.num_accepted / max(result.num_candidates, 1),
   )
-  logging.info("discovery (typical): rejections %s", result.rejections)
+  logging.debug("discovery (typical): rejections %s", result.rejections)
   return result.latents, record
 
 
@@ -156,7 +156,7 @@ def find_latents(
     record = result.summary()
     record["num_samples_requested"] = n
     record["_arrays"] = {k: np.asarray(getattr(result, k)) for k in discovery.RECORD_KEYS}
-    progress.say(
+    logging.info(
         "discovery (%s): %d/%d latents from %d candidates (acceptance %.3f, %.0f candidates/s)",
         options.mode,
         result.num_accepted,
@@ -165,7 +165,7 @@ def find_latents(
         result.acceptance_rate,
         result.candidates_per_second,
     )
-    logging.info("discovery (%s): targets %s", options.mode, record["targets"])
+    logging.debug("discovery (%s): targets %s", options.mode, record["targets"])
     return result.latents, record
   key = jax.random.fold_in(root, KEY_BASELINE)
   if method == "gaussian":
@@ -198,7 +198,7 @@ def stage_latents(
     with open(path_json) as f:
       record = json.load(f)
     if record.get("request_digest") == digest and record.get("complete"):
-      progress.say("%s: reusing %s", method, path_npy)
+      logging.info("%s: reusing %s", method, path_npy)
       return np.load(path_npy, mmap_mode="r"), record
     if record.get("request_digest") != digest:
       # Different latents: their images must not mix with the old ones, and the old run is kept.

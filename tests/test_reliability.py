@@ -137,6 +137,9 @@ def test_case1_failure_while_denoising_leaves_no_finished_looking_samples_npy(tm
 
   with pytest.raises(ValueError, match=r"not finished: only samples\.npy\.partial exists"):
     evaluator.load_generated(str(out), None)
+  from discovery_jax import evaluate
+
+  assert evaluate.generated_sets(tiny_config(), str(tmp_path)) == []  # skipped, with a warning
   # The rerun resumes (only the missing shards are denoised) and the result is byte-identical.
   runner = FakeRunner()
   info = synthesize(tmp_path, runner)
@@ -441,6 +444,7 @@ def test_case12_json_is_strict_null_for_non_finite_numbers(tmp_path):
 
 
 LOGGING_STUB = """
+import os
 import sys
 import jax
 from absl import logging
@@ -449,10 +453,9 @@ from discovery_jax import cli, progress, sample
 def main(config, workdir):
   cli.prepare_workdir(workdir, config, "sample")
   jax.devices()  # starts the backends: jax's notices about platforms it did not find
-  logging.info("a library notice")
+  logging.info("a library notice")  # this driver is not the package: as quiet as tfds' notices
   logging.warning("a library warning")
   progress.Progress(4, "samples", "denoise discovery").update(4)
-  import os
   os.makedirs(workdir + "/m")
   sample._supersede(workdir + "/m", "seed 0 -> 7")
   print("discovery: 4 samples")
@@ -467,13 +470,13 @@ def test_case12_logs_are_quiet_by_default_and_full_with_verbosity(tmp_path):
   proc = run_driver(LOGGING_STUB, "--config=configs/demo.py", f"--workdir={tmp_path / 'q'}", env=env)
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = proc.stderr.splitlines()
-  assert lines[0] == "sample: denoise discovery: 4/4 samples (100%), " + lines[0].split("(100%), ")[1]
+  assert lines[0].startswith("sample: denoise discovery: 4/4 samples (100%), ") and lines[0].endswith("ETA 0s")
   assert lines[1].startswith(f"sample: warning: {tmp_path / 'q' / 'm'}: the settings changed (seed 0 -> 7)")
   assert len(lines) == 2, proc.stderr
   assert proc.stdout == "discovery: 4 samples\n"
   verbose = run_driver(LOGGING_STUB, "--config=configs/demo.py", f"--workdir={tmp_path / 'v'}", "--verbosity=0")
   assert verbose.returncode == 0, verbose.stderr[-3000:]
-  assert "a library notice" in verbose.stderr and "denoise discovery: 4/4" in verbose.stderr
+  assert "a library notice" in verbose.stderr and "] denoise discovery: 4/4" in verbose.stderr
 
 
 def test_case12_the_sample_docstring_says_where_the_pngs_are():
