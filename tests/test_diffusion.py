@@ -50,6 +50,7 @@ def test_single_steps(family_eps):
     np.testing.assert_allclose(nchw(x0), v["step_x0_t_f64"][k], atol=bound, rtol=0)
 
 
+@pytest.mark.slow
 def test_main_loop_and_b_loop(family_eps):
   _, fn, v = family_eps
   x0 = nhwc(v["x0"])
@@ -83,6 +84,7 @@ def _official_loop_torch(net, x, pairs, learn_sigma, alphas):
   return x
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case",
     [
@@ -124,6 +126,7 @@ def _point_mass_eps(target):
   return eps
 
 
+@pytest.mark.slow
 def test_exact_denoiser_reconstructs_and_lands_on_data():
   target = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (3, 8, 8, 3)), jnp.float32)
   eps = _point_mass_eps(target)
@@ -137,6 +140,7 @@ def test_exact_denoiser_reconstructs_and_lands_on_data():
     np.testing.assert_allclose(np.asarray(out), np.asarray(target), atol=1e-3)
 
 
+@pytest.mark.slow
 def test_eta_noise_depends_on_global_index_only():
   eps = lambda x, t: 0.1 * x  # any deterministic network.
   x = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))

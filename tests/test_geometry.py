@@ -297,6 +297,7 @@ def runs():
   )
 
 
+@pytest.mark.slow
 def test_rejection_accepts_only_what_meets_the_criteria(runs):
   r = runs["rejection"]
   assert 0 < r.num_accepted < 100 and r.latents.shape[1:] == SHAPE

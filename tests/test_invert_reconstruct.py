@@ -90,6 +90,7 @@ def get_config():
   return str(path)
 
 
+@pytest.mark.slow
 def test_reconstruct_cli_end_to_end(tmp_path, converted):
   folder = write_images(str(tmp_path / "imgs"), 5)
   (tmp_path / "imgs" / "corrupt.png").write_bytes(b"\x89PNG not really")
@@ -121,6 +122,7 @@ def test_reconstruct_cli_end_to_end(tmp_path, converted):
   assert grid.shape[1] > 3 * 32 and grid.shape[0] > 3 * 32  # 3 rows of input | rec | error.
 
 
+@pytest.mark.slow
 def test_invert_cli_writes_a_bank_readable_without_copies(tmp_path, converted):
   folder = write_images(str(tmp_path / "imgs"), 6)
   cfg = write_config_file(tmp_path / "c.py", converted["iddpm"], "iddpm", folder)
@@ -172,6 +174,7 @@ def test_interrupted_invert_resumes_without_redoing_work(tmp_path, converted, mo
   np.testing.assert_allclose(bank.latents(), reference, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_bank_refuses_a_changed_folder_and_incompatible_banks(tmp_path, converted):
   folder = write_images(str(tmp_path / "imgs"), 3)
   config = make_config(converted["ddpm"], "ddpm", folder)
@@ -193,9 +196,13 @@ def test_bank_refuses_a_changed_folder_and_incompatible_banks(tmp_path, converte
     "override, message",
     [
         ("--config.sampling.t_0=1000", "t_0 must be an integer in 1..999"),
-        ("--config.sampling.n_steps=1", "n_steps must be an integer >= 2"),
-        ("--config.sampling.eta=-0.5", "eta must be >= 0"),
-        ("--config.data.ood_dir=/nonexistent/folder", "input folder /nonexistent/folder does not exist"),
+        pytest.param("--config.sampling.n_steps=1", "n_steps must be an integer >= 2", marks=pytest.mark.slow),
+        pytest.param("--config.sampling.eta=-0.5", "eta must be >= 0", marks=pytest.mark.slow),
+        pytest.param(
+            "--config.data.ood_dir=/nonexistent/folder",
+            "input folder /nonexistent/folder does not exist",
+            marks=pytest.mark.slow,
+        ),
         ("--config.model.ch=128", "does not match config.model: ch: checkpoint has 64, config has 128"),
     ],
 )

@@ -106,7 +106,10 @@ OTHER_CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("index", range(len(OTHER_CONFIGS)))
+# The two largest configurations run in the full tier only.
+@pytest.mark.parametrize(
+    "index", [pytest.param(i, marks=pytest.mark.slow) if i in (1, 5) else i for i in range(len(OTHER_CONFIGS))]
+)
 def test_conversion_parity_on_other_configs(index, tmp_path):
   cfg = OTHER_CONFIGS[index]
   seed = 100 + index
@@ -144,6 +147,7 @@ def test_full_configs_build_exactly_the_checkpoint_tensors(name, vectors_availab
   assert sum(int(np.prod(s)) for _, s in expected.values()) == ref["num_params"]
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params(family_model):
   family, cfg, module, params = family_model
   bf16 = models.create_model({**cfg, "dtype": "bfloat16"})
@@ -158,6 +162,7 @@ def test_bfloat16_compute_keeps_float32_params(family_model):
   assert 0 < rel < 0.1, rel  # bf16 differs, but stays close.
 
 
+@pytest.mark.slow
 def test_middle_feature_has_bottleneck_shape(family_model):
   family, cfg, module, params = family_model
   x = jnp.zeros((3, cfg["image_size"], cfg["image_size"], 3))

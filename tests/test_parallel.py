@@ -19,6 +19,7 @@ def eps(vectors_available):
   )
 
 
+@pytest.mark.slow
 def test_sharded_invert_and_generate_equal_single_device(eps):
   x = np.random.default_rng(0).uniform(-1, 1, (13, 32, 32, 3)).astype(np.float32)
   one = inversion.DDIMRunner(eps, 400, 5, batch_size=2, mesh=parallel.make_mesh(1))

@@ -31,6 +31,7 @@ def test_candidates_keep_the_bank_statistics_at_any_strength():
   assert np.bincount(src, minlength=32).tolist() == [8] * 32
 
 
+@pytest.mark.slow
 def test_candidates_depend_on_their_index_only():
   bank = _bank()
   prior = discovery.fit_prior(bank)
