@@ -53,6 +53,14 @@ def main(argv):
       f"converted {summary['num_tensors']} tensors ({summary['num_params']:,} parameters, "
       f"arch={summary['arch']}) in {summary['seconds']} s -> {summary['output']}"
   )
+  if _DIFFUSERS.value:
+    cfg = checkpoint.read_model_config(summary["output"])
+    where = summary["scheduler_config"] or "no scheduler config found: DDPMScheduler's defaults assumed"
+    print(
+        f"schedule: {cfg['beta_schedule']} ({cfg['beta_start']}..{cfg['beta_end']}, T={cfg['num_train_timesteps']}), "
+        f"prediction_type={cfg['prediction_type']} ({where}); run with --config.checkpoint={summary['output']} "
+        "(the checkpoint's own model config is used; docs/diffusers.md)"
+    )
 
 
 if __name__ == "__main__":

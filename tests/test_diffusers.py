@@ -292,3 +292,95 @@ def test_prediction_type_sample_refuses_unknown(tmp_path):
   (sched / "scheduler_config.json").write_text(json.dumps({"_class_name": "DDPMScheduler", "prediction_type": "flow"}))
   with pytest.raises(CheckpointError, match="prediction_type='flow' is not supported"):
     diffusers_format.read_folder(str(pipe))
+
+
+# --------------------------------------------------------------------------- loading (issue 15 cases 11, 12)
+
+
+@pytest.fixture(scope="module")
+def cosine_v_checkpoint(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("cosine_v")
+  _, pipe = _pipeline(tmp, dict(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction"))
+  out = tmp / "ckpt"
+  convert_checkpoint(str(pipe), str(out), diffusers=True)
+  return str(out)
+
+
+def _run_config(ckpt, model=None, diffusion_section=None):
+  import ml_collections
+
+  c = ml_collections.ConfigDict()
+  c.checkpoint = ckpt
+  if model is not None:
+    c.model = model
+  if diffusion_section is not None:
+    c.diffusion = ml_collections.ConfigDict(diffusion_section)
+  return c
+
+
+COSINE = dict(beta_schedule="cosine", beta_start=1e-4, beta_end=0.02, num_timesteps=1000)
+
+
+def test_load_model_uses_the_checkpoints_model_config(cosine_v_checkpoint):
+  import ml_collections
+
+  from discovery_jax import cli
+
+  for model in (None, ml_collections.ConfigDict(), ml_collections.ConfigDict({"dtype": "float32"})):
+    loaded = cli.load_model(_run_config(cosine_v_checkpoint, model, COSINE))
+    assert loaded.model_config["image_size"] == 16 and loaded.model_config["flip_sin_to_cos"] is True
+    assert loaded.eps.prediction_type == "v_prediction"
+  # diffusers' name for the same schedule is accepted too.
+  cli.load_model(_run_config(cosine_v_checkpoint, None, dict(COSINE, beta_schedule="squaredcos_cap_v2")))
+
+
+def test_load_model_refuses_another_schedule(cosine_v_checkpoint):
+  from discovery_jax import cli
+
+  with pytest.raises(CheckpointError) as info:
+    cli.load_model(_run_config(cosine_v_checkpoint, None, dict(COSINE, beta_schedule="linear")))
+  msg = str(info.value)
+  assert "was trained with diffusion.beta_schedule='cosine'" in msg
+  assert "pass --config.diffusion.beta_schedule=cosine" in msg and "\n" not in msg
+  with pytest.raises(CheckpointError, match="config.diffusion.beta_schedule='linear'"):
+    cli.load_model(_run_config(cosine_v_checkpoint))  # no diffusion section: DDIM's linear default.
+
+
+def test_load_model_mismatch_message_leads_with_the_key(cosine_v_checkpoint):
+  import ml_collections
+
+  from discovery_jax import cli
+  from tests import helpers
+
+  iddpm = ml_collections.ConfigDict(helpers.small_iddpm_config())
+  with pytest.raises(CheckpointError) as info:
+    cli.load_model(_run_config(cosine_v_checkpoint, iddpm, COSINE))
+  msg = str(info.value)
+  assert msg.startswith(f"checkpoint {cosine_v_checkpoint} was converted for arch='ddpm' but config.model.arch='iddpm'")
+  assert len(msg) < 300 + len(cosine_v_checkpoint), msg
+  stored = checkpoint.read_model_config(cosine_v_checkpoint)
+  other = ml_collections.ConfigDict({**stored, "ch": 64, "ch_mult": [1, 1]})
+  with pytest.raises(CheckpointError, match="does not match config.model: ch: checkpoint has 32, config has 64"):
+    cli.load_model(_run_config(cosine_v_checkpoint, other, COSINE))
+
+
+def test_load_model_empty_checkpoint_names_both_converters():
+  from discovery_jax import cli
+
+  with pytest.raises(CheckpointError) as info:
+    cli.load_model(_run_config(""))
+  assert "--torch_checkpoint=FILE" in str(info.value) and "--diffusers=FOLDER" in str(info.value)
+
+
+def test_load_model_fills_an_empty_model_section(cosine_v_checkpoint):
+  """A run config without a model section (None, empty) reads image size and channels
+  from the checkpoint afterwards (settings.image_options reads config.model)."""
+  import ml_collections
+
+  from discovery_jax import cli, settings
+
+  for model in (None, ml_collections.ConfigDict()):
+    config = _run_config(cosine_v_checkpoint, model, COSINE)
+    config.lock()
+    cli.load_model(config)
+    assert settings.image_options(config).image_size == 16
