@@ -127,6 +127,8 @@ def _check_same_network(ckpt: str, stored: dict, wanted: dict) -> None:
     ) from None
   skip = set(RUNTIME_MODEL_FIELDS) | {k for k in models.config.DIFFUSION_FIELDS if k not in wanted}
   diff = [k for k in stored if k not in skip and given.get(k) != stored[k]]
+  order = models.config.DDPM_REQUIRED + models.config.IDDPM_REQUIRED  # the constructor's fields first.
+  diff.sort(key=lambda k: order.index(k) if k in order else len(order))
   if diff:
     shown = "; ".join(f"{k}: checkpoint has {stored[k]!r}, config has {given.get(k)!r}" for k in diff[:3])
     more = f" (+{len(diff) - 3} more)" if len(diff) > 3 else ""
