@@ -296,6 +296,7 @@ def ddim_loop(
 
 @functools.partial(jax.jit, static_argnames=("fn", "eta", "outputs"))
 def _jit_loop(fn: EpsFn, params, x, ts, ts_next, alphas_cumprod, keys, *, eta, outputs):
+  params = models.layers.cast_params(params, getattr(fn.module, "dtype", jnp.float32))  # once, before the scan
   return ddim_loop(fn.apply, params, x, ts, ts_next, alphas_cumprod, eta=eta, keys=keys, outputs=outputs)
 
 

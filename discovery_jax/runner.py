@@ -1,9 +1,19 @@
 """Batched, sharded DDIM over any number of inputs: images -> latents and back.
 
-``DDIMRunner`` runs ``diffusion.ddim_loop`` at one fixed per-device batch size
+``DDIMRunner`` runs ``diffusion.ddim_loop`` at a fixed per-device batch size
 (padding the last batch, so nothing recompiles) under a jit that declares its
 shardings: batches split over the mesh's data axis, weights and the time grid
-replicated. A sample's bits then never depend on the device count.
+replicated. An input smaller than one global batch runs as ONE step at the
+smallest power-of-two per-device batch that holds it (12 images on 8 devices
+with ``batch_size=16`` run as 2 per device, not 16), so a few images never pay
+for a full batch; the sizes are powers of two so that at most log2(batch_size)+1
+shapes ever compile. The weights are cast to the model's compute dtype once,
+before the trajectory's ``lax.scan`` (``models.layers.cast_params``), and the
+state buffer is donated to the jitted trajectory.
+
+Sample i depends on its global index only (noise from ``fold_in(key, i)``); on
+XLA:CPU a sample's bits were also measured not to depend on the batch it ran in
+(the small iDDPM, batches 1..16), so 1 and 8 devices give the same bits.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from discovery_jax import diffusion, parallel
+from discovery_jax.models import layers
 
 
 def pure_noise(key: jax.Array, sample_index: Sequence[int], shape: Sequence[int]) -> np.ndarray:
@@ -43,8 +54,10 @@ class DDIMRunner:
     # sample's bits do not depend on it (XLA's kernels accumulate in an order that
     # depends on the batch shape).
     self.batch_size = max(1, int(self.batch_size))
-    self.global_batch = self.batch_size * parallel.data_size(self.mesh)
-    self._params = parallel.replicate(self.fn.params, self.mesh)
+    self.num_devices = parallel.data_size(self.mesh)
+    self.global_batch = self.batch_size * self.num_devices
+    # Cast once here: the jitted loop then finds the kernels already in the compute dtype.
+    self._params = parallel.replicate(layers.cast_params(self.fn.params, _compute_dtype(self.fn)), self.mesh)
     self._alphas = parallel.replicate(jnp.asarray(self.schedule.alphas_cumprod, jnp.float32), self.mesh)
     self._inv = diffusion.inversion_pairs(self.t_0, self.n_steps)
     self._gen = diffusion.generation_pairs(self.t_0, self.n_steps)
@@ -53,25 +66,39 @@ class DDIMRunner:
     """The same model, schedule, batch and mesh at another t_0."""
     return DDIMRunner(self.fn, t_0, self.n_steps, self.schedule, self.batch_size, self.mesh)
 
-  def _loop(self, x: np.ndarray, pairs, eta: float = 0.0, keys=None) -> np.ndarray:
+  def step_batch(self, n: int) -> int:
+    """The global batch of the steps that process ``n`` inputs: the full global batch
+    when ``n`` fills it, else one step at the smallest power-of-two per-device batch
+    (at most ``batch_size``) whose global batch holds the ``n`` inputs."""
+    if n >= self.global_batch:
+      return self.global_batch
+    per_device = -(-max(int(n), 1) // self.num_devices)
+    return min(self.batch_size, 1 << (per_device - 1).bit_length()) * self.num_devices
+
+  def _loop(self, x: np.ndarray, pairs, eta: float = 0.0, keys=None, size: int | None = None) -> np.ndarray:
     n = x.shape[0]
-    xb = parallel.shard_batch(parallel.pad_batch(x, self.global_batch), self.mesh)
+    size = self.step_batch(n) if size is None else size
+    # A copy of our own: the jitted loop donates (overwrites) the state buffer.
+    xb = parallel.shard_batch(np.array(parallel.pad_batch(x, size), np.float32, copy=True), self.mesh)
     if keys is not None:
-      keys = parallel.shard_batch(parallel.pad_batch(keys, self.global_batch), self.mesh)
+      keys = parallel.shard_batch(parallel.pad_batch(keys, size), self.mesh)
     ts, ts_next = parallel.replicate((jnp.asarray(pairs[0]), jnp.asarray(pairs[1])), self.mesh)
     run = _sharded_loop(self.fn, self.mesh, float(eta), keys is not None)
     return np.asarray(run(self._params, xb, ts, ts_next, self._alphas, keys))[:n]
 
-  def _batched(self, x: np.ndarray, run: Callable[[np.ndarray, slice], np.ndarray]) -> np.ndarray:
-    outs = [
-        run(x[i : i + self.global_batch], slice(i, i + self.global_batch))
-        for i in range(0, x.shape[0], self.global_batch)
-    ]
+  def _batched(self, x: np.ndarray, run: Callable[[np.ndarray, slice, int], np.ndarray]) -> np.ndarray:
+    step = self.step_batch(x.shape[0])
+    outs = [run(x[i : i + step], slice(i, i + step), step) for i in range(0, x.shape[0], step)]
     return np.concatenate(outs, axis=0)
+
+  def run_pairs(self, x: np.ndarray, pairs: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Deterministic DDIM over explicit ``(t, t_next)`` step pairs (benchmarks use
+    pairs of one length for both directions, so one compiled trajectory serves both)."""
+    return self._batched(np.asarray(x, np.float32), lambda b, _, size: self._loop(b, pairs, size=size))
 
   def invert(self, x0: np.ndarray) -> np.ndarray:
     """Images (N, H, W, C) in [-1, 1] -> latents x_{t_0} (N, H, W, C)."""
-    return self._batched(np.asarray(x0, np.float32), lambda b, _: self._loop(b, self._inv))
+    return self._batched(np.asarray(x0, np.float32), lambda b, _, size: self._loop(b, self._inv, size=size))
 
   def generate(
       self,
@@ -88,7 +115,7 @@ class DDIMRunner:
       raise ValueError("eta > 0 needs a random key")
     index = np.arange(x_t.shape[0]) if sample_index is None else np.asarray(sample_index)
     keys = _raw_keys(diffusion.sample_keys(key, index)) if eta > 0 else None
-    run = lambda b, sl: self._loop(b, self._gen, eta=eta, keys=None if keys is None else keys[sl])
+    run = lambda b, sl, size: self._loop(b, self._gen, eta=eta, keys=None if keys is None else keys[sl], size=size)
     return self._batched(x_t, run)
 
   def generate_to(self, x_t: np.ndarray, t_stop: int) -> np.ndarray:
@@ -97,7 +124,7 @@ class DDIMRunner:
     ts = self._gen[0]
     ts = ts[ts > t_stop]
     pairs = (ts, np.append(ts[1:], t_stop).astype(np.int32))
-    return self._batched(np.asarray(x_t, np.float32), lambda b, _: self._loop(b, pairs))
+    return self._batched(np.asarray(x_t, np.float32), lambda b, _, size: self._loop(b, pairs, size=size))
 
   def sample_from_noise(self, key: jax.Array, sample_index: Sequence[int], shape: Sequence[int]) -> np.ndarray:
     """Unconditional samples: x_T = ``pure_noise(key, i)`` generated from T-1 down to 0
@@ -111,12 +138,24 @@ def _sharded_loop(fn: diffusion.EpsFn, mesh: Any, eta: float, with_keys: bool):
   """The jitted DDIM loop with declared shardings on ``mesh`` (plain jit without one)."""
 
   def loop(params, x, ts, ts_next, alphas, keys):
+    # Before the scan: float32 weights get converted once per call, not at every step
+    # (a no-op for the runner's own weights, already cast in __post_init__).
+    params = layers.cast_params(params, _compute_dtype(fn))
     return diffusion.ddim_loop(fn.apply, params, x, ts, ts_next, alphas, eta=eta, keys=keys)
 
   if mesh is None:
-    return jax.jit(loop)
+    return jax.jit(loop, donate_argnums=(1,))
   rep, batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-  return jax.jit(loop, in_shardings=(rep, batch, rep, rep, rep, batch if with_keys else None), out_shardings=batch)
+  return jax.jit(
+      loop,
+      in_shardings=(rep, batch, rep, rep, rep, batch if with_keys else None),
+      out_shardings=batch,
+      donate_argnums=(1,),
+  )
+
+
+def _compute_dtype(fn: diffusion.EpsFn) -> Any:
+  return getattr(fn.module, "dtype", jnp.float32)
 
 
 def _raw_keys(keys: jax.Array) -> np.ndarray:

@@ -40,7 +40,7 @@ def create_model(model_config: Any) -> nn.Module:
       num_res_blocks=int(cfg["num_res_blocks"]),
       dropout=float(cfg["dropout"]),
       dtype=DTYPES[cfg["dtype"]],
-      precision=layers.PRECISIONS[cfg["precision"]],
+      precision=layers.resolve_precision(cfg["precision"], DTYPES[cfg["dtype"]]),
   )
   if cfg["arch"] == "ddpm":
     return DDPMUNet(

@@ -1,0 +1,253 @@
+"""Accelerator readiness (issue 14): one-pass GroupNorm, per-dtype precision, weights
+cast once before the trajectory loop, state donation, small-input batch sizing, and a
+dry run of the GPU benchmark kit (benchmarks/gpu/kit.py) on this CPU."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from discovery_jax import configlib, diffusion, models, parallel, runner as runner_lib
+from discovery_jax.models import layers
+from tests import helpers
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "benchmarks", "gpu"))
+import kit  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_bf16():
+  module = models.create_model(helpers.small_ddpm_config(dtype="bfloat16"))
+  return module, models.init_params(module, jax.random.key(0))
+
+
+def _group_norm_exact(x, scale, bias, eps):
+  shape = x.shape
+  groups = x.astype(np.float64).reshape(shape[0], -1, 32, shape[-1] // 32)
+  out = (groups - groups.mean(axis=(1, 3), keepdims=True)) / np.sqrt(groups.var(axis=(1, 3), keepdims=True) + eps)
+  return out.reshape(shape) * scale + bias
+
+
+@pytest.mark.parametrize("offset", [0.0, 300.0, -2000.0])
+def test_one_pass_group_norm_keeps_float64_accuracy_under_large_offsets(offset):
+  """One reduction (shifted sums and sums of squares): a common offset thousands of
+  standard deviations large does not cancel the variance away."""
+  rng = np.random.default_rng(1)
+  shape = (2, 6, 5, 64)
+  x = (rng.normal(size=shape) * 0.5 + offset).astype(np.float32)
+  # A group whose first pixel is an outlier: the shift is a poor estimate there, still exact enough.
+  x[1, 0, 0, :2] += 40.0
+  scale = rng.normal(1.0, 0.1, 64).astype(np.float32)
+  bias = rng.normal(0.0, 0.1, 64).astype(np.float32)
+  norm = layers.GroupNorm(num_groups=32, epsilon=1e-6)
+  got = norm.apply({"params": {"scale": jnp.asarray(scale), "bias": jnp.asarray(bias)}}, jnp.asarray(x))
+  np.testing.assert_allclose(np.asarray(got), _group_norm_exact(x, scale, bias, 1e-6), atol=3e-4, rtol=0)
+
+
+def test_precision_defaults_per_dtype():
+  cfg = helpers.small_iddpm_config()
+  assert models.validate(cfg)["precision"] is None
+  assert models.create_model(cfg).precision == jax.lax.Precision.HIGHEST
+  assert models.create_model({**cfg, "dtype": "bfloat16"}).precision == jax.lax.Precision.DEFAULT
+  assert (
+      models.create_model({**cfg, "dtype": "bfloat16", "precision": "highest"}).precision == jax.lax.Precision.HIGHEST
+  )
+  assert models.create_model({**cfg, "precision": "default"}).precision == jax.lax.Precision.DEFAULT
+  with pytest.raises(models.ModelConfigError, match="precision"):
+    models.validate({**cfg, "precision": "tf32"})
+
+
+def test_cast_params_casts_conv_and_dense_layers_only(tiny_bf16):
+  _, params = tiny_bf16
+  cast = layers.cast_params(params, jnp.bfloat16)
+  flat = {"/".join(k): v for k, v in _flat(cast).items()}
+  norms = {k: v for k, v in flat.items() if re.search(r"norm[^/]*/(scale|bias)$", k)}
+  layers_ = {k: v for k, v in flat.items() if k not in norms}
+  assert norms and all(v.dtype == jnp.float32 for v in norms.values())
+  assert layers_ and all(v.dtype == jnp.bfloat16 for v in layers_.values())
+  assert layers.cast_params(params, jnp.float32) is params
+
+
+def _flat(tree, prefix=()):
+  out = {}
+  for k, v in tree.items():
+    if hasattr(v, "items"):
+      out.update(_flat(v, prefix + (k,)))
+    else:
+      out[prefix + (k,)] = v
+  return out
+
+
+def _while_carried_f32_kernels(stablehlo: str, kernel_shapes: set) -> int:
+  """Float32 tensors of a weight's shape among the values a stablehlo.while carries."""
+  line = next(l for l in stablehlo.splitlines() if "stablehlo.while" in l)
+  carried = line.split(" : ", 1)[1]
+  count = 0
+  for dims in re.findall(r"tensor<([\dx]+)xf32>", carried):
+    shape = tuple(int(v) for v in dims.split("x"))
+    count += len(shape) >= 2 and shape in kernel_shapes
+  return count
+
+
+def test_bf16_trajectory_casts_the_weights_once_before_its_loop(tiny_bf16):
+  """The runner's jitted bf16 trajectory carries its conv/dense weights into the
+  lax.scan's while loop already in bf16: no weight-shaped f32 tensor enters the loop
+  body, so nothing converts them at every step (a plain loop over float32 weights
+  carries them all)."""
+  module, params = tiny_bf16
+  fn = diffusion.eps_fn(module, params)
+  kernel_shapes = {tuple(l.shape) for l in jax.tree_util.tree_leaves(params) if l.ndim >= 2}
+  runner = runner_lib.DDIMRunner(fn, 300, 3, batch_size=2)
+  ts, tn = (jnp.asarray(a) for a in diffusion.generation_pairs(300, 3))
+  x = jnp.zeros((2, 16, 16, 3), jnp.float32)
+  loop = runner_lib._sharded_loop(fn, None, 0.0, False)
+  for weights in (runner._params, params):  # the runner's own (cast) and caller's float32 weights
+    text = loop.lower(weights, x, ts, tn, runner._alphas, None).as_text()
+    assert _while_carried_f32_kernels(text, kernel_shapes) == 0
+  plain = jax.jit(lambda p, x: diffusion.ddim_loop(fn.apply, p, x, ts, tn, runner._alphas))
+  assert _while_carried_f32_kernels(plain.lower(params, x).as_text(), kernel_shapes) >= len(kernel_shapes)
+  # The library entry point too.
+  lowered = diffusion._jit_loop.lower(fn, params, x, ts, tn, runner._alphas, None, eta=0.0, outputs=())
+  assert _while_carried_f32_kernels(lowered.as_text(), kernel_shapes) == 0
+
+
+def test_runner_donates_the_state_and_leaves_the_input_alone(tiny_bf16):
+  module, params = tiny_bf16
+  fn = diffusion.eps_fn(module, params)
+  runner = runner_lib.DDIMRunner(fn, 300, 3, batch_size=4)
+  ts, tn = (jnp.asarray(a) for a in diffusion.generation_pairs(300, 3))
+  loop = runner_lib._sharded_loop(fn, None, 0.0, False)
+  text = loop.lower(runner._params, jnp.zeros((4, 16, 16, 3)), ts, tn, runner._alphas, None).as_text()
+  assert "tf.aliasing_output" in text or "jax.buffer_donor" in text
+  x = np.random.default_rng(0).uniform(-1, 1, (4, 16, 16, 3)).astype(np.float32)
+  before = x.copy()
+  first = runner.generate(x)
+  np.testing.assert_array_equal(x, before)
+  np.testing.assert_array_equal(runner.generate(x), first)
+
+
+def test_a_small_input_runs_one_step_at_the_smallest_per_device_batch(monkeypatch):
+  """12 images on 8 devices with 16 per device run as one step of 2 per device (global
+  16), not 16 per device (global 128); inputs that fill the global batch keep it."""
+  module = models.create_model(helpers.small_ddpm_config())
+  fn = diffusion.eps_fn(module, models.init_params(module, jax.random.key(1)))
+  eight = runner_lib.DDIMRunner(fn, 300, 2, batch_size=16, mesh=parallel.make_mesh(8))
+  assert eight.global_batch == 128
+  assert [eight.step_batch(n) for n in (1, 8, 9, 12, 16, 17, 64, 65, 127, 128, 500)] == [
+      8,
+      8,
+      16,
+      16,
+      16,
+      32,
+      64,
+      128,
+      128,
+      128,
+      128,
+  ]
+  one = runner_lib.DDIMRunner(fn, 300, 2, batch_size=16, mesh=parallel.make_mesh(1))
+  assert [one.step_batch(n) for n in (1, 3, 12, 16, 40)] == [1, 4, 16, 16, 16]
+
+  shapes = []
+  original = parallel.shard_batch
+
+  def spy(x, mesh):
+    if getattr(x, "ndim", 0) == 4:
+      shapes.append(x.shape)
+    return original(x, mesh)
+
+  monkeypatch.setattr(runner_lib.parallel, "shard_batch", spy)
+  x = np.random.default_rng(2).uniform(-1, 1, (12, 16, 16, 3)).astype(np.float32)
+  lat8 = eight.invert(x)
+  assert shapes == [(16, 16, 16, 3)]
+  np.testing.assert_allclose(lat8, one.invert(x), atol=1e-5, rtol=0)
+
+
+# --------------------------------------------------------------------------- the GPU kit
+
+
+def test_kit_models_are_the_configs_architectures():
+  for name in ("afhq", "ddpm256"):
+    want = configlib.load_config_file(os.path.join(REPO, "configs", f"{name}.py")).model.to_dict()
+    assert models.validate(kit.FULL_MODELS[name]) == models.validate(want)
+    shapes = models.param_shapes(models.create_model(kit.FULL_MODELS[name]))
+    assert sum(int(np.prod(l.shape)) for l in jax.tree_util.tree_leaves(shapes)) == kit.FULL_PARAMS[name]
+
+
+def test_kit_peak_table():
+  assert kit.peak_for("NVIDIA H100 80GB HBM3")["bf16"] == pytest.approx(989.4)
+  assert kit.peak_for("NVIDIA H100 PCIe")["matched"] == "H100 PCIe"
+  assert kit.peak_for("NVIDIA H200")["bf16"] == kit.peak_for("NVIDIA H100 80GB HBM3")["bf16"]
+  assert kit.peak_for("NVIDIA A100-SXM4-80GB")["fp32"] == pytest.approx(19.5)
+  assert kit.peak_for("cpu") is None
+
+
+def test_kit_hlo_check_counts_float32_weights_in_a_while_loop():
+  hlo = "%w = (s32[], f32[3,3,8,8]{3,2,1,0}, bf16[3,3,8,16]{3,2,1,0}, f32[2,4,4,3]) while(%t), body=%b"
+  assert kit.loop_carries_f32_weights(hlo, {(3, 3, 8, 8), (3, 3, 8, 16)}) == 1
+  assert kit.loop_carries_f32_weights("no loop here", {(3, 3)}) is None
+
+
+def _run_kit(tmp_path, *flags, timeout=900):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)  # one CPU device, as the kit's stages would see one GPU
+  env.pop("OUT", None)
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "benchmarks", "gpu", "kit.py"), f"--out_dir={tmp_path}", *flags],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+  )
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  (path,) = tmp_path.glob("gpu_*.json")
+  return json.loads(path.read_text()), proc.stdout
+
+
+def test_kit_out_of_budget_still_writes_its_json(tmp_path):
+  result, out = _run_kit(tmp_path, "--dry_run", "--budget_s=1")
+  assert [s["status"].startswith("skipped") for s in result["stages"].values()] == [True] * len(kit.default_stages())
+  assert result["dry_run"] and "wall_s" in result and "summary" in result
+
+
+@pytest.mark.slow
+def test_kit_dry_run_measures_every_figure(tmp_path):
+  """The kit's stages end to end on tiny models (one of each kind): every figure the
+  GPU run reports is there."""
+  stages = "env,jax:afhq:bf16,torch:afhq:bf16,synthesis"
+  result, out = _run_kit(tmp_path, "--dry_run", f"--stages={stages}", "--budget_s=600")
+  assert "wrote" in out
+  assert set(result) >= {"device", "date", "peak_tflops", "env", "stages", "summary", "settings", "wall_s"}
+  st = result["stages"]
+  assert all(st[s]["status"] == "ok" for s in stages.split(",")), {s: st[s].get("status") for s in st}
+  assert {"jax", "version_torch", "version_flax", "device_kind", "platform"} <= set(st["env"])
+  jax_keys = {
+      "jax_compile_s",
+      "jax_first_call_s",
+      "jax_images_per_s",
+      "gflops_per_unet_call_per_image",
+      "flops_source",
+      "jax_achieved_tflops",
+      "jax_mfu",
+      "peak_tflops",
+      "loop_f32_weight_tensors",
+      "params",
+      "precision",
+  }
+  assert jax_keys <= set(st["jax:afhq:bf16"]), jax_keys - set(st["jax:afhq:bf16"])
+  assert st["jax:afhq:bf16"]["flops_source"] == "compiled" and st["jax:afhq:bf16"]["precision"] == "DEFAULT"
+  assert {"torch_eager_images_per_s", "torch_compile", "channels_last"} <= set(st["torch:afhq:bf16"])
+  syn = st["synthesis"]
+  assert syn["returncode"] == 0 and syn["dataset_samples"] == syn["num_samples"] == 8
+  assert syn["samples_per_s_end_to_end"] > 0 and syn["samples_per_s_denoise_and_write"] > 0
+  row = result["summary"]["afhq:bf16"]
+  assert row["jax_images_per_s"] > 0 and row["jax_over_torch_eager"] > 0
