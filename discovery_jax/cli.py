@@ -140,7 +140,7 @@ def _check_same_network(ckpt: str, stored: dict, wanted: dict) -> None:
 
 def _check_same_schedule(ckpt: str, stored: dict, diffusion_config: Any) -> None:
   """A DDPM checkpoint records the betas it was trained with; DDIM must use the same."""
-  if "beta_schedule" not in stored:
+  if stored.get("beta_schedule") is None:  # not recorded (iDDPM, PyTorch conversions, `train`).
     return
   get = (lambda k, d: diffusion_config.get(k, d)) if diffusion_config is not None else (lambda k, d: d)
   kind = diffusion.canonical_schedule(stored["beta_schedule"])
@@ -405,6 +405,12 @@ def run(main: Callable[[ml_collections.ConfigDict, str], Any], name: str) -> Non
           raise app.UsageError(f"--config={path} cannot be loaded: {' '.join(str(e).split())}") from None
       use_host_devices_per_core()
       main(config, WORKDIR.value)
+    except KeyboardInterrupt:
+      if os.environ.get("DISCOVERY_JAX_TRACEBACK"):
+        raise
+      rerun = "rerun the same command to resume" if name in RESUMING else "rerun the same command"
+      print(f"{name}: interrupted; files already complete are kept: {rerun}", file=sys.stderr)
+      sys.exit(130)
     except BaseException as e:
       line = error_line(e, name) if isinstance(e, Exception) else None
       if line is None or os.environ.get("DISCOVERY_JAX_TRACEBACK"):

@@ -80,6 +80,21 @@ def evaluation_options(config: ml_collections.ConfigDict) -> evaluation.Evaluati
   )
 
 
+def check_options(config: ml_collections.ConfigDict) -> evaluation.EvaluationOptions:
+  """``config.evaluate`` checked before any work (a bad name fails now, not after sampling)."""
+  from discovery_jax.metrics import features
+
+  options = evaluation_options(config)
+  if options.features not in features.EXTRACTORS:
+    raise ValueError(f"config.evaluate.features={options.features!r}: choose from {list(features.EXTRACTORS)}")
+  if options.features == "inception" and not (options.inception_path and os.path.isdir(options.inception_path)):
+    raise ValueError(
+        f"config.evaluate.features='inception' needs config.evaluate.inception_path, a folder written by "
+        f"`python -m convert.inception` (got {options.inception_path!r}); use 'random_conv' where no weights exist"
+    )
+  return options
+
+
 def run_evaluation(
     config: ml_collections.ConfigDict, workdir: str, extra_sets: list[tuple[str, np.ndarray]] | None = None
 ) -> dict:
@@ -145,6 +160,7 @@ def run_evaluation(
 
 
 def main(config: ml_collections.ConfigDict, workdir: str) -> None:
+  check_options(config)
   cli.prepare_workdir(workdir, config, "evaluate")
   report = run_evaluation(config, workdir)
   print(report["table_markdown"])

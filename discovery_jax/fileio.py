@@ -20,6 +20,8 @@ import numpy as np
 
 # The temporary names this module writes: ``<name>.tmp-<pid>`` plus an optional extension.
 TMP_PATTERN = re.compile(r"\.tmp-(\d+)(\.[A-Za-z0-9]+)?$")
+# Temporary names of earlier versions (no pid): removed by ``remove_stale_temporaries`` too.
+LEGACY_TMP_NAMES = ("samples.npy.tmp.npy",)
 # numpy reports a short write on a full disk without an errno: "32768 requested and 2016 written".
 _SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
 NO_SPACE = "no space left on device"
@@ -72,12 +74,13 @@ def _pid_alive(pid: int) -> bool:
 
 def remove_stale_temporaries(root: str) -> list[str]:
   """Deletes this module's temporary files under ``root`` (``*.tmp-<pid>[.ext]``) left by
-  a run that died (its pid no longer alive here); returns their paths. Nothing else is touched."""
+  a run that died (its pid no longer alive here), and earlier versions' (``LEGACY_TMP_NAMES``);
+  returns their paths. Nothing else is touched. Call it with the workdir's lock held."""
   removed = []
   for folder, _, files in os.walk(root):
     for name in files:
       m = TMP_PATTERN.search(name)
-      if m is None or _pid_alive(int(m.group(1))):
+      if name not in LEGACY_TMP_NAMES and (m is None or _pid_alive(int(m.group(1)))):
         continue
       path = os.path.join(folder, name)
       with contextlib.suppress(FileNotFoundError):

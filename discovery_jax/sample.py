@@ -322,7 +322,7 @@ def stage_images(
   out = _method_dir(workdir, method)
   n, shape = int(latents.shape[0]), tuple(latents.shape[1:])
   o = config.output
-  formats = tuple(o.formats)
+  formats = configlib.name_list(o.formats)
   store_latents = bool(o.store_latents)
   identity = _images_identity(config, out, runner)
   if jax.process_index() == 0:
@@ -430,6 +430,20 @@ def finish_method(config: ml_collections.ConfigDict, workdir: str, method: str, 
   return info
 
 
+OUTPUT_FORMATS = ("png", "fits")
+
+
+def check_output_options(config: ml_collections.ConfigDict) -> None:
+  o = config.output
+  unknown = [f for f in configlib.name_list(o.formats) if f not in OUTPUT_FORMATS]
+  if unknown:
+    raise ValueError(f"config.output.formats: unknown format(s) {unknown}; choose from {OUTPUT_FORMATS}")
+  if int(o.shard_size) < 1:
+    raise ValueError(f"config.output.shard_size must be >= 1, got {o.shard_size}")
+  if int(o.grid_size) < 1:
+    raise ValueError(f"config.output.grid_size must be >= 1, got {o.grid_size}")
+
+
 def dataset_error(message: str) -> Exception:
   from discovery_jax.data import dataset
 
@@ -450,7 +464,12 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
       raise ValueError(f"config.sample.methods: unknown method {m!r}; choose from {METHODS}")
   if int(config.sample.num_samples) < 1:
     raise ValueError(f"config.sample.num_samples must be >= 1, got {config.sample.num_samples}")
-  settings.discovery_options(config)  # bad discovery settings fail before any work.
+  settings.discovery_options(config)  # bad discovery, output and evaluation settings fail before any work.
+  check_output_options(config)
+  if config.sample.evaluate and settings.path_or_none(config.data.get("eval_dir")):
+    from discovery_jax import evaluate
+
+    evaluate.check_options(config)
   model = cli.load_model(config)
   mesh = parallel.local_mesh(settings.num_devices(config))
   runner = cli.make_runner(config, model, mesh)

@@ -282,6 +282,14 @@ def test_case3_full_disk_through_cli_run_is_one_line_and_exit_1(tmp_path):
   assert sorted(os.listdir(tmp_path)) == [cli.LOCK_FILE, "sample_config.json"]
 
 
+def test_ctrl_c_is_one_line(tmp_path):
+  proc = run_driver(STUB.format(body="raise KeyboardInterrupt"), "--config=configs/demo.py", f"--workdir={tmp_path}")
+  assert proc.returncode == 130
+  assert one_line(proc.stderr) == (
+      "sample: interrupted; files already complete are kept: rerun the same command to resume"
+  )
+
+
 # --------------------------------------------------------------------------- 2: one run per workdir
 
 
@@ -325,7 +333,11 @@ def test_case4_the_next_run_removes_only_our_stale_temporaries(tmp_path):
   dead.wait()
   method = tmp_path / "samples" / "discovery"
   method.mkdir(parents=True)
-  stale = [method / f"latents.npy.tmp-{dead.pid}.npy", tmp_path / f"summary.json.tmp-{dead.pid}"]
+  stale = [
+      method / f"latents.npy.tmp-{dead.pid}.npy",
+      tmp_path / f"summary.json.tmp-{dead.pid}",
+      method / "samples.npy.tmp.npy",  # an earlier version's
+  ]
   kept = [
       method / f"latents.npy.tmp-{os.getpid()}.npy",  # a live writer's
       method / "notes.tmp-draft",
@@ -340,7 +352,7 @@ def test_case4_the_next_run_removes_only_our_stale_temporaries(tmp_path):
     cli.prepare_workdir(str(tmp_path), config, "sample")
   finally:
     cli.release_workdirs()
-  assert [p.exists() for p in stale] == [False, False]
+  assert [p.exists() for p in stale] == [False, False, False]
   assert all(p.exists() for p in kept)
 
 
@@ -370,6 +382,30 @@ def test_case6_bad_values_and_missing_config_are_one_line(tmp_path):
   proc = run_module("sample", f"--config={tmp_path / 'absent.py'}", f"--workdir={tmp_path / 'w'}")
   assert proc.returncode == 1
   assert one_line(proc.stderr) == f"sample: error: --config: config file {tmp_path / 'absent.py'} does not exist"
+
+
+def test_case6_output_and_evaluation_values_are_checked_before_any_work():
+  from discovery_jax import evaluate, sample
+
+  cases = [
+      ("output.shard_size", 0, "config.output.shard_size must be >= 1, got 0"),
+      (
+          "output.formats",
+          ("png", "jpg"),
+          "config.output.formats: unknown format(s) ['jpg']; choose from ('png', 'fits')",
+      ),
+      ("evaluate.features", "foo", "config.evaluate.features='foo': choose from ['learned', 'inception', "),
+      ("evaluate.features", "inception", "config.evaluate.features='inception' needs config.evaluate.inception_path"),
+  ]
+  for key, value, message in cases:
+    config = tiny_config()
+    section, field = key.split(".")
+    config[section][field] = value
+    with pytest.raises(ValueError) as info:
+      sample.check_output_options(config)
+      evaluate.check_options(config)
+    assert str(info.value).startswith(message), (key, str(info.value))
+  sample.check_output_options(tiny_config())
 
 
 def test_case6_config_error_line_without_a_suggestion():
