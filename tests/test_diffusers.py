@@ -384,3 +384,20 @@ def test_load_model_fills_an_empty_model_section(cosine_v_checkpoint):
     config.lock()
     cli.load_model(config)
     assert settings.image_options(config).image_size == 16
+
+
+def test_unrecorded_schedule_is_not_checked(tmp_path):
+  """A checkpoint that records no schedule (PyTorch conversions, `train`) runs under any
+  config.diffusion, as before; v / x0 prediction needs a recorded one."""
+  from discovery_jax import cli
+  from tests import helpers
+
+  cfg = helpers.small_ddpm_config()
+  module = models.create_model(cfg)
+  params = models.init_params(module, jax.random.PRNGKey(0))
+  out = checkpoint.save_model(str(tmp_path / "ckpt"), params, cfg)
+  assert checkpoint.read_model_config(out)["beta_schedule"] is None
+  loaded = cli.load_model(_run_config(out, None, COSINE))
+  assert loaded.eps.prediction_type == "epsilon"
+  with pytest.raises(models.ModelConfigError, match="prediction_type='v_prediction' needs model.beta_schedule"):
+    models.validate({**cfg, "prediction_type": "v_prediction"})

@@ -66,10 +66,11 @@ DDPM_OPTIONAL = {
     "mid_block_scale_factor": 1.0,  # middle ResnetBlocks and attention divide their output by it
     "mid_attention": True,  # False: no attention between the two middle ResnetBlocks
     # What the output means ('epsilon', 'v_prediction' or 'sample', i.e. x0) and the
-    # schedule it was trained with (diffusers' scheduler names); read by
-    # diffusion.eps_fn, checked against config.diffusion by cli.load_model.
+    # schedule it was trained with (diffusers' scheduler names; None: not recorded, as
+    # for PyTorch conversions and `train`); read by diffusion.eps_fn, checked against
+    # config.diffusion by cli.load_model when recorded. v / x0 need a recorded schedule.
     "prediction_type": "epsilon",
-    "beta_schedule": "linear",
+    "beta_schedule": None,
     "beta_start": 1e-4,
     "beta_end": 0.02,
     "num_train_timesteps": 1000,
@@ -199,7 +200,11 @@ def _validate_ddpm_options(out: dict, mid_channels: int, levels: int) -> None:
   choice("time_embedding_type", ("positional", "learned"))
   choice("downsample_padding", (0, 1))
   choice("prediction_type", PREDICTION_TYPES)
-  choice("beta_schedule", BETA_SCHEDULES)
+  choice("beta_schedule", BETA_SCHEDULES + (None,))
+  if out["prediction_type"] != "epsilon" and out["beta_schedule"] is None:
+    raise ModelConfigError(
+        f"model.prediction_type={out['prediction_type']!r} needs model.beta_schedule (the training schedule)"
+    )
   for key in ("flip_sin_to_cos", "use_scale_shift_norm", "mid_attention", "resamp_with_conv"):
     if not isinstance(out[key], (bool, int)) or out[key] not in (0, 1):
       raise ModelConfigError(f"model.{key} must be True or False, got {out[key]!r}")

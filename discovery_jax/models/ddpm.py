@@ -150,7 +150,7 @@ class DDPMUNet(nn.Module):
   mid_block_scale_factor: float = 1.0
   mid_attention: bool = True
   prediction_type: str = "epsilon"
-  beta_schedule: str = "linear"
+  beta_schedule: str | None = None
   beta_start: float = 1e-4
   beta_end: float = 0.02
   num_train_timesteps: int = 1000
