@@ -28,6 +28,7 @@ full disk or a read-only directory ends the run with one line naming the file.
 from __future__ import annotations
 
 import errno
+import glob
 import hashlib
 import json
 import os
@@ -266,10 +267,14 @@ def _stale_images(out: str, identity: dict) -> str | None:
   """Why the images already under ``out`` were made from other latents or settings (None: they match)."""
   from discovery_jax.data import dataset
 
-  changes = dataset.metadata_changes(os.path.join(out, "dataset"), identity)
+  directory = os.path.join(out, "dataset")
+  changes = dataset.metadata_changes(directory, identity)
+  npy = os.path.join(out, SAMPLES)
+  has_rows = os.path.isfile(npy) or os.path.isfile(npy + PARTIAL)
   if changes is None:
-    npy = os.path.join(out, SAMPLES)
-    return "samples.npy without a dataset" if os.path.isfile(npy) or os.path.isfile(npy + PARTIAL) else None
+    return "samples.npy without a dataset" if has_rows else None
+  if not changes and not has_rows and glob.glob(os.path.join(glob.escape(directory), "*.array_record-*")):
+    return "dataset shards without samples.npy (their float rows are not in the shards)"
   return ", ".join(f"{k}: {was!r} -> {now!r}" for k, was, now in changes) or None
 
 

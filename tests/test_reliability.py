@@ -162,6 +162,18 @@ def test_case1_a_finished_array_goes_back_to_partial_when_shards_must_be_redone(
   assert (out / "samples.npy").read_bytes() == (ref / "samples.npy").read_bytes()
 
 
+def test_case1_shards_without_their_samples_array_are_redone_not_zero_filled(tmp_path, reference):
+  synthesize(tmp_path, FakeRunner())
+  out = tmp_path / "samples" / "discovery"
+  (out / "samples.npy").unlink()
+  runner = FakeRunner()
+  synthesize(tmp_path, runner)
+  assert runner.calls == 3  # every shard again: the float rows exist nowhere else
+  ref = reference / "samples" / "discovery"
+  assert (out / "samples.npy").read_bytes() == (ref / "samples.npy").read_bytes()
+  assert (tmp_path / "samples" / "discovery.superseded-1" / "dataset").is_dir()  # moved aside, not deleted
+
+
 def test_case3_full_disk_in_the_shard_writer_is_one_line_and_a_rerun_resumes(tmp_path, reference, monkeypatch):
   """ENOSPC where the dataset is written: ShardWriteError (as launch/README.md promises), one line."""
   from discovery_jax.data import dataset
@@ -465,7 +477,7 @@ def test_case12_json_is_strict_null_for_non_finite_numbers(tmp_path):
       "setup": {"x": -np.inf},
   }
   results = {"discovery": {"latents": {"acceptance_rate": nan, "targets": {"values": [nan, 1.0]}}, "grid": "g"}}
-  bank = types.SimpleNamespace(path="b", count=2, metadata={"source": "s"})
+  bank = types.SimpleNamespace(path="b", count=2, metadata={"source": "s", "t_0": 100})
   config = tiny_config()
   config.sample = {"num_samples": 2}
   summary = sample.build_summary(
