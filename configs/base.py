@@ -5,7 +5,7 @@ Base-model configs (afhq.py, celeba.py, church.py, bedroom.py) add ``model`` and
 """
 
 import ml_collections
-from ml_collections.config_dict import placeholder
+from ml_collections.config_dict import FieldReference, placeholder
 
 
 def get_config():
@@ -25,7 +25,11 @@ def get_config():
 
   # Deterministic DDIM inversion / generation (docs/method.md).
   config.sampling = ml_collections.ConfigDict()
-  config.sampling.t_0 = 900
+  # An integer, or 'auto': the largest t_0 at which the few-shot images still
+  # reconstruct within t_0_tolerance (docs/method.md, "t_0 from the data"). The field
+  # holds either, so it is typed `object`.
+  config.sampling.t_0 = FieldReference(900, field_type=object)
+  config.sampling.t_0_tolerance = placeholder(float)  # 'auto' only; None: the default (0.1)
   config.sampling.n_steps = 80
   config.sampling.eta = 0.0
   config.sampling.batch_size = 8  # per device (the global batch is this x the number of devices)

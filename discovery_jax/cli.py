@@ -168,11 +168,44 @@ def make_mesh(config: ml_collections.ConfigDict):
 
 
 def make_runner(config: ml_collections.ConfigDict, model: LoadedModel, mesh=None):
-  """The DDIM runner of ``config.sampling`` for ``model`` on ``mesh``."""
+  """The DDIM runner of ``config.sampling`` for ``model`` on ``mesh``; with
+  ``sampling.t_0='auto'``, at the t_0 found from the few-shot images (``runner.bandwidth``
+  then holds the search)."""
   from discovery_jax.runner import DDIMRunner
 
   s = settings.sampling_options(config)
-  return DDIMRunner(model.eps, s.t_0, s.n_steps, s.schedule, s.batch_size, mesh)
+  search = None
+  if s.t_0 is None:
+    search = find_auto_t0(config, model, s, mesh)
+    s = s.with_t0(search.t_0)
+  runner = DDIMRunner(model.eps, s.t_0, s.n_steps, s.schedule, s.batch_size, mesh)
+  runner.bandwidth = search
+  return runner
+
+
+def find_auto_t0(config: ml_collections.ConfigDict, model: LoadedModel, options: settings.SamplingOptions, mesh=None):
+  """``sampling.t_0='auto'``: the largest t_0 at which the few-shot images of
+  ``data.ood_dir`` still reconstruct (``discovery.bandwidth``)."""
+  from discovery_jax.data.inputs import open_inputs
+  from discovery_jax.discovery import bandwidth
+  from discovery_jax.runner import DDIMRunner
+
+  folder = settings.path_or_none(config.data.get("ood_dir"))
+  if folder is None:
+    raise ValueError("sampling.t_0='auto' reconstructs the few-shot images: set config.data.ood_dir")
+  scan = open_inputs(folder, settings.input_options(config))
+  images = scan.load(list(range(min(len(scan.items), options.bandwidth.max_images))))
+
+  def valid(t: int) -> bool:
+    return options.n_steps <= t + 1 and t <= options.schedule.num_timesteps - 1
+
+  def reconstruct(t: int, x):
+    runner = DDIMRunner(model.eps, t, options.n_steps, options.schedule, options.batch_size, mesh)
+    return runner.generate(runner.invert(x))
+
+  search = bandwidth.find_t0(images, reconstruct, options.bandwidth, valid)
+  logging.info("%s", search.describe())
+  return search
 
 
 _LOCKS: dict[str, int] = {}  # realpath of a workdir -> the open file descriptor holding its lock

@@ -571,7 +571,9 @@ def build_summary(config, workdir, methods, results, banks, timings, evaluation_
       },
       "model_fingerprint": fingerprint,
       "config_name": config.get("name", ""),
-      "t_0": int(config.sampling.t_0),
+      # The banks' t_0 (they share one): the configured integer, or what 'auto' found.
+      "t_0": int(next(iter(banks.values())).metadata["t_0"]),
+      "t_0_config": config.sampling.t_0,
       "n_steps": int(config.sampling.n_steps),
       "eta": float(config.sampling.eta),
       "banks": {

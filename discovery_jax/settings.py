@@ -15,6 +15,7 @@ from discovery_jax.data import images, scientific
 from discovery_jax.data.bank import BankSources
 from discovery_jax.data.inputs import InputOptions
 from discovery_jax.discovery import DiscoveryOptions, TypicalOptions
+from discovery_jax.discovery.bandwidth import BandwidthOptions
 
 
 def _get(section: Any, key: str, default: Any = None) -> Any:
@@ -140,25 +141,51 @@ def typical_options(config: Any) -> TypicalOptions:
 
 @dataclasses.dataclass(frozen=True)
 class SamplingOptions:
-  """DDIM settings of a run (``config.sampling``) and the diffusion schedule."""
+  """DDIM settings of a run (``config.sampling``) and the diffusion schedule.
 
-  t_0: int
+  ``t_0`` is None for ``sampling.t_0='auto'``: the CLI then finds it from the few-shot
+  images (``discovery.bandwidth``) with ``bandwidth``'s options."""
+
+  t_0: int | None
   n_steps: int
   eta: float
   batch_size: int  # per device
   schedule: diffusion.Schedule
+  bandwidth: BandwidthOptions = BandwidthOptions()
+
+  def with_t0(self, t_0: int) -> "SamplingOptions":
+    diffusion.check_ddim_args(t_0, self.n_steps, self.eta, self.schedule.num_timesteps)
+    return dataclasses.replace(self, t_0=int(t_0))
+
+
+def _t0(value: Any) -> int | None:
+  if isinstance(value, str):
+    if value.strip().lower() == "auto":
+      return None
+    try:
+      return int(value)
+    except ValueError:
+      raise ValueError(f"sampling.t_0 must be an integer in 1..999 or 'auto', got {value!r}") from None
+  if value is None:
+    raise ValueError("sampling.t_0 must be an integer in 1..999 or 'auto', got None")
+  return int(value)
 
 
 def sampling_options(config: Any) -> SamplingOptions:
   s = config.sampling
+  tolerance = _get(s, "t_0_tolerance")
   out = SamplingOptions(
-      int(s.t_0),
+      _t0(s.t_0),
       int(s.n_steps),
       float(_get(s, "eta", 0.0)),
       int(_get(s, "batch_size", 8)),
       diffusion.Schedule.from_config(config.get("diffusion")),
+      BandwidthOptions() if tolerance is None else BandwidthOptions(tolerance=float(tolerance)),
   )
-  diffusion.check_ddim_args(out.t_0, out.n_steps, out.eta, out.schedule.num_timesteps)
+  if out.t_0 is not None:
+    diffusion.check_ddim_args(out.t_0, out.n_steps, out.eta, out.schedule.num_timesteps)
+  else:
+    diffusion.check_ddim_args(out.schedule.num_timesteps - 1, out.n_steps, out.eta, out.schedule.num_timesteps)
   if out.batch_size < 1:
     raise ValueError(f"sampling.batch_size must be >= 1, got {out.batch_size}")
   return out

@@ -260,3 +260,42 @@ def test_quality_metrics():
   b = np.full((16, 16, 3), 0.0)
   assert quality.compare(b, b + 0.1)["psnr"] == pytest.approx(10 * np.log10(1 / 0.05**2))
   assert quality.compare(a, -a)["ssim"] < 0
+
+
+@pytest.mark.slow
+def test_auto_t0_is_the_largest_candidate_that_reconstructs(tmp_path, converted):
+  import dataclasses
+
+  from discovery_jax.discovery import bandwidth
+
+  folder = write_images(str(tmp_path / "imgs"), 3)
+  config = make_config(converted["ddpm"], "ddpm", folder, t_0="auto", n_steps=3, batch_size=4)
+  model = cli.load_model(config)
+  options = settings.sampling_options(config)
+  assert options.t_0 is None
+  probe = dataclasses.replace(options, bandwidth=bandwidth.BandwidthOptions(tolerance=0.999, candidates=(20, 300)))
+  search = cli.find_auto_t0(config, model, probe)
+  assert set(search.errors) <= {20, 300} and search.t_0 in search.errors
+  # The error the search reports is the error of that runner's reconstruction.
+  runner = inversion.DDIMRunner(model.eps, search.t_0, 3, options.schedule, 4)
+  from discovery_jax.data.inputs import open_inputs
+
+  x = open_inputs(folder, settings.input_options(config)).load([0, 1, 2])
+  assert bandwidth.structure_error(x, runner.generate(runner.invert(x))) == pytest.approx(
+      search.errors[search.t_0], rel=1e-6
+  )
+  # A tolerance below every error: one line, and the runner is never built.
+  tight = dataclasses.replace(
+      options, bandwidth=bandwidth.BandwidthOptions(tolerance=0.5 * min(search.errors.values()), candidates=(20, 300))
+  )
+  with pytest.raises(bandwidth.BandwidthError, match="found no t_0 within tolerance"):
+    cli.find_auto_t0(config, model, tight)
+
+
+def test_auto_t0_that_finds_nothing_ends_the_cli_in_one_line(tmp_path, converted):
+  folder = write_images(str(tmp_path / "imgs"), 1)
+  cfg = write_config_file(tmp_path / "c.py", converted["ddpm"], "ddpm", folder)
+  proc = run_cli("invert", cfg, tmp_path / "w", "--config.sampling.t_0=auto", "--config.sampling.t_0_tolerance=1e-9")
+  assert proc.returncode == 1
+  assert "found no t_0 within tolerance 1e-09" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+  assert not os.path.exists(tmp_path / "w" / "banks")
