@@ -3,8 +3,13 @@ ddpm-bedroom-256, ddpm-cat-256, ...) -> the DDPM family.
 
 A diffusers DDPM is the same network as the original DDPM with other module
 names, ``Linear`` attention projections instead of 1x1 convolutions, and its up
-path stored lowest resolution first. Only configurations that are exactly a DDPM
-UNet are accepted; anything else is refused naming the config field.
+path stored lowest resolution first; the DDPM family's extra fields cover
+UNet2DModel's other options (embedding flip/shift, padding, norm groups/eps,
+multi-head attention, scale-shift norm, resnet resampling blocks, learned time
+embedding). A field missing from config.json takes diffusers' default; anything
+this family cannot reproduce exactly is refused naming the field
+(docs/diffusers.md). The scheduler config gives the prediction type and the
+training betas, stored in the model config.
 """
 
 from __future__ import annotations
