@@ -251,3 +251,114 @@ def test_kit_dry_run_measures_every_figure(tmp_path):
   assert syn["samples_per_s_end_to_end"] > 0 and syn["samples_per_s_denoise_and_write"] > 0
   row = result["summary"]["afhq:bf16"]
   assert row["jax_images_per_s"] > 0 and row["jax_over_torch_eager"] > 0
+
+
+# --------------------------------------------------------------------------- overlapped dataset writing
+
+
+def _digests_and_finalize(directory):
+  from discovery_jax.data import dataset
+  from tests import test_dataset as td
+
+  assert dataset.DatasetWriter.open(str(directory)).finalize().complete
+  return td.shard_digests(directory)
+
+
+def test_overlapped_write_pending_writes_the_bytes_of_a_sequential_run(tmp_path):
+  from tests import test_dataset as td
+
+  calls = []
+
+  def generate(indices):
+    calls.append(int(indices[0]))
+    return td.fake_examples(indices)
+
+  seq, ovl = tmp_path / "seq", tmp_path / "ovl"
+  assert td.make_writer(seq, write_images=True).write_pending(td.fake_examples, overlap=False) == [0, 1, 2, 3, 4]
+  assert td.make_writer(ovl, write_images=True).write_pending(generate) == [0, 1, 2, 3, 4]
+  assert calls == [0, 5, 10, 15, 20]  # in order, in this thread
+  assert _digests_and_finalize(ovl) == _digests_and_finalize(seq)
+  assert D_manifest(ovl)["shards"] == D_manifest(seq)["shards"]
+  assert sorted(os.listdir(ovl / "images")) == sorted(os.listdir(seq / "images"))
+
+
+def D_manifest(directory):
+  from discovery_jax.data import dataset
+
+  return dataset.read_manifest(str(directory))
+
+
+def test_a_failed_background_write_surfaces_and_keeps_the_complete_shards(tmp_path, monkeypatch):
+  from discovery_jax.data import dataset
+  from tests import test_dataset as td
+
+  original = dataset.DatasetWriter.write_shard
+
+  def failing(self, shard, examples):
+    if shard == 2:
+      raise dataset.ShardWriteError(28, "disk full (simulated)")
+    return original(self, shard, examples)
+
+  monkeypatch.setattr(dataset.DatasetWriter, "write_shard", failing)
+  with pytest.raises(dataset.ShardWriteError, match="simulated"):
+    td.make_writer(tmp_path).write_pending(td.fake_examples)
+  monkeypatch.setattr(dataset.DatasetWriter, "write_shard", original)
+  writer = td.make_writer(tmp_path)
+  assert writer.pending_shards() == [2, 3, 4]
+  assert writer.write_pending(td.fake_examples) == [2, 3, 4]
+
+
+def test_a_failed_generate_lets_the_shard_in_flight_finish(tmp_path):
+  from tests import test_dataset as td
+
+  def generate(indices):
+    if indices[0] == 15:
+      raise RuntimeError("device lost (simulated)")
+    return td.fake_examples(indices)
+
+  with pytest.raises(RuntimeError, match="simulated"):
+    td.make_writer(tmp_path).write_pending(generate)
+  assert td.make_writer(tmp_path).pending_shards() == [3, 4]  # shard 2 was being written: it completed
+
+
+_SLOW_WRITER = """
+import sys, time
+sys.path.insert(0, {repo!r})
+from tests import test_dataset as td
+def generate(indices):
+  time.sleep({sleep})
+  return td.fake_examples(indices)
+print(td.make_writer({directory!r}).write_pending(generate))
+"""
+
+
+def test_sigkill_during_overlapped_synthesis_then_resume_gives_the_same_bytes(tmp_path):
+  import glob
+  import signal
+  import time
+
+  from tests import test_dataset as td
+
+  ref = tmp_path / "ref"
+  td.make_writer(ref).write_pending(td.fake_examples, overlap=False)
+  killed = tmp_path / "killed"
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  script = lambda sleep: _SLOW_WRITER.format(repo=REPO, sleep=sleep, directory=str(killed))
+  proc = subprocess.Popen(
+      [sys.executable, "-c", script(1.0)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+  )
+  try:
+    deadline = time.time() + 60
+    while not glob.glob(str(killed / "_shards" / "*.json")):
+      assert proc.poll() is None, proc.stdout.read().decode()
+      assert time.time() < deadline, "no shard written in 60 s"
+      time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+  finally:
+    proc.kill()
+    proc.wait(10)
+  pending = td.make_writer(killed).pending_shards()
+  assert 0 < len(pending) < 5
+  rerun = subprocess.run([sys.executable, "-c", script(0)], env=env, capture_output=True, text=True, timeout=120)
+  assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+  assert _digests_and_finalize(killed) == _digests_and_finalize(ref)

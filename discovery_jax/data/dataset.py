@@ -512,11 +512,20 @@ class DatasetWriter:
     self.pending_reasons.pop(shard, None)
     return record
 
-  def write_pending(self, generate: Callable[[np.ndarray], Mapping[str, Any]], desc: str = "") -> list[int]:
+  def write_pending(
+      self, generate: Callable[[np.ndarray], Mapping[str, Any]], desc: str = "", *, overlap: bool = True
+  ) -> list[int]:
     """Generates and writes every pending shard of this host; returns the shards written.
 
     ``generate(indices)`` gets the int64 global indices of one shard and returns
-    its examples (see ``write_shard``).
+    its examples (see ``write_shard``). It is always called in this thread, in
+    shard order. With ``overlap`` (default) a background thread writes shard k
+    (PNG encoding, serialization, fsync, hashing) while ``generate`` makes shard
+    k + 1: a queue of one, so at most two shards are held in memory, and a write
+    error surfaces at the latest when the next shard is handed over. Every shard is
+    still written by ``write_shard`` alone (temporary file, rename, record), so the
+    bytes are those of a sequential run and a kill loses at most the shard being
+    written and the one being generated, both redone on resume.
     """
     from discovery_jax.progress import Progress
 
@@ -529,10 +538,38 @@ class DatasetWriter:
         desc or f"{self.name} host {self.process_index}/{self.process_count}",
         already_done=total - todo,
     )
-    for shard in shards:
-      rows = self.shard_range(shard)
-      self.write_shard(shard, generate(np.arange(rows.start, rows.stop, dtype=np.int64)))
-      progress.update(len(rows))
+    if not overlap:
+      for shard in shards:
+        rows = self.shard_range(shard)
+        self.write_shard(shard, generate(np.arange(rows.start, rows.stop, dtype=np.int64)))
+        progress.update(len(rows))
+      return shards
+
+    in_flight: tuple[int, concurrent.futures.Future] | None = None
+
+    def hand_over() -> None:  # waits for the shard being written; raises its error here.
+      nonlocal in_flight
+      if in_flight is not None:
+        shard, future = in_flight
+        in_flight = None
+        future.result()
+        progress.update(len(self.shard_range(shard)))
+
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dataset-writer") as pool:
+      try:
+        for shard in shards:
+          rows = self.shard_range(shard)
+          examples = generate(np.arange(rows.start, rows.stop, dtype=np.int64))
+          hand_over()
+          in_flight = (shard, pool.submit(self.write_shard, shard, examples))
+          del examples
+        hand_over()
+      except BaseException:
+        # Let a write in progress finish (or fail) cleanly before the error propagates:
+        # its shard is then either complete and recorded or absent.
+        if in_flight is not None:
+          concurrent.futures.wait([in_flight[1]])
+        raise
     return shards
 
   # ------------------------------------------------------------------ verification
