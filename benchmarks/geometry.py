@@ -116,6 +116,135 @@ def naive_loop(ood, idb, mean, sigma, targets, num_paths, criteria, seed=0):
   return time.perf_counter() - start, score_s, num_paths * NUM_INTERIOR, accepted
 
 
+# ---------------------------------------------------------------------------
+# Peak memory of discover + compare_to_bank (a fresh process, banks as .npy memmaps).
+
+
+def _rss_kib() -> dict:
+  out = {}
+  with open("/proc/self/status") as f:
+    for line in f:
+      key = line.split(":")[0]
+      if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+        out[key] = int(line.split()[1])
+  return out
+
+
+def memory_child(folder: str, num_samples: int) -> None:
+  """Runs in its own process: discover (rejection, every candidate accepted, the
+  accepted latents streamed into a memmap ``out=``) with its comparison to the banks,
+  and reports peak RSS (all, and anonymous memory sampled every 20 ms)."""
+  import threading
+
+  import jax
+
+  from discovery_jax import discovery as geo
+
+  ood = np.load(os.path.join(folder, "ood.npy"), mmap_mode="r")
+  idb = np.load(os.path.join(folder, "id.npy"), mmap_mode="r")
+  out = np.lib.format.open_memmap(
+      os.path.join(folder, "out.npy"), mode="w+", dtype=np.float32, shape=(num_samples,) + ood.shape[1:]
+  )
+  jax.numpy.zeros(1).block_until_ready()
+  base = _rss_kib()
+  peak = {"anon": base.get("RssAnon", 0), "file": base.get("RssFile", 0)}
+  stop = threading.Event()
+
+  def sample():
+    while not stop.is_set():
+      now = _rss_kib()
+      peak["anon"] = max(peak["anon"], now.get("RssAnon", 0))
+      peak["file"] = max(peak["file"], now.get("RssFile", 0))
+      stop.wait(0.02)
+
+  thread = threading.Thread(target=sample, daemon=True)
+  thread.start()
+  start = time.perf_counter()
+  res = geo.discover(
+      ood,
+      idb,
+      num_samples=num_samples,
+      key=jax.random.key(0),
+      mode="rejection",
+      tolerance_scale=1e9,
+      guard=None,
+      out=out,
+      max_candidates=num_samples,
+  )
+  seconds = time.perf_counter() - start
+  stop.set()
+  thread.join()
+  end = _rss_kib()
+  print(
+      json.dumps(
+          {
+              "accepted": res.num_accepted,
+              "compared": (res.comparison or {}).get("num_compared"),
+              "seconds": round(seconds, 1),
+              "baseline_rss_mib": round(base["VmRSS"] / 1024, 1),
+              "peak_rss_mib": round(end["VmHWM"] / 1024, 1),
+              "peak_anon_mib": round(peak["anon"] / 1024, 1),
+              "peak_file_mib": round(peak["file"] / 1024, 1),
+          }
+      )
+  )
+
+
+def memory_benchmark(num_ood: int, num_id: int, num_samples: int) -> dict:
+  """Banks of num_ood + num_id latents at d = 196,608 written as .npy, then
+  ``memory_child`` in a fresh process; peak RSS against the bytes of the two banks."""
+  import subprocess
+  import tempfile
+
+  d = int(np.prod(SHAPE))
+  folder = tempfile.mkdtemp(prefix="geometry_memory_")
+  rng = np.random.default_rng(0)
+  for name, n, shift in (("ood", num_ood, 0.05), ("id", num_id, -0.05)):
+    bank = np.lib.format.open_memmap(
+        os.path.join(folder, f"{name}.npy"), mode="w+", dtype=np.float32, shape=(n,) + SHAPE
+    )
+    for s in range(0, n, 64):
+      rows = min(64, n - s)
+      bank[s : s + rows] = (rng.standard_normal((rows, d), dtype=np.float32) + np.float32(shift)).reshape(
+          (rows,) + SHAPE
+      )
+    bank.flush()
+    del bank
+  try:
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--_memory_child", folder, "--mem-samples", str(num_samples)],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode:
+      raise RuntimeError(proc.stderr[-3000:])
+    child = json.loads(proc.stdout.strip().splitlines()[-1])
+  finally:
+    for f in os.listdir(folder):
+      os.remove(os.path.join(folder, f))
+    os.rmdir(folder)
+  bank_mib = (num_ood + num_id) * d * 4 / 2**20
+  out = {
+      "dim": d,
+      "num_ood": num_ood,
+      "num_id": num_id,
+      "num_samples": num_samples,
+      "bank_mib": round(bank_mib, 1),
+      **child,
+      "peak_rss_over_banks": round(child["peak_rss_mib"] / bank_mib, 2),
+      "peak_anon_over_banks": round(child["peak_anon_mib"] / bank_mib, 2),
+      "target_over_banks": 2.5,
+  }
+  print(
+      f"memory: discover + compare_to_bank, {num_ood} + {num_id} latents (banks {bank_mib:,.0f} MiB), "
+      f"{num_samples} samples into a memmap: peak RSS {child['peak_rss_mib']:,.0f} MiB = "
+      f"{out['peak_rss_over_banks']:.2f}x the banks (anonymous {child['peak_anon_mib']:,.0f} MiB = "
+      f"{out['peak_anon_over_banks']:.2f}x; file-backed pages of the memmaps {child['peak_file_mib']:,.0f} MiB; "
+      f"before the call {child['baseline_rss_mib']:,.0f} MiB); target <= 2.5x"
+  )
+  return out
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--bank-size", type=int, default=100, help="latents per bank (OOD and ID)")
@@ -130,7 +259,19 @@ def main() -> None:
       help="run the path kernel on this many devices (simulated host devices on a CPU; on one "
       "CPU XLA already multithreads the kernel's matmuls, and splitting it was slower here)",
   )
+  parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True, help="the peak-RSS run")
+  parser.add_argument("--memory-only", action="store_true", help="only the peak-RSS run")
+  parser.add_argument("--mem-ood", type=int, default=1000, help="OOD latents of the peak-RSS run")
+  parser.add_argument("--mem-id", type=int, default=128, help="ID latents of the peak-RSS run")
+  parser.add_argument("--mem-samples", type=int, default=1000, help="accepted latents of the peak-RSS run")
+  parser.add_argument("--_memory_child", help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args._memory_child:
+    memory_child(args._memory_child, args.mem_samples)
+    return
+  if args.memory_only:
+    print(json.dumps({"memory": memory_benchmark(args.mem_ood, args.mem_id, args.mem_samples)}))
+    return
   if args.devices > 1 and "XLA_FLAGS" not in os.environ:
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
 
@@ -268,6 +409,8 @@ def main() -> None:
       "optimize_budget": opt_budget,
       "acceptance_ratio": (opt.acceptance_rate / rej_same.acceptance_rate if rej_same.acceptance_rate else math.inf),
   }
+  if args.memory:
+    result["memory"] = memory_benchmark(args.mem_ood, args.mem_id, args.mem_samples)
   print(json.dumps(result))
 
 
