@@ -16,6 +16,7 @@ unpickling would execute code is refused.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Mapping
 
 import flax.traverse_util
@@ -86,8 +87,9 @@ def load_torch_file(path: str) -> Any:
           "Only plain tensor state dicts are loaded (torch.load(weights_only=True)); re-save the "
           "weights with torch.save(model.state_dict(), path) from a trusted environment."
       ) from None
-    detail = next((line.strip() for line in lines if "WeightsUnpickler error" in line or "error" in line.lower()), "")
-    detail = (detail or lines[0].strip())[:200]
+    text = " ".join(str(e).split())
+    m = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\s*Check the documentation|$)", text)
+    detail = (m.group(1) if m else lines[0].strip()).split(". ")[0][:200]
     raise CheckpointError(
         f"corrupt or not a PyTorch checkpoint: {path} ({type(e).__name__}: {detail}; a truncated download or a "
         "file of another format)"
