@@ -315,12 +315,13 @@ def select_chunk(
   )
 
 
-def _materialise_hits(search: _Search, host: dict, z: Any, hits: np.ndarray) -> np.ndarray:
-  """The accepted latents of one chunk, in fixed blocks of MAT_BLOCK candidates."""
+def _materialise_hits(search: _Search, host: dict, z: Any, hits: np.ndarray, dest: np.ndarray) -> None:
+  """Writes the accepted latents of one chunk into ``dest`` (len(hits), ...), in fixed
+  blocks of MAT_BLOCK candidates (one block in memory at a time)."""
+  flat = dest.reshape(len(hits), -1)
   geom, num_interior = search.geom, search.cfg.num_interior
   with_refs = search.cfg.opt_steps > 0 and search.cfg.opt_basis == "refs"
   pi, ki = np.divmod(hits, num_interior)
-  blocks = []
   for s in range(0, len(hits), MAT_BLOCK):
     sel_p, sel_k = pi[s : s + MAT_BLOCK], ki[s : s + MAT_BLOCK]
     pad = MAT_BLOCK - len(sel_p)
@@ -341,8 +342,7 @@ def _materialise_hits(search: _Search, host: dict, z: Any, hits: np.ndarray) -> 
         jnp.asarray(host["rho"][sel_p, sel_k]),
         with_refs=with_refs,
     )
-    blocks.append(np.asarray(m)[: MAT_BLOCK - pad])
-  return np.concatenate(blocks).reshape((len(hits),) + search.shape)
+    flat[s : s + MAT_BLOCK - pad] = np.asarray(m)[: MAT_BLOCK - pad]
 
 
 def _records(host: dict, first_path: int, hits: np.ndarray, num_interior: int) -> dict:
@@ -464,7 +464,10 @@ def discover(
   )
   if out is not None and (out.shape[0] < num_samples or tuple(out.shape[1:]) != search.shape):
     raise ValueError(f"out must have shape ({num_samples}, {', '.join(map(str, search.shape))}), got {out.shape}")
-  kept, records = [], []
+  # Accepted latents go straight into their rows (``out``, or an array whose pages are
+  # only touched when written): no list of blocks concatenated at the end.
+  rows = out if out is not None else np.empty((int(num_samples),) + search.shape, np.float32)
+  records = []
   fails, sole = np.zeros(4, np.int64), np.zeros(4, np.int64)
   n_acc = examined = scored = 0
   loop_start = time.perf_counter()
@@ -481,22 +484,22 @@ def discover(
     examined, scored = examined + sel.num_examined, scored + sel.num_scored
     fails, sole = fails + sel.fails, sole + sel.sole
     if len(sel.hits):
-      mat = _materialise_hits(search, host, z, sel.hits)
-      if out is not None:
-        out[n_acc : n_acc + len(sel.hits)] = mat
-      else:
-        kept.append(mat)
+      _materialise_hits(search, host, z, sel.hits, rows[n_acc : n_acc + len(sel.hits)])
       records.append(_records(host, p0, sel.hits, search.cfg.num_interior))
       n_acc += len(sel.hits)
     if n_acc >= num_samples:
       break
   seconds = time.perf_counter() - loop_start
-  latents = (
-      out[:n_acc] if out is not None else np.concatenate(kept) if kept else np.zeros((0,) + search.shape, np.float32)
-  )
+  latents = rows[:n_acc]
   result = _build_result(search, options, int(num_samples), latents, records, fails, sole, examined, scored, seconds)
   if options.compare and n_acc:
     result.comparison = compare_to_bank(
-        result.latents, ood_bank, id_bank, targets=search.targets, guard=search.guard, key=jax.random.fold_in(key, 4)
+        result.latents,
+        ood_bank,
+        id_bank,
+        targets=search.targets,
+        guard=search.guard,
+        key=jax.random.fold_in(key, 4),
+        geometry=search.geom,
     )
   return result
