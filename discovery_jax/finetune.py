@@ -51,6 +51,13 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
   data = settings.path_or_none(config.finetune.get("data")) or settings.path_or_none(config.data.ood_dir)
   if not data:
     raise ValueError("nothing to fine-tune on: set config.finetune.data or config.data.ood_dir")
+  kind = model.model_config.get("prediction_type", "epsilon") or "epsilon"
+  if kind != "epsilon":
+    # The trainer's loss is the eps loss; training a v/x0 network on it would silently change what it predicts.
+    raise ValueError(
+        f"finetune trains with the eps loss, but {config.checkpoint} predicts {kind!r} (model.prediction_type): "
+        "fine-tuning it is not supported"
+    )
   summary = trainer.run(
       trainer.TrainOptions.from_mapping(config.finetune),
       workdir,

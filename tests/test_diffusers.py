@@ -4,6 +4,7 @@ sizes), refusals by name, the scheduler config (schedules, prediction types), an
 what a converted folder records."""
 
 import inspect
+import os
 import json
 
 import jax
@@ -401,3 +402,15 @@ def test_unrecorded_schedule_is_not_checked(tmp_path):
   assert loaded.eps.prediction_type == "epsilon"
   with pytest.raises(models.ModelConfigError, match="prediction_type='v_prediction' needs model.beta_schedule"):
     models.validate({**cfg, "prediction_type": "v_prediction"})
+
+
+def test_finetune_refuses_a_v_prediction_model(cosine_v_checkpoint, tmp_path):
+  """The trainer's loss is the eps loss: fine-tuning a v-prediction network on it is refused."""
+  from discovery_jax import configlib, finetune
+
+  config = configlib.load_config_file(os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "base.py"))
+  config.checkpoint = cosine_v_checkpoint
+  config.diffusion.beta_schedule = "cosine"
+  config.data.ood_dir = str(tmp_path)
+  with pytest.raises(ValueError, match="finetune trains with the eps loss, but .* predicts 'v_prediction'"):
+    finetune.main(config, str(tmp_path / "w"))
