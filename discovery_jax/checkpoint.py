@@ -23,6 +23,8 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from discovery_jax import fileio
+
 MODEL_CONFIG_FILE = "model_config.json"
 METADATA_FILE = "metadata.json"
 PARAMS_DIR = "params"
@@ -116,7 +118,7 @@ def save_model(
     with quiet_orbax():
       lean_checkpointer().save(os.path.join(tmp, PARAMS_DIR), args=ocp.args.PyTreeSave(params))
     with open(os.path.join(tmp, MODEL_CONFIG_FILE), "w") as f:
-      json.dump(_jsonable(cfg), f, indent=1, sort_keys=True)
+      f.write(fileio.dumps(_jsonable(cfg)))
     num_params = int(sum(np.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(params)))
     meta = {
         "num_params": num_params,
@@ -125,7 +127,7 @@ def save_model(
         **_jsonable(dict(metadata or {})),
     }
     with open(os.path.join(tmp, METADATA_FILE), "w") as f:
-      json.dump(meta, f, indent=1, sort_keys=True)
+      f.write(fileio.dumps(meta))
   return output_dir
 
 

@@ -86,7 +86,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
         # Sums, so the pooled structure error of any subset can be formed later.
         entry["squared_error"] = float(((rec[row].astype(np.float64) - x[row]) ** 2).sum())
         entry["squared_spread"] = float(((x[row].astype(np.float64) - x[row].mean()) ** 2).sum())
-        results.write(json.dumps(entry) + "\n")
+        results.write(json.dumps(fileio.finite_json(entry), allow_nan=False) + "\n")
         done[entry["name"]] = entry
       results.flush()
       os.fsync(results.fileno())

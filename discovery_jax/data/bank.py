@@ -27,6 +27,7 @@ import numpy as np
 from absl import logging
 
 from discovery_jax.data.inputs import InputOptions, InputSet, Item, open_inputs
+from discovery_jax import fileio
 from discovery_jax.fileio import atomic_write_text
 from discovery_jax.progress import Progress
 from discovery_jax.runner import pure_noise
@@ -92,7 +93,7 @@ class LatentBank:
     del latents  # allocated on disk; rows are written later.
     os.replace(os.path.join(path, LATENTS + ".tmp"), os.path.join(path, LATENTS))
     atomic_write_text(os.path.join(path, PROGRESS), json.dumps({"done": []}))
-    atomic_write_text(os.path.join(path, METADATA), json.dumps(meta, indent=1))
+    atomic_write_text(os.path.join(path, METADATA), fileio.dumps(meta))
     return cls(path, meta)
 
   def _check_same_request(self, meta: dict) -> None:
@@ -194,7 +195,7 @@ class LatentBank:
 
   def update_metadata(self, **fields: Any) -> None:
     self.metadata.update(fields)
-    atomic_write_text(os.path.join(self.path, METADATA), json.dumps(self.metadata, indent=1))
+    atomic_write_text(os.path.join(self.path, METADATA), fileio.dumps(self.metadata))
 
 
 def check_compatible(banks: Sequence[LatentBank]) -> None:

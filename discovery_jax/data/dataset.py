@@ -50,6 +50,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from absl import logging
 
+from discovery_jax import fileio
 from discovery_jax.data.dataset_format import (  # noqa: F401 (features_spec: part of this module's interface)
     DatasetError,
     encode_png,
@@ -144,7 +145,7 @@ def _write_json(path: str, obj: Any) -> None:
   tmp = _tmp_name(path)
   try:
     with open(tmp, "w") as f:
-      json.dump(obj, f, indent=1, sort_keys=True)
+      f.write(fileio.dumps(obj))
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)

@@ -268,7 +268,7 @@ def train_loop(
             "images_per_s": round(every_log * batch_size / max(now - last, 1e-9), 2),
         }
         last = now
-        log.write(json.dumps(entry) + "\n")
+        log.write(json.dumps(fileio.finite_json(entry), allow_nan=False) + "\n")
         log.flush()
         logging.info(
             "step %d/%d loss %.5f (%.1f img/s, ETA %.0fs)",
