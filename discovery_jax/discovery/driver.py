@@ -12,6 +12,7 @@ on a global index only, so the result is the same bits on any number of devices.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any, Iterator
 
@@ -21,10 +22,16 @@ import numpy as np
 
 from discovery_jax import parallel
 from discovery_jax.discovery.compare import compare_to_bank
-from discovery_jax.discovery.criteria import (REJECTION_REASONS, BankGeometry, Targets, targets_from_geometry)
+from discovery_jax.discovery.criteria import (
+    EXTRAS,
+    REJECTION_REASONS,
+    BankGeometry,
+    Targets,
+    targets_from_geometry,
+)
 from discovery_jax.discovery.guard import LinearGuard, fit_guard
-from discovery_jax.discovery.kernels import KernelConfig, materialise, path_kernel
-from discovery_jax.discovery.linalg import MAT_BLOCK, ROW_BLOCK, check_banks, latent_shape
+from discovery_jax.discovery.kernels import KernelConfig, path_kernel
+from discovery_jax.discovery.linalg import MAT_BLOCK, ROW_BLOCK, TINY, as_rows, check_banks, latent_shape, row_blocks
 from discovery_jax.discovery.prior import GaussianPrior, fit_prior
 
 MODES = ("typical", "rejection", "optimize")
@@ -177,6 +184,77 @@ class _Search:
     return self.sub * self.num_devices
 
 
+# ---------------------------------------------------------------------------
+# The banks, held once: S^T = [ood; id; w; mean(ood); mean(id)]^T on the device.
+
+
+@functools.partial(jax.jit, donate_argnums=(0,))
+def _put_columns(all_t: jax.Array, rows: jax.Array, start: jax.Array) -> jax.Array:
+  return jax.lax.dynamic_update_slice(all_t, rows.T, (jnp.int32(0), start))
+
+
+@functools.partial(jax.jit, donate_argnums=(0,), static_argnames=("num_ood", "full_id_gram"))
+def _finish_geometry(all_t, w, *, num_ood, full_id_gram):
+  """The extras columns and the Gram matrix of S, from S^T alone (``criteria.stacked_geometry``
+  computed from the banks' rows; here S's rows are gathered from S^T in fixed blocks)."""
+  no, n_all = num_ood, all_t.shape[1]
+  ni = n_all - no - EXTRAS
+  extras = jnp.stack([w, jnp.mean(all_t[:, :no], axis=1), jnp.mean(all_t[:, no : no + ni], axis=1)])
+  all_t = jax.lax.dynamic_update_slice(all_t, extras.T, (jnp.int32(0), jnp.int32(no + ni)))
+
+  def rows_of(index: np.ndarray) -> jax.Array:  # (len(index), n_all): S[index] @ S^T, 32 rows per gemm
+    pad = (-len(index)) % ROW_BLOCK
+    blocks = jnp.asarray(np.r_[index, np.zeros(pad, np.int64)].reshape(-1, ROW_BLOCK), jnp.int32)
+    out = jax.lax.map(lambda idx: jnp.take(all_t, idx, axis=1).T @ all_t, blocks)
+    return out.reshape(-1, n_all)[: len(index)]
+
+  if full_id_gram:
+    return all_t, extras, rows_of(np.arange(n_all))
+  # Rejection needs only |r|^2 of the ID references: their other products meet zero coefficients.
+  o_rows = rows_of(np.r_[np.arange(no), np.arange(no + ni, n_all)])
+  i_rows = jnp.zeros((ni, n_all), jnp.float32).at[:, :no].set(o_rows[:no, no : no + ni].T)
+  i_rows = i_rows.at[:, no + ni :].set(o_rows[no:, no : no + ni].T)
+  i_rows = i_rows.at[jnp.arange(ni), no + jnp.arange(ni)].set(jnp.sum(jnp.square(all_t[:, no : no + ni]), axis=0))
+  return all_t, extras, jnp.concatenate([o_rows[:no], i_rows, o_rows[no:]])
+
+
+def bank_geometry(ood_bank: Any, id_bank: Any, *, w: Any = None, full_id_gram: bool = False) -> BankGeometry:
+  """``criteria.BankGeometry`` with each bank held ONCE, as columns of S^T: the host
+  banks (memmaps) are streamed block by block into S^T on the device, and nothing
+  else keeps their rows (``ood``/``idb`` are shape placeholders). Everything the
+  search needs (the path kernel, materialisation, ``compare_to_bank``) reads S^T."""
+  start = time.perf_counter()
+  ro, ri = as_rows(ood_bank), as_rows(id_bank)
+  no, ni, d = ro.shape[0], ri.shape[0], ro.shape[1]
+  all_t = jnp.zeros((d, no + ni + EXTRAS), jnp.float32)
+  for rows, offset in ((ro, 0), (ri, no)):
+    for s, blk in row_blocks(rows):
+      all_t = _put_columns(all_t, jnp.asarray(blk), jnp.int32(offset + s))
+  w = jnp.zeros((d,), jnp.float32) if w is None else jnp.asarray(w, jnp.float32)
+  all_t, extras, g_all = _finish_geometry(all_t, w, num_ood=no, full_id_gram=full_id_gram)
+  jax.block_until_ready(g_all)
+  shape = lambda n: jax.ShapeDtypeStruct((n, d), jnp.float32)
+  return BankGeometry(shape(no), shape(ni), all_t, extras, g_all, time.perf_counter() - start)
+
+
+@functools.partial(jax.jit, static_argnames=("num_ood", "with_refs"))
+def _materialise(all_t, extras, z_rows, src, idx_id, idx_ood, coef, gb, rho, *, num_ood, with_refs):
+  """``kernels.materialise`` reading the banks from S^T: c = rho * unit(sum_j a_j b_j / |b_j|)."""
+  nb = jnp.sqrt(jnp.maximum(jnp.diagonal(gb, axis1=1, axis2=2), TINY))  # (B, M)
+  gn = gb / (nb[:, :, None] * nb[:, None, :])
+  scale = rho / jnp.sqrt(jnp.maximum(jnp.einsum("bi,bij,bj->b", coef, gn, coef), TINY))
+  wt = coef / nb
+  r = idx_id.shape[1]
+  c = wt[:, 0:1] * z_rows + wt[:, 1:2] * jnp.take(all_t, src, axis=1).T + wt[:, 2 + 2 * r :] @ extras
+  if with_refs:
+    no, ni = num_ood, all_t.shape[1] - num_ood - EXTRAS
+    rows = jnp.arange(src.shape[0])[:, None]
+    w_ood = jnp.zeros((src.shape[0], no), jnp.float32).at[rows, idx_ood].add(wt[:, 2 + r : 2 + 2 * r])
+    w_id = jnp.zeros((src.shape[0], ni), jnp.float32).at[rows, idx_id].add(wt[:, 2 : 2 + r])
+    c = c + (all_t[:, :no] @ w_ood.T).T + (all_t[:, no : no + ni] @ w_id.T).T
+  return scale[:, None] * c
+
+
 def _resolve_guard(guard, ood_bank, id_bank) -> LinearGuard | None:
   if guard is None or isinstance(guard, LinearGuard):
     return guard
@@ -195,9 +273,7 @@ def _setup(ood_bank, id_bank, num_samples, key, options, targets, prior, guard, 
     )
   start = time.perf_counter()
   guard = _resolve_guard(guard, ood_bank, id_bank)
-  geom = BankGeometry.build(
-      ood_bank, id_bank, w=None if guard is None else guard.w, full_id_gram=options.mode == "optimize"
-  )
+  geom = bank_geometry(ood_bank, id_bank, w=None if guard is None else guard.w, full_id_gram=options.mode == "optimize")
   if targets is None:
     targets = targets_from_geometry(
         geom,
@@ -329,9 +405,8 @@ def _materialise_hits(search: _Search, host: dict, z: Any, hits: np.ndarray, des
     # Rows of several devices gathered (exactly) onto the default device.
     sub = z[0].shape[0]
     z_rows = z[0][sel_p] if len(z) == 1 else jnp.asarray(np.stack([np.asarray(z[i // sub][i % sub]) for i in sel_p]))
-    m = materialise(
-        geom.ood,
-        geom.idb,
+    m = _materialise(
+        geom.all_t,
         geom.extras,
         z_rows,
         jnp.asarray(host["source"][sel_p]),
@@ -340,6 +415,7 @@ def _materialise_hits(search: _Search, host: dict, z: Any, hits: np.ndarray, des
         jnp.asarray(host["coef"][sel_p, sel_k]),
         jnp.asarray(host["gram"][sel_p, sel_k]),
         jnp.asarray(host["rho"][sel_p, sel_k]),
+        num_ood=geom.num_ood,
         with_refs=with_refs,
     )
     flat[s : s + MAT_BLOCK - pad] = np.asarray(m)[: MAT_BLOCK - pad]
