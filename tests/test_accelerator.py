@@ -352,3 +352,42 @@ def test_sigkill_during_overlapped_synthesis_then_resume_gives_the_same_bytes(tm
   rerun = subprocess.run([sys.executable, "-c", script(0)], env=env, capture_output=True, text=True, timeout=120)
   assert rerun.returncode == 0, rerun.stdout + rerun.stderr
   assert _digests_and_finalize(killed) == _digests_and_finalize(ref)
+
+
+# --------------------------------------------------------------------------- discovery memory
+
+
+def test_bank_geometry_holds_the_banks_once_and_agrees_with_the_stacked_build():
+  from discovery_jax.discovery import criteria, driver
+
+  rng = np.random.default_rng(0)
+  ood = rng.standard_normal((70, 3, 16, 16)).astype(np.float32) + 0.05
+  idb = rng.standard_normal((40, 3, 16, 16)).astype(np.float32) - 0.05
+  w = rng.standard_normal(768).astype(np.float32)
+  for full in (False, True):
+    want = criteria.BankGeometry.build(ood, idb, w=w, full_id_gram=full)
+    got = driver.bank_geometry(ood, idb, w=w, full_id_gram=full)
+    assert not isinstance(got.ood, jax.Array) and got.num_ood == 70 and got.num_id == 40
+    np.testing.assert_array_equal(np.asarray(got.all_t)[:, :110], np.asarray(want.all_t)[:, :110])
+    np.testing.assert_allclose(np.asarray(got.all_t), np.asarray(want.all_t), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(got.g_all), np.asarray(want.g_all), rtol=1e-6, atol=1e-3)
+
+
+def test_discover_streams_into_a_memmap_and_gives_the_in_memory_result(tmp_path):
+  from discovery_jax import discovery as geo
+
+  rng = np.random.default_rng(1)
+  shape = (3, 8, 8)
+  banks = {}
+  for name, shift in (("ood", 0.05), ("id", -0.05)):
+    np.save(tmp_path / f"{name}.npy", rng.standard_normal((40,) + shape).astype(np.float32) + shift)
+    banks[name] = np.load(tmp_path / f"{name}.npy", mmap_mode="r")
+  kw = dict(num_samples=30, key=jax.random.key(0), mode="rejection", tolerance_scale=1e9, guard=None)
+  plain = geo.discover(np.array(banks["ood"]), np.array(banks["id"]), **kw)
+  out = np.lib.format.open_memmap(tmp_path / "out.npy", mode="w+", dtype=np.float32, shape=(30,) + shape)
+  streamed = geo.discover(banks["ood"], banks["id"], out=out, **kw)
+  assert streamed.num_accepted == plain.num_accepted == 30
+  np.testing.assert_array_equal(streamed.latents, plain.latents)
+  np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), plain.latents)
+  np.testing.assert_array_equal(banks["ood"], np.load(tmp_path / "ood.npy"))  # the banks' pages re-read intact
+  assert streamed.comparison == plain.comparison

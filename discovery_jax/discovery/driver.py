@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from discovery_jax import parallel
-from discovery_jax.discovery.compare import compare_to_bank
+from discovery_jax.discovery.compare import compare_to_bank, release_pages
 from discovery_jax.discovery.criteria import (
     EXTRAS,
     REJECTION_REASONS,
@@ -230,6 +230,7 @@ def bank_geometry(ood_bank: Any, id_bank: Any, *, w: Any = None, full_id_gram: b
   for rows, offset in ((ro, 0), (ri, no)):
     for s, blk in row_blocks(rows):
       all_t = _put_columns(all_t, jnp.asarray(blk), jnp.int32(offset + s))
+      release_pages(rows)  # a memmap bank: drop the pages just read (the file still has them)
   w = jnp.zeros((d,), jnp.float32) if w is None else jnp.asarray(w, jnp.float32)
   all_t, extras, g_all = _finish_geometry(all_t, w, num_ood=no, full_id_gram=full_id_gram)
   jax.block_until_ready(g_all)
@@ -283,6 +284,7 @@ def _setup(ood_bank, id_bank, num_samples, key, options, targets, prior, guard, 
         draws_per_latent=options.draws_per_latent,
     )
   prior = prior or fit_prior(ood_bank, options.prior_kind)
+  release_pages(as_rows(ood_bank))  # read again by the fits: drop a memmap bank's pages once more
   if prior.dim != geom.ood.shape[1]:
     raise ValueError(f"prior dimension {prior.dim} != latent size {geom.ood.shape[1]}")
   cfg = KernelConfig(
@@ -419,6 +421,7 @@ def _materialise_hits(search: _Search, host: dict, z: Any, hits: np.ndarray, des
         with_refs=with_refs,
     )
     flat[s : s + MAT_BLOCK - pad] = np.asarray(m)[: MAT_BLOCK - pad]
+    release_pages(dest)  # a memmap ``out``: written through to its file, pages dropped
 
 
 def _records(host: dict, first_path: int, hits: np.ndarray, num_interior: int) -> dict:
