@@ -38,11 +38,9 @@ import concurrent.futures
 import dataclasses
 import errno
 import glob
-import hashlib
 import json
 import os
 import re
-import socket
 import sys
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -105,75 +103,14 @@ class ShardWriteError(OSError):
   """A shard could not be written (disk full, I/O error). Nothing complete was lost."""
 
 
-# --------------------------------------------------------------------------- small file helpers
+from discovery_jax.data.shard_files import fsync_dir as _fsync_dir
+from discovery_jax.data.shard_files import jsonable as _jsonable
+from discovery_jax.data.shard_files import read_json as _read_json
+from discovery_jax.data.shard_files import remove as _remove
+from discovery_jax.data.shard_files import tmp_name as _tmp_name
+from discovery_jax.data.shard_files import write_json as _write_json
 
-
-def _jsonable(value: Any) -> Any:
-  if isinstance(value, Mapping) or hasattr(value, "to_dict"):
-    value = value.to_dict() if hasattr(value, "to_dict") else value
-    return {str(k): _jsonable(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_jsonable(v) for v in value]
-  if isinstance(value, np.generic):
-    return value.item()
-  if isinstance(value, np.ndarray):
-    return value.tolist()
-  if value is None or isinstance(value, (bool, int, float, str)):
-    return value
-  return str(value)
-
-
-def _tmp_name(path: str) -> str:
-  # Host name and pid: hosts sharing a file system never collide on a temporary name.
-  return f"{path}.tmp-{socket.gethostname()}-{os.getpid()}"
-
-
-def _fsync_dir(directory: str) -> None:
-  try:
-    fd = os.open(directory, os.O_RDONLY)
-  except OSError:
-    return
-  try:
-    os.fsync(fd)
-  except OSError:
-    pass
-  finally:
-    os.close(fd)
-
-
-def _write_json(path: str, obj: Any) -> None:
-  tmp = _tmp_name(path)
-  try:
-    with open(tmp, "w") as f:
-      f.write(fileio.dumps(obj))
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    _remove(tmp)
-    raise
-
-
-def _read_json(path: str) -> Any:
-  with open(path) as f:
-    return json.load(f)
-
-
-def _remove(path: str) -> bool:
-  try:
-    os.remove(path)
-    return True
-  except FileNotFoundError:
-    return False
-
-
-def _sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
-
+_sha256 = fileio.sha256_file
 
 # --------------------------------------------------------------------------- reports
 
