@@ -64,6 +64,7 @@ def test_precision_defaults_per_dtype():
     models.validate({**cfg, "precision": "tf32"})
 
 
+@pytest.mark.slow
 def test_cast_params_casts_conv_and_dense_layers_only(tiny_bf16):
   _, params = tiny_bf16
   cast = layers.cast_params(params, jnp.bfloat16)
@@ -96,6 +97,7 @@ def _while_carried_f32_kernels(stablehlo: str, kernel_shapes: set) -> int:
   return count
 
 
+@pytest.mark.slow
 def test_bf16_trajectory_casts_the_weights_once_before_its_loop(tiny_bf16):
   """The runner's jitted bf16 trajectory carries its conv/dense weights into the
   lax.scan's while loop already in bf16: no weight-shaped f32 tensor enters the loop
@@ -118,6 +120,7 @@ def test_bf16_trajectory_casts_the_weights_once_before_its_loop(tiny_bf16):
   assert _while_carried_f32_kernels(lowered.as_text(), kernel_shapes) == 0
 
 
+@pytest.mark.slow
 def test_runner_donates_the_state_and_leaves_the_input_alone(tiny_bf16):
   module, params = tiny_bf16
   fn = diffusion.eps_fn(module, params)
@@ -133,6 +136,7 @@ def test_runner_donates_the_state_and_leaves_the_input_alone(tiny_bf16):
   np.testing.assert_array_equal(runner.generate(x), first)
 
 
+@pytest.mark.slow
 def test_a_small_input_runs_one_step_at_the_smallest_per_device_batch(monkeypatch):
   """12 images on 8 devices with 16 per device run as one step of 2 per device (global
   16), not 16 per device (global 128); never fewer than 2 per device (bitwise equal
@@ -373,6 +377,7 @@ def test_bank_geometry_holds_the_banks_once_and_agrees_with_the_stacked_build():
     np.testing.assert_allclose(np.asarray(got.g_all), np.asarray(want.g_all), rtol=1e-6, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_discover_streams_into_a_memmap_and_gives_the_in_memory_result(tmp_path):
   from discovery_jax import discovery as geo
 

@@ -36,6 +36,7 @@ def _run(args, **kw):
   return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=helpers.REPO, **kw)
 
 
+@pytest.mark.slow
 def test_cli_converts_and_loads_without_torch(tmp_path, vectors_available):
   cfg_file = _write_config_file(tmp_path / "small.py", helpers.vector_model_config("iddpm"))
   out = tmp_path / "ckpt"
@@ -207,6 +208,7 @@ def _diffusers_unet(seed, **kw):
   return net.eval()
 
 
+@pytest.mark.slow  # diffusers as the reference: its import alone takes half a minute here
 @pytest.mark.parametrize("variant", ["safetensors", "bin-deprecated-names", "multihead"])
 def test_diffusers_folder_matches_diffusers_unet(variant, tmp_path):
   net = _diffusers_unet(7, attention_head_dim=16 if variant == "multihead" else None)

@@ -20,6 +20,9 @@ from tests.helpers import nchw, nhwc
 
 diffusers = pytest.importorskip("diffusers")
 CheckpointError = torch_to_flax.CheckpointError
+# diffusers' own forward and schedulers as the reference: importing diffusers alone takes half a
+# minute here, so these run in the full tier only.
+pytestmark = pytest.mark.slow
 TOL = 1e-4
 
 SMALL = dict(
@@ -86,6 +89,7 @@ KNOBS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("knob", sorted(KNOBS))
 def test_knob_matches_diffusers_forward(knob, tmp_path):
   net = _unet(1, **KNOBS[knob])

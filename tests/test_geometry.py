@@ -317,6 +317,7 @@ def test_rejection_accepts_only_what_meets_the_criteria(runs):
   np.testing.assert_array_equal(r.candidate_index, r.path_index * 20 + np.rint(r.t * 21 - 1).astype(int))
 
 
+@pytest.mark.slow
 def test_results_do_not_depend_on_chunk_size(runs):
   a, b = runs["rejection"], runs["rejection_64"]
   np.testing.assert_array_equal(a.candidate_index, b.candidate_index)
@@ -325,6 +326,7 @@ def test_results_do_not_depend_on_chunk_size(runs):
   assert a.rejections == b.rejections and a.num_candidates == b.num_candidates
 
 
+@pytest.mark.slow
 def test_budget_accounting_and_rejection_counts(runs):
   r = runs["rejection"]
   assert r.num_candidates == 2000 and r.num_accepted < 5000  # the budget ran out first
@@ -352,6 +354,7 @@ def test_budget_accounting_and_rejection_counts(runs):
   assert first.num_candidates == r.candidate_index[2] + 1
 
 
+@pytest.mark.slow
 def test_optimisation_accepts_ten_times_more(runs):
   rej, opt = runs["rejection"], runs["optimize"]
   assert rej.num_accepted > 0
@@ -389,6 +392,7 @@ def test_renoise_baseline():
     geo.renoise_baseline(ood, 2, key, 1.5)
 
 
+@pytest.mark.slow
 def test_max_per_path_keeps_the_last_accepted_points_of_each_path(runs):
   """The cap keeps, per path, the accepted candidates furthest along it, and nothing else changes."""
   full = runs["rejection"]

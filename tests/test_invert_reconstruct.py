@@ -292,6 +292,7 @@ def test_auto_t0_is_the_largest_candidate_that_reconstructs(tmp_path, converted)
     cli.find_auto_t0(config, model, tight)
 
 
+@pytest.mark.slow
 def test_auto_t0_that_finds_nothing_ends_the_cli_in_one_line(tmp_path, converted):
   folder = write_images(str(tmp_path / "imgs"), 1)
   cfg = write_config_file(tmp_path / "c.py", converted["ddpm"], "ddpm", folder)

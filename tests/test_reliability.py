@@ -382,6 +382,7 @@ def test_case6_unknown_config_key_is_one_line_with_the_suggestion(tmp_path, entr
   assert not os.listdir(tmp_path)
 
 
+@pytest.mark.slow
 def test_case6_bad_values_and_missing_config_are_one_line(tmp_path):
   cases = [
       ("--config.sampling.n_steps=abc", "sample: error: flag --config.sampling.n_steps=abc: invalid literal for int()"),
