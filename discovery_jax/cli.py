@@ -178,9 +178,7 @@ def make_runner(config: ml_collections.ConfigDict, model: LoadedModel, mesh=None
   if s.t_0 is None:
     search = find_auto_t0(config, model, s, mesh)
     s = s.with_t0(search.t_0)
-  runner = DDIMRunner(model.eps, s.t_0, s.n_steps, s.schedule, s.batch_size, mesh)
-  runner.bandwidth = search
-  return runner
+  return DDIMRunner(model.eps, s.t_0, s.n_steps, s.schedule, s.batch_size, mesh, bandwidth=search)
 
 
 def find_auto_t0(config: ml_collections.ConfigDict, model: LoadedModel, options: settings.SamplingOptions, mesh=None):

@@ -104,7 +104,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
       # Pooled squared error over pooled squared deviation from each image's mean
       # (what sampling.t_0='auto' keeps under sampling.t_0_tolerance).
       "structure_error": _structure_error(rows),
-      "t_0_search": runner.bandwidth.summary() if getattr(runner, "bandwidth", None) else None,
+      "t_0_search": runner.bandwidth.summary() if runner.bandwidth else None,
       "skipped": scan.skipped,
       "per_image": rows,
       "images_per_second": progress.rate,

@@ -53,6 +53,7 @@ class DDIMRunner:
   schedule: diffusion.Schedule = diffusion.DEFAULT_SCHEDULE
   batch_size: int = 8
   mesh: Any = None
+  bandwidth: Any = None  # the t_0 search (discovery.bandwidth) when t_0 came from sampling.t_0='auto'
 
   def __post_init__(self):
     diffusion.check_ddim_args(self.t_0, self.n_steps, 0.0, self.schedule.num_timesteps)
