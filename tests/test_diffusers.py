@@ -16,6 +16,7 @@ import torch
 from convert import diffusers_format, torch_to_flax
 from convert.writer import convert_checkpoint
 from discovery_jax import checkpoint, diffusion, models
+from tests import helpers
 from tests.helpers import nchw, nhwc
 
 diffusers = pytest.importorskip("diffusers")
@@ -192,19 +193,8 @@ def test_schedules_match_diffusers(kind):
 def test_ddim_step_honours_prediction_type(prediction_type):
   """One deterministic DDIM step from the model's output equals diffusers' DDIMScheduler
   (clip_sample off) for eps, v and x0 predicting networks under squaredcos_cap_v2."""
-  cfg = dict(
-      arch="ddpm",
-      image_size=8,
-      in_channels=3,
-      out_ch=3,
-      ch=32,
-      ch_mult=(1, 2),
-      num_res_blocks=1,
-      attn_resolutions=(),
-      dropout=0.0,
-      resamp_with_conv=True,
-      prediction_type=prediction_type,
-      beta_schedule="squaredcos_cap_v2",
+  cfg = helpers.small_ddpm_config(
+      image_size=8, attn_resolutions=(), prediction_type=prediction_type, beta_schedule="squaredcos_cap_v2"
   )
   module = models.create_model(cfg)
   params = models.init_params(module, jax.random.PRNGKey(0))
@@ -224,18 +214,7 @@ def test_ddim_step_honours_prediction_type(prediction_type):
 
 
 def test_learned_variance_takes_the_first_half_as_eps():
-  cfg = dict(
-      arch="ddpm",
-      image_size=8,
-      in_channels=3,
-      out_ch=6,
-      ch=32,
-      ch_mult=(1, 2),
-      num_res_blocks=1,
-      attn_resolutions=(),
-      dropout=0.0,
-      resamp_with_conv=True,
-  )
+  cfg = helpers.small_ddpm_config(image_size=8, attn_resolutions=(), out_ch=6)
   module = models.create_model(cfg)
   params = models.init_params(module, jax.random.PRNGKey(0))
   x = jnp.ones((1, 8, 8, 3))
@@ -355,7 +334,6 @@ def test_load_model_mismatch_message_leads_with_the_key(cosine_v_checkpoint):
   import ml_collections
 
   from discovery_jax import cli
-  from tests import helpers
 
   iddpm = ml_collections.ConfigDict(helpers.small_iddpm_config())
   with pytest.raises(CheckpointError) as info:
@@ -395,7 +373,6 @@ def test_unrecorded_schedule_is_not_checked(tmp_path):
   """A checkpoint that records no schedule (PyTorch conversions, `train`) runs under any
   config.diffusion, as before; v / x0 prediction needs a recorded one."""
   from discovery_jax import cli
-  from tests import helpers
 
   cfg = helpers.small_ddpm_config()
   module = models.create_model(cfg)
