@@ -88,7 +88,16 @@ def get_config():
   config.discovery.band = (0.1, 0.7)  # typical: few-shot leave-one-out NN-distance quantiles kept
   config.discovery.separation_quantile = 0.05  # typical: closer than this few-shot quantile = the same image
   config.discovery.pool_factor = 8  # typical: at most this many candidates per sample
-  config.discovery.image_guard = True  # typical: drop images closer to the model's own than to the few-shot
+  config.discovery.image_guard = True  # typical: drop images on the model's own side (mode interference)
+  # typical guard: 'discriminant' (few-shot vs the model's own images, a shrinkage linear discriminant whose
+  # threshold passes all but guard_quantile of the few-shot images, each left out of the fit) or 'nearest'
+  # (closer to an own image than to any few-shot image: the previous default)
+  config.discovery.guard_kind = "discriminant"
+  config.discovery.guard_features = (
+      "model"  # typical guard's feature space: 'model' (the base model's h-space) or an extractor
+  )
+  config.discovery.guard_quantile = 0.1
+  config.discovery.guard_shrinkage = 1.0  # covariance shrinkage toward this x its mean eigenvalue
   config.discovery.selection_features = "random_conv"  # typical: the feature space it judges in (not the evaluation's)
   config.discovery.num_interior = 20  # slerp points per (OOD latent, prior draw) pair (official: 20)
   config.discovery.num_refs = 10  # reference latents per criterion (official R = 10)

@@ -100,6 +100,14 @@ def _typical_latents(
   )
   extractor = features_lib.create_extractor(config.discovery.get("selection_features") or "random_conv")
   own = runner.generate(np.asarray(banks["id"].latents())) if options.guard else None
+  guard_name = config.discovery.get("guard_features") or "model"
+  guard_features = None
+  if options.guard and options.guard_kind == "discriminant":
+    guard_features = (
+        features_lib.model_extractor(runner.fn, runner.schedule)
+        if guard_name == "model"
+        else features_lib.create_extractor(guard_name)
+    )
   result = discovery.discover_typical(
       banks["ood"].latents(),
       num_samples=n,
@@ -111,8 +119,10 @@ def _typical_latents(
       options=options,
       prior=prior,
       log=logging.info,
+      guard_features=guard_features,
   )
   record = result.summary()
+  record["guard_features"] = guard_features.describe() if guard_features is not None else None
   record["num_samples_requested"] = n
   record["_arrays"] = {
       "candidate_index": result.candidate_index,

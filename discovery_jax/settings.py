@@ -134,6 +134,9 @@ def typical_options(config: Any) -> TypicalOptions:
         separation_quantile=float(_get(d, "separation_quantile", 0.05)),
         pool_factor=int(_get(d, "pool_factor", 8)),
         guard=bool(_get(d, "image_guard", True)),
+        guard_kind=str(_get(d, "guard_kind", "discriminant")),
+        guard_quantile=float(_get(d, "guard_quantile", 0.1)),
+        guard_shrinkage=float(_get(d, "guard_shrinkage", 1.0)),
     )
   except (TypeError, ValueError) as e:
     raise ValueError(f"config.discovery: {e}") from None

@@ -62,11 +62,11 @@ def test_band_and_separation_come_from_the_fewshot_set():
 def test_select_never_keeps_two_from_the_same_place():
   feats = np.array([[0.0, 0.0], [0.01, 0.0], [5.0, 0.0], [5.0, 0.02], [10.0, 0.0]])
   verdict = {k: np.zeros(5, bool) for k in ("too_close", "too_far", "own_side")}
-  kept = typical.select(feats, verdict, np.zeros((0, 2)), separation=1.0, needed=10)
+  kept, _ = typical.select(feats, verdict, np.zeros((0, 2)), separation=1.0, needed=10)
   assert kept.tolist() == [0, 2, 4]
-  assert typical.select(feats, verdict, feats[:1], separation=1.0, needed=10).tolist() == [2, 4]
+  assert typical.select(feats, verdict, feats[:1], separation=1.0, needed=10)[0].tolist() == [2, 4]
   verdict["own_side"][2] = True
-  assert typical.select(feats, verdict, np.zeros((0, 2)), separation=1.0, needed=2).tolist() == [0, 3]
+  assert typical.select(feats, verdict, np.zeros((0, 2)), separation=1.0, needed=2)[0].tolist() == [0, 3]
 
 
 def test_discover_typical_accepts_only_what_meets_its_criteria():
@@ -143,3 +143,65 @@ def test_the_published_head_prior_is_available_and_differs_as_documented():
   assert float(head.var) > float(pooled.var)
   with pytest.raises(ValueError, match="published_head"):
     discovery.discover(idb, idb, num_samples=1, key=jax.random.key(0), prior_kind="published_head", num_refs=5)
+
+
+def test_the_discriminant_guard_passes_fresh_target_images_and_stops_the_models_own():
+  """Calibrated on the few-shot images left out one at a time: fresh target images pass
+  at about 1 - guard_quantile, the model's own images almost never, whatever the scale."""
+  rng = np.random.default_rng(2)
+  d, shift = 60, np.r_[np.full(6, 1.5), np.zeros(54)]
+  few, own = rng.standard_normal((32, d)) + shift, rng.standard_normal((64, d))
+  fresh, fresh_own = rng.standard_normal((2000, d)) + shift, rng.standard_normal((2000, d))
+  guard = typical.DiscriminantGuard.fit(few * 1e3, own * 1e3, quantile=0.1)
+  assert 0.8 <= np.mean(~guard.own_side(fresh * 1e3)) <= 0.97
+  assert np.mean(~guard.own_side(fresh_own * 1e3)) < 0.05 and guard.own_pass_rate < 0.05
+  # Without a difference between the sets it cannot tell them apart, and says so by passing both alike.
+  same = typical.DiscriminantGuard.fit(few - shift, own, quantile=0.1)
+  assert abs(np.mean(~same.own_side(fresh - shift)) - np.mean(~same.own_side(fresh_own))) < 0.1
+
+
+def test_the_guard_runs_in_its_own_feature_space():
+  rng = np.random.default_rng(3)
+  few_sel, few_guard = rng.standard_normal((32, 8)), rng.standard_normal((32, 20)) + 2.0
+  own_guard = rng.standard_normal((40, 20))
+  crit = typical.ImageCriteria.fit(
+      few_sel, rng.standard_normal((40, 8)), typical.TypicalOptions(), few_guard, own_guard
+  )
+  cand_sel = rng.standard_normal((10, 8))
+  verdict = crit.judge(cand_sel, np.concatenate([rng.standard_normal((5, 20)) + 2.0, rng.standard_normal((5, 20))]))
+  assert verdict["own_side"][5:].all() and verdict["own_side"][:5].sum() <= 1
+  assert crit.summary()["guard"] == "discriminant"
+  nearest = typical.ImageCriteria.fit(few_sel, few_sel[:4] + 1e-3, typical.TypicalOptions(guard_kind="nearest"))
+  assert nearest.discriminant is None and nearest.judge(few_sel[:4] + 2e-3)["own_side"].all()
+  with pytest.raises(ValueError, match="guard_kind"):
+    typical.TypicalOptions(guard_kind="svm")
+  with pytest.raises(ValueError, match="own, got 1"):
+    typical.DiscriminantGuard.fit(few_guard, own_guard[:1])
+
+
+def test_full_distance_bins_spill_and_the_accepted_distances_follow_the_fewshot_ones():
+  feats = np.array([[0.0], [10.0], [20.0], [30.0], [40.0]])
+  verdict = {k: np.zeros(5, bool) for k in ("too_close", "too_far", "own_side")}
+  kept, spilled = typical.select(feats, verdict, np.zeros((0, 1)), 1.0, 10, np.array([0, 0, 1, 0, 1]), np.array([1, 2]))
+  assert kept.tolist() == [0, 2, 4] and spilled.tolist() == [1, 3]
+  loo = np.arange(1.0, 101.0)
+  assert np.allclose(typical.distance_bins(loo, (0.0, 1.0), 4), np.quantile(loo, [0.25, 0.5, 0.75]))
+  # Identity "denoising" of Gaussian latents: most candidates land near the band's low end; binning
+  # moves the accepted median up to the few-shot images' own median.
+  bank = _bank()
+  flat = lambda x: np.asarray(x, np.float64).reshape(len(x), -1)
+  run = lambda bins: discovery.discover_typical(
+      bank,
+      num_samples=16,
+      key=jax.random.key(1),
+      denoise=lambda z: z,
+      features=flat,
+      fewshot_images=bank,
+      options=discovery.TypicalOptions(
+          strength_range=(0.8, 1.0), band=(0.05, 0.95), distance_bins=bins, pool_factor=16
+      ),
+  )
+  binned, first_come = run(4), run(1)
+  assert binned.num_accepted == first_come.num_accepted == 16
+  loo_median = binned.criteria["loo_nn_median"]
+  assert abs(np.median(binned.nn_fewshot) - loo_median) < abs(np.median(first_come.nn_fewshot) - loo_median)

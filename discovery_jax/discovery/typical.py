@@ -37,6 +37,7 @@ from discovery_jax.discovery.linalg import as_rows, latent_shape
 from discovery_jax.discovery.prior import GaussianPrior, fit_prior, standard_normal
 
 _KEY_SOURCE, _KEY_STRENGTH, _KEY_NOISE = 0, 1, 2
+GUARD_KINDS = ("discriminant", "nearest")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,13 +47,22 @@ class TypicalOptions:
   that bound an accepted image's nearest few-shot distance; separation_quantile: the
   few-shot quantile below which two accepted images count as the same; pool_factor:
   at most this many candidates per requested sample; guard: drop candidates closer to
-  the model's own images than to the few-shot images."""
+  the model's own images (mode interference); guard_kind: 'discriminant' (a shrinkage
+  linear discriminant between the few-shot and the model's own images, threshold at
+  the ``guard_quantile`` of the few-shot images' own leave-one-out scores) or
+  'nearest' (closer to an own image than to any few-shot image); distance_bins: the
+  band is cut into this many bins of equal few-shot mass, each holding an equal share
+  of the accepted images (1: accept anywhere in the band, first come)."""
 
   strength_range: tuple[float, float] = (0.1, 0.7)
   band: tuple[float, float] = (0.1, 0.7)
   separation_quantile: float = 0.05
   pool_factor: int = 8
   guard: bool = True
+  guard_kind: str = "discriminant"
+  guard_quantile: float = 0.1
+  guard_shrinkage: float = 1.0
+  distance_bins: int = 4
   batch: int = 64
 
   def __post_init__(self):
@@ -64,8 +74,18 @@ class TypicalOptions:
       raise ValueError(f"band must be two quantiles 0 <= low < high <= 1, got {self.band}")
     if not 0.0 <= self.separation_quantile < 1.0:
       raise ValueError(f"separation_quantile must lie in [0, 1), got {self.separation_quantile}")
-    if self.pool_factor < 1 or self.batch < 1:
-      raise ValueError(f"pool_factor and batch must be >= 1, got {self.pool_factor}, {self.batch}")
+    if self.guard_kind not in GUARD_KINDS:
+      raise ValueError(f"guard_kind must be one of {GUARD_KINDS}, got {self.guard_kind!r}")
+    if not 0.0 <= self.guard_quantile < 1.0 or not self.guard_shrinkage > 0.0:
+      raise ValueError(
+          f"guard_quantile must lie in [0, 1) and guard_shrinkage be > 0, got {self.guard_quantile}, "
+          f"{self.guard_shrinkage}"
+      )
+    if self.pool_factor < 1 or self.batch < 1 or self.distance_bins < 1:
+      raise ValueError(
+          f"pool_factor, batch and distance_bins must be >= 1, got {self.pool_factor}, {self.batch}, "
+          f"{self.distance_bins}"
+      )
 
 
 # ---------------------------------------------------------------------------
@@ -125,6 +145,55 @@ def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   return np.sqrt(np.maximum(sq, 0.0))
 
 
+def _shrinkage_discriminant(pos: np.ndarray, neg: np.ndarray, shrinkage: float) -> tuple[np.ndarray, float]:
+  """Fisher's discriminant with the pooled within-class covariance shrunk toward
+  ``shrinkage`` x its mean eigenvalue (32 images in hundreds of dimensions need it):
+  (w, b) with w . x + b > 0 on the ``pos`` side, 0 at the midpoint of the means."""
+  mp, mn = pos.mean(axis=0), neg.mean(axis=0)
+  c = np.concatenate([pos - mp, neg - mn])
+  cov = c.T @ c / len(c)
+  cov[np.diag_indices_from(cov)] += shrinkage * np.trace(cov) / len(cov)
+  w = np.linalg.solve(cov, mp - mn)
+  return w, float(-w @ (mp + mn) / 2.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class DiscriminantGuard:
+  """Few-shot vs the model's own images, linear in standardized guard features; a
+  candidate passes when it scores at least as target-like as all but
+  ``quantile`` of the few-shot images do when each is left out of the fit."""
+
+  center: np.ndarray
+  scale: np.ndarray
+  w: np.ndarray
+  b: float
+  threshold: float
+  loo_scores: np.ndarray
+  own_pass_rate: float
+
+  @classmethod
+  def fit(cls, fewshot: Any, own: Any, *, quantile: float = 0.1, shrinkage: float = 1.0) -> "DiscriminantGuard":
+    f, o = np.asarray(fewshot, np.float64), np.asarray(own, np.float64)
+    if len(o) < 2:
+      raise ValueError(f"the discriminant guard needs at least 2 images of the model's own, got {len(o)}")
+    both = np.concatenate([f, o])
+    center, scale = both.mean(axis=0), both.std(axis=0) + 1e-8
+    f, o = (f - center) / scale, (o - center) / scale
+    loo = np.empty(len(f))
+    for i in range(len(f)):
+      w, b = _shrinkage_discriminant(np.delete(f, i, axis=0), o, shrinkage)
+      loo[i] = f[i] @ w + b
+    w, b = _shrinkage_discriminant(f, o, shrinkage)
+    threshold = float(np.quantile(loo, quantile))
+    return cls(center, scale, w, b, threshold, loo, float(np.mean(o @ w + b >= threshold)))
+
+  def scores(self, features: Any) -> np.ndarray:
+    return ((np.asarray(features, np.float64) - self.center) / self.scale) @ self.w + self.b
+
+  def own_side(self, features: Any) -> np.ndarray:
+    return self.scores(features) < self.threshold
+
+
 @dataclasses.dataclass(frozen=True)
 class ImageCriteria:
   """Targets computed from the few-shot features (and the model's own images)."""
@@ -132,11 +201,21 @@ class ImageCriteria:
   fewshot: np.ndarray  # (N, F)
   band: tuple[float, float]  # accepted nearest few-shot distance
   separation: float  # minimum distance between two accepted images
-  own: np.ndarray | None  # (M, F) features of the model's own images, for the guard
+  own: np.ndarray | None  # (M, F) features of the model's own images, for the 'nearest' guard
   loo_distances: np.ndarray  # (N,) leave-one-out nearest-neighbour distances among the few-shot images
+  discriminant: DiscriminantGuard | None = None  # the 'discriminant' guard, in guard features
 
   @classmethod
-  def fit(cls, fewshot_features: Any, own_features: Any | None, options: TypicalOptions) -> "ImageCriteria":
+  def fit(
+      cls,
+      fewshot_features: Any,
+      own_features: Any | None,
+      options: TypicalOptions,
+      fewshot_guard_features: Any | None = None,
+      own_guard_features: Any | None = None,
+  ) -> "ImageCriteria":
+    """``*_guard_features``: the two sets in the guard's feature space (default: the
+    selection features)."""
     f = np.asarray(fewshot_features, np.float64)
     if f.shape[0] < 4:
       raise ValueError(
@@ -146,23 +225,32 @@ class ImageCriteria:
     np.fill_diagonal(d, np.inf)
     loo = d.min(axis=1)
     band = (float(np.quantile(loo, options.band[0])), float(np.quantile(loo, options.band[1])))
-    return cls(
-        f,
-        band,
-        float(np.quantile(loo, options.separation_quantile)),
-        None if own_features is None or not options.guard else np.asarray(own_features, np.float64),
-        loo,
-    )
+    guarded = own_features is not None and options.guard
+    own, discriminant = None, None
+    if guarded and options.guard_kind == "nearest":
+      own = np.asarray(own_features, np.float64)
+    elif guarded:
+      discriminant = DiscriminantGuard.fit(
+          fewshot_features if fewshot_guard_features is None else fewshot_guard_features,
+          own_features if own_guard_features is None else own_guard_features,
+          quantile=options.guard_quantile,
+          shrinkage=options.guard_shrinkage,
+      )
+    return cls(f, band, float(np.quantile(loo, options.separation_quantile)), own, loo, discriminant)
 
-  def judge(self, features: np.ndarray) -> dict:
+  def judge(self, features: np.ndarray, guard_features: np.ndarray | None = None) -> dict:
     """Per candidate: nearest few-shot distance and index, whether it is in the band,
-    and whether it is on the model's own side (the guard)."""
+    and whether it is on the model's own side (the guard, on ``guard_features`` when
+    the guard has its own feature space)."""
     d = _distances(features, self.fewshot)
     nn, idx = d.min(axis=1), d.argmin(axis=1)
     out = {"nn_fewshot": nn, "nn_index": idx, "too_close": nn < self.band[0], "too_far": nn > self.band[1]}
-    out["own_side"] = (
-        _distances(features, self.own).min(axis=1) < nn if self.own is not None else np.zeros(len(nn), bool)
-    )
+    if self.discriminant is not None:
+      out["own_side"] = self.discriminant.own_side(features if guard_features is None else guard_features)
+    elif self.own is not None:
+      out["own_side"] = _distances(features, self.own).min(axis=1) < nn
+    else:
+      out["own_side"] = np.zeros(len(nn), bool)
     return out
 
   def summary(self) -> dict:
@@ -171,16 +259,37 @@ class ImageCriteria:
         "separation": self.separation,
         "num_fewshot": int(len(self.fewshot)),
         "loo_nn_median": float(np.median(self.loo_distances)),
-        "guard": self.own is not None,
+        "guard": "discriminant" if self.discriminant is not None else "nearest" if self.own is not None else None,
+        **(
+            {
+                "guard_threshold": self.discriminant.threshold,
+                "guard_own_pass_rate": self.discriminant.own_pass_rate,
+            }
+            if self.discriminant is not None
+            else {}
+        ),
     }
 
 
-def select(features: np.ndarray, verdict: dict, accepted: np.ndarray, separation: float, needed: int) -> np.ndarray:
+def select(
+    features: np.ndarray,
+    verdict: dict,
+    accepted: np.ndarray,
+    separation: float,
+    needed: int,
+    bins: np.ndarray | None = None,
+    room: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
   """Greedy, in candidate order: the positions of candidates in the band, off the
   model's side, and at least ``separation`` from every accepted image (including
-  those accepted from this batch). ``accepted``: (A, F) features accepted so far."""
+  those accepted from this batch). ``accepted``: (A, F) features accepted so far.
+  With ``bins`` (each candidate's distance bin) and ``room`` (free places per bin), a
+  candidate whose bin is full is not kept but returned second ("spilled"), for later.
+  Returns (kept positions, spilled positions)."""
   ok = ~(verdict["too_close"] | verdict["too_far"] | verdict["own_side"])
+  room = None if room is None else np.array(room)
   kept: list[int] = []
+  spilled: list[int] = []
   kept_feats = [np.asarray(accepted, np.float64)] if len(accepted) else []
   for i in np.flatnonzero(ok):
     if len(kept) >= needed:
@@ -188,9 +297,21 @@ def select(features: np.ndarray, verdict: dict, accepted: np.ndarray, separation
     x = features[i : i + 1]
     if kept_feats and _distances(x, np.concatenate(kept_feats)).min() < separation:
       continue
+    if room is not None:
+      if room[bins[i]] <= 0:
+        spilled.append(int(i))
+        continue
+      room[bins[i]] -= 1
     kept.append(int(i))
     kept_feats.append(np.asarray(x, np.float64))
-  return np.asarray(kept, np.int64)
+  return np.asarray(kept, np.int64), np.asarray(spilled, np.int64)
+
+
+def distance_bins(loo: np.ndarray, band: tuple[float, float], num_bins: int) -> np.ndarray:
+  """Inner edges of ``num_bins`` bins holding equal shares of the few-shot images'
+  leave-one-out distances inside the band: filling them equally gives the accepted
+  images the nearest-neighbour distances that new real images have."""
+  return np.quantile(loo, np.linspace(band[0], band[1], num_bins + 1)[1:-1])
 
 
 # ---------------------------------------------------------------------------
@@ -247,10 +368,13 @@ def discover_typical(
     options: TypicalOptions | None = None,
     prior: GaussianPrior | None = None,
     log: Callable[[str], None] | None = None,
+    guard_features: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> TypicalResult:
   """Typical candidates, denoised in batches (``denoise``: latents -> images), judged by
   ``features`` of their images against the few-shot images' own leave-one-out
   statistics, kept until ``num_samples`` or ``pool_factor * num_samples`` candidates.
+  ``guard_features``: the feature space of the discriminant guard (default ``features``;
+  ``sample`` passes the base model's own, ``metrics.features.model_extractor``).
 
   Returns the accepted latents AND their images (``denoise`` is deterministic, so these
   are the samples). Fewer than asked when the pool runs out (the caller decides).
@@ -260,19 +384,42 @@ def discover_typical(
     raise ValueError(f"num_samples must be >= 1, got {num_samples}")
   start = time.perf_counter()
   prior = prior or fit_prior(ood_bank)
-  criteria = ImageCriteria.fit(features(fewshot_images), None if own_images is None else features(own_images), options)
+  guarded = own_images is not None and options.guard
+  separate_guard = guarded and guard_features is not None and options.guard_kind == "discriminant"
+  criteria = ImageCriteria.fit(
+      features(fewshot_images),
+      features(own_images) if guarded else None,
+      options,
+      guard_features(fewshot_images) if separate_guard else None,
+      guard_features(own_images) if separate_guard else None,
+  )
   budget = options.pool_factor * num_samples
   lat, imgs, idx, srcs, strengths, nns, feats = [], [], [], [], [], [], []
-  rejections = {"too_close": 0, "too_far": 0, "own_side": 0, "duplicate": 0}
+  rejections = {"too_close": 0, "too_far": 0, "own_side": 0, "duplicate": 0, "bin_full": 0}
   accepted_feats = np.zeros((0, criteria.fewshot.shape[1]))
+  edges = distance_bins(criteria.loo_distances, options.band, options.distance_bins)
+  room = np.full(options.distance_bins, -(-num_samples // options.distance_bins))
+  spill: list[tuple] = []  # candidates whose bin was full: used, in order, if the pool runs out
+  n_spill = 0
+
+  def accept(parts):
+    nonlocal accepted_feats, n_acc
+    zk, xk, gk, sk_src, sk, nk, fk = parts
+    lat.append(zk), imgs.append(xk), idx.append(gk), srcs.append(sk_src)
+    strengths.append(sk), nns.append(nk), feats.append(fk)
+    accepted_feats = np.concatenate([accepted_feats, fk])
+    n_acc += len(fk)
+
   n_acc = examined = 0
   for g0 in range(0, budget, options.batch):
     g = np.arange(g0, min(budget, g0 + options.batch))
     z, src, s = typical_candidates(ood_bank, prior, key, g, options.strength_range)
     x = denoise(z)
     f = np.asarray(features(x), np.float64)
-    verdict = criteria.judge(f)
-    keep = select(f, verdict, accepted_feats, criteria.separation, num_samples - n_acc)
+    verdict = criteria.judge(f, np.asarray(guard_features(x), np.float64) if separate_guard else None)
+    bins = np.searchsorted(edges, verdict["nn_fewshot"], side="right")
+    keep, spilled = select(f, verdict, accepted_feats, criteria.separation, num_samples - n_acc, bins, room)
+    np.subtract.at(room, bins[keep], 1)
     last = keep[-1] + 1 if n_acc + len(keep) >= num_samples else len(g)
     examined += int(last)
     seen = slice(0, last)
@@ -281,16 +428,26 @@ def discover_typical(
     in_band = ~(verdict["too_close"] | verdict["too_far"])
     rejections["own_side"] += int((in_band & verdict["own_side"])[seen].sum())
     eligible = int((in_band & ~verdict["own_side"])[seen].sum())
-    rejections["duplicate"] += eligible - len(keep)
+    spilled = spilled[spilled < last]
+    rejections["duplicate"] += eligible - len(keep) - len(spilled)
+    n_spill += len(spilled)
+    if len(spilled) and len(spill) < num_samples:
+      sp = spilled[: num_samples - len(spill)]
+      spill += list(zip(z[sp], x[sp], g[sp], src[sp], s[sp], verdict["nn_fewshot"][sp], f[sp]))
     if len(keep):
-      lat.append(z[keep]), imgs.append(x[keep]), idx.append(g[keep]), srcs.append(src[keep])
-      strengths.append(s[keep]), nns.append(verdict["nn_fewshot"][keep]), feats.append(f[keep])
-      accepted_feats = np.concatenate([accepted_feats, f[keep]])
-      n_acc += len(keep)
+      accept((z[keep], x[keep], g[keep], src[keep], s[keep], verdict["nn_fewshot"][keep], f[keep]))
     if log:
       log(f"typical discovery: {n_acc}/{num_samples} accepted after {g0 + len(g)} candidates")
     if n_acc >= num_samples:
       break
+  if n_acc < num_samples and spill:  # the pool ran out before every bin filled: the spilled ones, in order
+    fs = np.stack([c[6] for c in spill])
+    none = {k: np.zeros(len(spill), bool) for k in ("too_close", "too_far", "own_side")}
+    keep, _ = select(fs, none, accepted_feats, criteria.separation, num_samples - n_acc)
+    if len(keep):
+      accept(tuple(np.stack([spill[i][j] for i in keep]) for j in range(7)))
+      n_spill -= len(keep)
+  rejections["bin_full"] = n_spill
   cat = lambda xs, tail, dt: np.concatenate(xs).astype(dt) if xs else np.zeros((0,) + tail, dt)
   shape = latent_shape(ood_bank)
   return TypicalResult(

@@ -338,6 +338,39 @@ def learned_extractor(
   )
 
 
+def model_extractor(
+    eps_fn: Any, schedule: Any, *, timesteps: tuple[int, ...] = (0, 50, 150), batch_size: int = 64
+) -> FeatureExtractor:
+  """The base model's own view of an image: its middle-block activations (h-space),
+  spatial mean and standard deviation per channel, for the image noised to each of
+  ``timesteps`` with one fixed noise draw (so a feature depends on the image alone).
+  The frozen model knows its own domain better than any stand-in network, which is
+  what a mode-interference guard needs to see. ``eps_fn``: a ``diffusion.EpsFn``."""
+  alphas = np.asarray(schedule.alphas_cumprod, np.float64)
+  for t in timesteps:
+    if not 0 <= int(t) < len(alphas):
+      raise ValueError(f"model feature timesteps must lie in [0, {len(alphas)}), got {tuple(timesteps)}")
+  channels = int(eps_fn.module.in_channels)
+
+  @jax.jit
+  def run(params, x):
+    x0 = 2.0 * x[..., :channels] - 1.0 if channels in (1, 3) else None
+    if x0 is None:
+      raise ValueError(f"model features need a 1- or 3-channel model, this one takes {channels}")
+    noise = jax.random.normal(jax.random.key(0), x0.shape[1:], x0.dtype)
+    feats = []
+    for t in timesteps:
+      a = float(alphas[int(t)])
+      xt = np.sqrt(a) * x0 + (np.sqrt(1.0 - a) * noise if t > 0 else 0.0)
+      _, mid = eps_fn.apply(params, xt, jnp.full((x0.shape[0],), int(t), jnp.int32), with_mid=True)
+      mid = mid.astype(jnp.float32)
+      feats += [jnp.mean(mid, axis=(1, 2)), jnp.std(mid, axis=(1, 2))]
+    return jnp.concatenate(feats, axis=-1)
+
+  info = {"timesteps": [int(t) for t in timesteps], "model": type(eps_fn.module).__name__}
+  return FeatureExtractor("model", None, functools.partial(run, eps_fn.params), batch_size, info)
+
+
 EXTRACTORS = ("learned", "inception", "random_conv", "random_projection", "pixels")
 
 
