@@ -3,7 +3,6 @@ neighbours, and the criteria against fresh references."""
 
 from __future__ import annotations
 
-import mmap
 from typing import Any
 
 import jax
@@ -14,24 +13,6 @@ from discovery_jax.discovery.criteria import CRITERIA, Targets, criteria_batch, 
 from discovery_jax.discovery.guard import LinearGuard, project
 from discovery_jax.discovery.linalg import as_rows, check_banks, dist_from_gram, gram, matmul_rows, norms, row_blocks
 from discovery_jax.discovery.statistics import describe_from_gram, mean_std
-
-
-def release_pages(array: Any) -> None:
-  """Drops this process's resident pages of a memory-mapped array (after flushing
-  what was written): the data stay in the file and the page cache and are read back
-  on the next access, but no longer count in the process's RSS. A no-op for other
-  arrays. Used once a bank has been streamed onto the device and after each chunk
-  of accepted latents written into a memmap ``out``."""
-  m = getattr(array, "_mmap", None)
-  # Not copy-on-write maps ('c'): dropping their pages would drop what was written.
-  if not isinstance(array, np.memmap) or m is None or not hasattr(m, "madvise") or array.mode == "c":
-    return
-  try:
-    if array.mode != "r":
-      m.flush()
-    m.madvise(mmap.MADV_DONTNEED)
-  except (OSError, ValueError):
-    pass
 
 
 def compare_to_bank(
@@ -77,7 +58,6 @@ def compare_to_bank(
     del ro
     g_xi = i2 = None
   g_xx = gram(x)
-  release_pages(x)  # latents in a memmap: read once, not kept resident
   x2, o2 = np.diag(g_xx).copy(), np.diag(g_oo).copy()
   nn = dist_from_gram(g_xo, x2, o2).min(1)
   d_oo = dist_from_gram(g_oo, o2, o2)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from discovery_jax import parallel
-from discovery_jax.discovery.compare import compare_to_bank, release_pages
+from discovery_jax.discovery.compare import compare_to_bank
 from discovery_jax.discovery.criteria import (
     EXTRAS,
     REJECTION_REASONS,
@@ -31,7 +31,17 @@ from discovery_jax.discovery.criteria import (
 )
 from discovery_jax.discovery.guard import LinearGuard, fit_guard
 from discovery_jax.discovery.kernels import KernelConfig, path_kernel
-from discovery_jax.discovery.linalg import MAT_BLOCK, ROW_BLOCK, TINY, as_rows, check_banks, latent_shape, row_blocks
+from discovery_jax.discovery.linalg import (
+    MAT_BLOCK,
+    ROW_BLOCK,
+    TINY,
+    as_rows,
+    check_banks,
+    latent_shape,
+    put_columns,
+    release_pages,
+    row_blocks,
+)
 from discovery_jax.discovery.prior import GaussianPrior, fit_prior
 
 MODES = ("typical", "rejection", "optimize")
@@ -188,19 +198,34 @@ class _Search:
 # The banks, held once: S^T = [ood; id; w; mean(ood); mean(id)]^T on the device.
 
 
-@functools.partial(jax.jit, donate_argnums=(0,))
-def _put_columns(all_t: jax.Array, rows: jax.Array, start: jax.Array) -> jax.Array:
-  return jax.lax.dynamic_update_slice(all_t, rows.T, (jnp.int32(0), start))
+MEAN_ROWS = 4096  # rows of S^T per call of _bank_means
 
 
-@functools.partial(jax.jit, donate_argnums=(0,), static_argnames=("num_ood", "full_id_gram"))
-def _finish_geometry(all_t, w, *, num_ood, full_id_gram):
-  """The extras columns and the Gram matrix of S, from S^T alone (``criteria.stacked_geometry``
-  computed from the banks' rows; here S's rows are gathered from S^T in fixed blocks)."""
+@functools.partial(jax.jit, static_argnames=("num_ood", "rows"))
+def _bank_means(all_t, start, *, num_ood, rows):
+  """mean(ood) and mean(id) at ``rows`` coordinates from ``start``: a column slice of the
+  whole of S^T is materialised by XLA (a second copy of the banks), one of a row block is
+  small, and each coordinate's mean is the same bits either way."""
+  no, ni = num_ood, all_t.shape[1] - num_ood - EXTRAS
+  blk = jax.lax.dynamic_slice_in_dim(all_t, start, rows, axis=0)
+  return jnp.stack([jnp.mean(blk[:, :no], axis=1), jnp.mean(blk[:, no : no + ni], axis=1)])
+
+
+def _extras(all_t: jax.Array, w: jax.Array, num_ood: int) -> jax.Array:
+  """[w; mean(ood); mean(id)], the extras rows of S, from S^T's bank columns."""
+  d = all_t.shape[0]
+  means = [
+      _bank_means(all_t, jnp.int32(r), num_ood=num_ood, rows=min(MEAN_ROWS, d - r)) for r in range(0, d, MEAN_ROWS)
+  ]
+  return jnp.concatenate([w[None], jnp.concatenate(means, axis=1)])
+
+
+@functools.partial(jax.jit, static_argnames=("num_ood", "full_id_gram"))
+def _stacked_gram(all_t, *, num_ood, full_id_gram):
+  """The Gram matrix of S from S^T alone (``criteria.stacked_geometry`` computed from the
+  banks' rows; here S's rows are gathered from S^T in fixed blocks)."""
   no, n_all = num_ood, all_t.shape[1]
   ni = n_all - no - EXTRAS
-  extras = jnp.stack([w, jnp.mean(all_t[:, :no], axis=1), jnp.mean(all_t[:, no : no + ni], axis=1)])
-  all_t = jax.lax.dynamic_update_slice(all_t, extras.T, (jnp.int32(0), jnp.int32(no + ni)))
 
   def rows_of(index: np.ndarray) -> jax.Array:  # (len(index), n_all): S[index] @ S^T, 32 rows per gemm
     pad = (-len(index)) % ROW_BLOCK
@@ -209,13 +234,13 @@ def _finish_geometry(all_t, w, *, num_ood, full_id_gram):
     return out.reshape(-1, n_all)[: len(index)]
 
   if full_id_gram:
-    return all_t, extras, rows_of(np.arange(n_all))
+    return rows_of(np.arange(n_all))
   # Rejection needs only |r|^2 of the ID references: their other products meet zero coefficients.
   o_rows = rows_of(np.r_[np.arange(no), np.arange(no + ni, n_all)])
   i_rows = jnp.zeros((ni, n_all), jnp.float32).at[:, :no].set(o_rows[:no, no : no + ni].T)
   i_rows = i_rows.at[:, no + ni :].set(o_rows[no:, no : no + ni].T)
   i_rows = i_rows.at[jnp.arange(ni), no + jnp.arange(ni)].set(jnp.sum(jnp.square(all_t[:, no : no + ni]), axis=0))
-  return all_t, extras, jnp.concatenate([o_rows[:no], i_rows, o_rows[no:]])
+  return jnp.concatenate([o_rows[:no], i_rows, o_rows[no:]])
 
 
 def bank_geometry(ood_bank: Any, id_bank: Any, *, w: Any = None, full_id_gram: bool = False) -> BankGeometry:
@@ -229,10 +254,11 @@ def bank_geometry(ood_bank: Any, id_bank: Any, *, w: Any = None, full_id_gram: b
   all_t = jnp.zeros((d, no + ni + EXTRAS), jnp.float32)
   for rows, offset in ((ro, 0), (ri, no)):
     for s, blk in row_blocks(rows):
-      all_t = _put_columns(all_t, jnp.asarray(blk), jnp.int32(offset + s))
-      release_pages(rows)  # a memmap bank: drop the pages just read (the file still has them)
+      all_t = put_columns(all_t, jnp.asarray(blk), jnp.int32(offset + s))  # row_blocks drops a memmap's pages
   w = jnp.zeros((d,), jnp.float32) if w is None else jnp.asarray(w, jnp.float32)
-  all_t, extras, g_all = _finish_geometry(all_t, w, num_ood=no, full_id_gram=full_id_gram)
+  extras = _extras(all_t, w, no)
+  all_t = put_columns(all_t, extras, jnp.int32(no + ni))  # in place: S^T donated, nothing else read
+  g_all = _stacked_gram(all_t, num_ood=no, full_id_gram=full_id_gram)
   jax.block_until_ready(g_all)
   shape = lambda n: jax.ShapeDtypeStruct((n, d), jnp.float32)
   return BankGeometry(shape(no), shape(ni), all_t, extras, g_all, time.perf_counter() - start)
@@ -283,8 +309,7 @@ def _setup(ood_bank, id_bank, num_samples, key, options, targets, prior, guard, 
         key=jax.random.fold_in(key, 5),
         draws_per_latent=options.draws_per_latent,
     )
-  prior = prior or fit_prior(ood_bank, options.prior_kind)
-  release_pages(as_rows(ood_bank))  # read again by the fits: drop a memmap bank's pages once more
+  prior = prior or fit_prior(ood_bank, options.prior_kind)  # streamed: a memmap bank's pages dropped per block
   if prior.dim != geom.ood.shape[1]:
     raise ValueError(f"prior dimension {prior.dim} != latent size {geom.ood.shape[1]}")
   cfg = KernelConfig(

@@ -4,6 +4,8 @@ share its call (bitwise; tested)."""
 
 from __future__ import annotations
 
+import functools
+import mmap
 from typing import Any, Iterator
 
 import jax
@@ -55,9 +57,29 @@ def check_banks(ood_bank: Any, id_bank: Any | None = None, *, num_refs: int | No
       )
 
 
+def release_pages(array: Any) -> None:
+  """Drops this process's resident pages of a memory-mapped array (after flushing
+  what was written): the data stay in the file and the page cache and are read back
+  on the next access, but no longer count in the process's RSS. A no-op for other
+  arrays."""
+  m = getattr(array, "_mmap", None)
+  # Not copy-on-write maps ('c'): dropping their pages would drop what was written.
+  if not isinstance(array, np.memmap) or m is None or not hasattr(m, "madvise") or array.mode == "c":
+    return
+  try:
+    if array.mode != "r":
+      m.flush()
+    m.madvise(mmap.MADV_DONTNEED)
+  except (OSError, ValueError):
+    pass
+
+
 def row_blocks(rows: np.ndarray, block: int = STREAM_ROWS) -> Iterator[tuple[int, np.ndarray]]:
+  """Blocks of rows in order; a memmap's pages are dropped once each block has been
+  used, so a streamed pass never holds the whole bank resident."""
   for start in range(0, rows.shape[0], block):
     yield start, np.asarray(rows[start : start + block], np.float32)
+    release_pages(rows)
 
 
 def pad_rows(x: np.ndarray | jax.Array, multiple: int) -> tuple[Any, int]:
@@ -81,6 +103,23 @@ def rowblock_matmul(x: jax.Array, yt: jax.Array, block: int = ROW_BLOCK) -> jax.
 
 jit_rowblock_matmul = jax.jit(rowblock_matmul)
 transpose = jax.jit(lambda y: y.T)
+
+
+@functools.partial(jax.jit, donate_argnums=(0,))
+def put_columns(cols: jax.Array, rows: jax.Array, start: jax.Array) -> jax.Array:
+  return jax.lax.dynamic_update_slice(cols, rows.T, (jnp.int32(0), start))
+
+
+def device_columns(bank: Any) -> jax.Array:
+  """(d, N) device array of a bank's rows as columns, filled block by block: neither
+  a whole host copy nor a second device copy for the transpose is ever held."""
+  rows = as_rows(bank)
+  cols = jnp.zeros((rows.shape[1], rows.shape[0]), jnp.float32)
+  for s, blk in row_blocks(rows):
+    cols = put_columns(cols, jnp.asarray(blk), jnp.int32(s))
+  return cols
+
+
 gram_small = jax.jit(lambda yt: yt.T @ yt)
 
 
@@ -110,13 +149,14 @@ def bank_mean(bank: Any) -> np.ndarray:
 
 def gram(a: Any, b: Any | None = None) -> np.ndarray:
   """``a @ b.T`` (float64 result of float32 products): a is streamed, b copied to
-  the device once (b = a when None)."""
+  the device once, as columns (b = a when None). a goes in ROW_BLOCK rows per call:
+  the same bits as larger calls, and only a small block of a on the device besides b."""
   ra = as_rows(a)
-  rb_t = transpose(jnp.asarray(as_rows(a if b is None else b)))
+  rb_t = device_columns(a if b is None else b)
   if ra.shape[1] != rb_t.shape[0]:
     raise ValueError(f"latent sizes differ: {ra.shape[1]} vs {rb_t.shape[0]}")
   out = np.empty((ra.shape[0], rb_t.shape[1]), np.float64)
-  for s, blk in row_blocks(ra):
+  for s, blk in row_blocks(ra, ROW_BLOCK):
     out[s : s + len(blk)] = np.asarray(matmul_rows(blk, rb_t))
   return out
 

@@ -54,6 +54,12 @@ class GaussianPrior:
     }
 
 
+def _squared_deviations(block: np.ndarray, centre: Any) -> np.ndarray:
+  """``(block - centre)**2`` in float64, squared in place: one block-sized temporary, not two."""
+  dev = np.subtract(block, centre, dtype=np.float64)
+  return np.square(dev, out=dev)
+
+
 def fit_prior(latents: Any, kind: str = "pooled") -> GaussianPrior:
   """Per-dimension mean and unbiased variance, streamed in float64.
 
@@ -74,7 +80,7 @@ def fit_prior(latents: Any, kind: str = "pooled") -> GaussianPrior:
   mean = total / n
   sq = np.zeros_like(mean)
   for _, b in row_blocks(rows):
-    sq += np.square(b - mean).sum(0)
+    sq += _squared_deviations(b, mean).sum(0)
   var = sq / (n - 1)
   var = np.float32(var.mean()) if kind == "pooled" else var.astype(np.float32)
   return GaussianPrior(jnp.asarray(mean, jnp.float32), jnp.asarray(var), kind, latent_shape(latents), n)
@@ -93,7 +99,7 @@ def fit_prior_published_head(id_latents: Any) -> GaussianPrior:
     total += b.sum(0, dtype=np.float64)
   grand = total.sum() / (n * d)
   for _, b in row_blocks(rows):
-    sq += float(np.square(b.astype(np.float64) - grand).sum())
+    sq += float(_squared_deviations(b, grand).sum())
   return GaussianPrior(
       jnp.asarray(total / n, jnp.float32),
       jnp.asarray(np.float32(sq / (n * d))),
