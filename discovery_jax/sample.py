@@ -148,8 +148,10 @@ def find_latents(
     root: jax.Array,
     mesh=None,
     runner: DDIMRunner | None = None,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict]:
-  """The latents of ``method`` and a JSON-ready record of how they were found."""
+  """The latents of ``method`` and a JSON-ready record of how they were found. ``out``: the
+  (num_samples, ...) rows (a memmap) that rejection and optimize discovery write into."""
   n = int(config.sample.num_samples)
   ood, idb = banks["ood"].latents(), banks["id"].latents()
   disc = config.discovery
@@ -162,7 +164,14 @@ def find_latents(
     return _typical_latents(config, banks, root, runner, prior)
   if method == "discovery":
     result = discovery.discover(
-        ood, idb, num_samples=n, key=jax.random.fold_in(root, KEY_DISCOVERY), options=options, prior=prior, mesh=mesh
+        ood,
+        idb,
+        num_samples=n,
+        key=jax.random.fold_in(root, KEY_DISCOVERY),
+        options=options,
+        prior=prior,
+        out=out,
+        mesh=mesh,
     )
     record = result.summary()
     record["num_samples_requested"] = n
@@ -215,17 +224,23 @@ def stage_latents(
       # Different latents: their images must not mix with the old ones, and the old run is kept.
       _supersede(out, f"latents request {record.get('request_digest')} -> {digest}")
   start = time.time()
-  latents, record = find_latents(config, method, banks, root, mesh, runner)
-  record.update(
-      request_digest=digest,
-      request=request,
-      seconds=round(time.time() - start, 3),
-      complete=latents.shape[0] == int(config.sample.num_samples),
-  )
-  arrays = record.pop("_arrays", None)
-  if arrays is not None:  # per-latent provenance: references used, criteria values, slerp positions.
-    fileio.atomic_save_npz(os.path.join(out, "latents_meta.npz"), **arrays)
-  fileio.atomic_save_npy(path_npy, np.asarray(latents, np.float32))
+  n = int(config.sample.num_samples)
+  with fileio.atomic_path(path_npy, ".npy") as tmp:
+    rows = None
+    if method == "discovery" and settings.discovery_options(config).mode != "typical":
+      _reserve_rows(tmp, n, tuple(banks["ood"].latents().shape[1:]))
+      rows = np.load(tmp, mmap_mode="r+")  # discover writes the accepted latents here, not into RAM
+    latents, record = find_latents(config, method, banks, root, mesh, runner, out=rows)
+    record.update(
+        request_digest=digest,
+        request=request,
+        seconds=round(time.time() - start, 3),
+        complete=latents.shape[0] == n,
+    )
+    arrays = record.pop("_arrays", None)
+    if arrays is not None:  # per-latent provenance: references used, criteria values, slerp positions.
+      fileio.atomic_save_npz(os.path.join(out, "latents_meta.npz"), **arrays)
+    _write_latents(tmp, latents, rows)
   fileio.atomic_write_json(path_json, record)
   if not record["complete"]:
     rej = record.get("rejections", {})
@@ -297,23 +312,38 @@ def _physical(bank: LatentBank) -> tuple[Any, int] | None:
   return transforms.Transform.from_dict(meta["intensity_transform"]), int(meta.get("physical_channels") or 1)
 
 
-def _allocate_rows(path: str, n: int, shape: tuple[int, ...]) -> None:
+def _reserve_rows(path: str, n: int, shape: tuple[int, ...]) -> None:
   """A zero-filled float32 ``.npy`` of ``(n, *shape)`` at ``path``, its disk blocks reserved up
   front: a full disk fails here, naming the file, never later inside a memory map."""
+  rows = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, *shape))
+  del rows  # the header is written; the rows stay zero until written.
+  fd = os.open(path, os.O_RDWR)
+  try:
+    os.posix_fallocate(fd, 0, os.path.getsize(path))
+  except OSError as e:
+    if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # no fallocate here: sparse is fine.
+      raise
+  finally:
+    os.close(fd)
 
-  def create(tmp: str) -> None:
-    rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, *shape))
-    del rows  # the header is written; the rows stay zero until denoised.
-    fd = os.open(tmp, os.O_RDWR)
-    try:
-      os.posix_fallocate(fd, 0, os.path.getsize(tmp))
-    except OSError as e:
-      if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # no fallocate here: sparse is fine.
-        raise
-    finally:
-      os.close(fd)
 
-  fileio.atomic_write_with(path, create, ".npy")
+def _allocate_rows(path: str, n: int, shape: tuple[int, ...]) -> None:
+  """``_reserve_rows`` at ``path``, atomically (it appears whole or not at all)."""
+  fileio.atomic_write_with(path, lambda tmp: _reserve_rows(tmp, n, shape), ".npy")
+
+
+def _write_latents(path: str, latents: np.ndarray, rows: np.memmap | None) -> None:
+  """Leaves exactly ``latents`` in the ``.npy`` at ``path``: already there when discovery
+  filled every row of ``rows`` (the memmap of ``path``), else saved anew (a partial result
+  is copied first, since its file is replaced)."""
+  if rows is None:
+    np.save(path, np.asarray(latents, np.float32))
+  elif latents.shape[0] == rows.shape[0]:
+    rows.flush()
+  else:
+    part = np.array(latents, np.float32)
+    os.remove(path)  # a new file, never truncating the one still mapped
+    np.save(path, part)
 
 
 def _dataset_incomplete(writer) -> bool:
