@@ -30,6 +30,7 @@ def get_config():
   # holds either, so it is typed `object`.
   config.sampling.t_0 = FieldReference(900, field_type=object)
   config.sampling.t_0_tolerance = placeholder(float)  # 'auto' only; None: the default (0.1)
+  config.sampling.t_0_max = placeholder(int)  # 'auto' only: the largest t_0 it may choose (None: 900)
   config.sampling.n_steps = 80
   config.sampling.eta = 0.0
   config.sampling.batch_size = 8  # per device (the global batch is this x the number of devices)
@@ -86,6 +87,9 @@ def get_config():
   config.discovery.mode = "typical"
   config.discovery.strength_range = (0.1, 0.7)  # typical: step toward the prior, drawn per candidate
   config.discovery.band = (0.1, 0.7)  # typical: few-shot leave-one-out NN-distance quantiles kept
+  config.discovery.distance_bins = (
+      4  # typical: equal-mass bins of the band, each holding an equal share (1: first come)
+  )
   config.discovery.separation_quantile = 0.05  # typical: closer than this few-shot quantile = the same image
   config.discovery.pool_factor = 8  # typical: at most this many candidates per sample
   config.discovery.image_guard = True  # typical: drop images on the model's own side (mode interference)

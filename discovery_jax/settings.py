@@ -137,6 +137,7 @@ def typical_options(config: Any) -> TypicalOptions:
         guard_kind=str(_get(d, "guard_kind", "discriminant")),
         guard_quantile=float(_get(d, "guard_quantile", 0.1)),
         guard_shrinkage=float(_get(d, "guard_shrinkage", 1.0)),
+        distance_bins=int(_get(d, "distance_bins", 4)),
     )
   except (TypeError, ValueError) as e:
     raise ValueError(f"config.discovery: {e}") from None
@@ -176,14 +177,23 @@ def _t0(value: Any) -> int | None:
 
 def sampling_options(config: Any) -> SamplingOptions:
   s = config.sampling
-  tolerance = _get(s, "t_0_tolerance")
+  tolerance, t_0_max = _get(s, "t_0_tolerance"), _get(s, "t_0_max")
+  bandwidth = BandwidthOptions() if tolerance is None else BandwidthOptions(tolerance=float(tolerance))
+  if t_0_max is not None:
+    below = tuple(t for t in bandwidth.candidates if t <= int(t_0_max))
+    if not below:
+      raise ValueError(
+          f"sampling.t_0_max={t_0_max} leaves t_0='auto' nothing to try: the smallest candidate is "
+          f"{bandwidth.candidates[0]}"
+      )
+    bandwidth = dataclasses.replace(bandwidth, candidates=below)
   out = SamplingOptions(
       _t0(s.t_0),
       int(s.n_steps),
       float(_get(s, "eta", 0.0)),
       int(_get(s, "batch_size", 8)),
       diffusion.Schedule.from_config(config.get("diffusion")),
-      BandwidthOptions() if tolerance is None else BandwidthOptions(tolerance=float(tolerance)),
+      bandwidth,
   )
   if out.t_0 is not None:
     diffusion.check_ddim_args(out.t_0, out.n_steps, out.eta, out.schedule.num_timesteps)

@@ -96,3 +96,18 @@ def test_config_takes_auto_or_an_integer():
   config.sampling.t_0 = "soon"
   with pytest.raises(ValueError, match="sampling.t_0 must be an integer in 1..999 or 'auto', got 'soon'"):
     settings.sampling_options(config)
+
+
+def test_t0_max_bounds_what_auto_may_choose():
+  import os
+
+  config = configlib.load_config_file(os.path.join(helpers.REPO, "configs", "base.py"))
+  config.sampling.t_0 = "auto"
+  config.sampling.t_0_max = 450
+  assert settings.sampling_options(config).bandwidth.candidates == (100, 200, 300, 400)
+  images = np.random.default_rng(0).standard_normal((2, 4, 4, 1))
+  search = bandwidth.find_t0(images, lambda t, x: x, settings.sampling_options(config).bandwidth)
+  assert search.t_0 == 400 and max(search.errors) == 400
+  config.sampling.t_0_max = 50
+  with pytest.raises(ValueError, match="t_0_max=50 leaves t_0='auto' nothing to try: the smallest candidate is 100"):
+    settings.sampling_options(config)

@@ -13,10 +13,15 @@ mean component, so only points next to the source pass: near-copies. Here:
   the domain is as far from the few-shot images as a few-shot image is from the
   others (leave-one-out), so a candidate is kept when its nearest few-shot distance
   lies in that band: closer is a copy, further is not the domain;
+* the band is cut into bins of equal few-shot mass, each filled with an equal share
+  of the accepted images, so their distances follow the few-shot images' own (first
+  come would favour the band's near end: candidates close to their source are easier);
 * never two from nearly the same place: a candidate closer to an accepted one than
   the few-shot images ever are to each other is dropped;
-* mode interference: a candidate closer to the model's own images than to the
-  few-shot images is dropped.
+* mode interference: a linear discriminant between the few-shot images and the
+  model's own, in the base model's own features (it knows its domain better than a
+  stand-in network does), drops a candidate that scores on the model's side of where
+  the few-shot images themselves score when each is left out of the fit.
 
 Everything is computed from the banks and the few-shot images; nothing is tuned per
 domain. Keys: candidate g draws its source order, strength and noise from ``fold_in``
