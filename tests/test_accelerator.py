@@ -97,6 +97,52 @@ def _while_carried_f32_kernels(stablehlo: str, kernel_shapes: set) -> int:
   return count
 
 
+_CALLED = re.compile(
+    r"\b(?:calls|to_apply|body|condition|true_computation|false_computation)=(%[\w.\-]+)|branch_computations=\{([^}]*)\}"
+)
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?(%[\w.\-]+) = (\w+)\[([\d,]*)\]\S* ([\w\-]+)\((.*)$")
+
+
+# XLA:CPU's while-loop-invariant-code-motion hoists a per-step cast of the (loop-invariant)
+# weights out of the while body: compiled with it, a regressed loop shows no cast inside.
+_KEEP_LOOP_BODY = {"xla_disable_hlo_passes": "while-loop-invariant-code-motion"}
+
+
+def _loop_body_weight_casts(hlo: str, kernel_shapes: set) -> int:
+  """f32 -> bf16 converts of a weight's shape in a compiled HLO module's while loop
+  bodies (and conditions), counting every computation they call: fusions, nested calls."""
+  computations, name = {}, None
+  for line in hlo.splitlines():
+    if head := re.match(r"^(?:ENTRY )?(%[\w.\-]+) .*\{$", line):
+      name = head.group(1)
+      computations[name] = []
+    elif line == "}":
+      name = None
+    elif name:
+      computations[name].append(line)
+
+  def called(line):
+    for one, many in _CALLED.findall(line):
+      yield from [one] if one else re.findall(r"%[\w.\-]+", many)
+
+  todo = [c for lines in computations.values() for line in lines if " while(" in line for c in called(line)]
+  reached = set()
+  while todo:
+    if (c := todo.pop()) not in reached:
+      reached.add(c)
+      todo += [d for line in computations[c] for d in called(line)]
+  count = 0
+  for c in reached:
+    instructions = [m for m in map(_INSTRUCTION.match, computations[c]) if m]
+    dtypes = {m.group(1): m.group(2) for m in instructions}  # fusion parameters included
+    for m in instructions:
+      if m.group(4) == "convert" and m.group(2) == "bf16":
+        operand = re.search(r"%[\w.\-]+", m.group(5)).group(0)
+        shape = tuple(int(v) for v in m.group(3).split(",") if v)
+        count += dtypes.get(operand) == "f32" and shape in kernel_shapes
+  return count
+
+
 @pytest.mark.slow
 def test_bf16_trajectory_casts_the_weights_once_before_its_loop(tiny_bf16):
   """The runner's jitted bf16 trajectory carries its conv/dense weights into the
@@ -118,6 +164,27 @@ def test_bf16_trajectory_casts_the_weights_once_before_its_loop(tiny_bf16):
   # The library entry point too.
   lowered = diffusion._jit_loop.lower(fn, params, x, ts, tn, runner._alphas, None, eta=0.0, outputs=())
   assert _while_carried_f32_kernels(lowered.as_text(), kernel_shapes) == 0
+
+
+@pytest.mark.slow
+def test_compiled_bf16_trajectory_converts_no_weight_to_bf16_inside_its_loop(tiny_bf16):
+  """The COMPILED bf16 trajectory's while loop (body, condition and everything they
+  call) holds no f32 -> bf16 convert of a weight's shape. Both compiles disable XLA's
+  while-loop-invariant-code-motion: by default it hoists even a regressed trajectory's
+  per-step casts out of the loop (0 converts in its body), so the check could not fail."""
+  module, params = tiny_bf16
+  fn = diffusion.eps_fn(module, params)
+  kernel_shapes = {tuple(l.shape) for l in jax.tree_util.tree_leaves(params) if l.ndim >= 2}
+  runner = runner_lib.DDIMRunner(fn, 300, 3, batch_size=2)
+  ts, tn = (jnp.asarray(a) for a in diffusion.generation_pairs(300, 3))
+  x = jnp.zeros((2, 16, 16, 3), jnp.float32)
+  loop = runner_lib._sharded_loop(fn, None, 0.0, False)
+  compiled = loop.lower(runner._params, x, ts, tn, runner._alphas, None).compile(compiler_options=_KEEP_LOOP_BODY)
+  assert _loop_body_weight_casts(compiled.as_text(), kernel_shapes) == 0
+  # Negative control: the bf16 module over float32 weights casts each of them at every step.
+  plain = jax.jit(lambda p, x: diffusion.ddim_loop(fn.apply, p, x, ts, tn, runner._alphas))
+  regressed = plain.lower(params, x).compile(compiler_options=_KEEP_LOOP_BODY)
+  assert _loop_body_weight_casts(regressed.as_text(), kernel_shapes) >= 1
 
 
 @pytest.mark.slow
