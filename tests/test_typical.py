@@ -205,3 +205,25 @@ def test_full_distance_bins_spill_and_the_accepted_distances_follow_the_fewshot_
   assert binned.num_accepted == first_come.num_accepted == 16
   loo_median = binned.criteria["loo_nn_median"]
   assert abs(np.median(binned.nn_fewshot) - loo_median) < abs(np.median(first_come.nn_fewshot) - loo_median)
+
+
+def test_when_the_pool_runs_out_the_set_aside_candidates_fill_in_rebuilt_from_their_index():
+  bank = _bank()
+  flat = lambda x: np.asarray(x, np.float64).reshape(len(x), -1)
+  options = discovery.TypicalOptions(strength_range=(0.95, 1.0), band=(0.05, 0.95), pool_factor=2, batch=8)
+  res = discovery.discover_typical(
+      bank,
+      num_samples=16,
+      key=jax.random.key(1),
+      denoise=lambda z: z,
+      features=flat,
+      fewshot_images=bank,
+      options=options,
+  )
+  assert 0 < res.num_accepted < 16 and res.rejections["bin_full"] == 0
+  assert np.any(np.diff(res.candidate_index) < 0)  # set-aside candidates came last
+  rebuilt, _, _ = typical.typical_candidates(
+      bank, discovery.fit_prior(bank), jax.random.key(1), res.candidate_index, options.strength_range
+  )
+  np.testing.assert_array_equal(res.latents, rebuilt)
+  np.testing.assert_array_equal(res.images, res.latents)

@@ -404,7 +404,9 @@ def discover_typical(
   accepted_feats = np.zeros((0, criteria.fewshot.shape[1]))
   edges = distance_bins(criteria.loo_distances, options.band, options.distance_bins)
   room = np.full(options.distance_bins, -(-num_samples // options.distance_bins))
-  spill: list[tuple] = []  # candidates whose bin was full: used, in order, if the pool runs out
+  # Candidates whose bin was full, used in order if the pool runs out: their index, distance
+  # and features only (a latent is rebuilt from its index, so no image is held twice).
+  spill: list[tuple] = []
   n_spill = 0
 
   def accept(parts):
@@ -438,7 +440,7 @@ def discover_typical(
     n_spill += len(spilled)
     if len(spilled) and len(spill) < num_samples:
       sp = spilled[: num_samples - len(spill)]
-      spill += list(zip(z[sp], x[sp], g[sp], src[sp], s[sp], verdict["nn_fewshot"][sp], f[sp]))
+      spill += list(zip(g[sp], verdict["nn_fewshot"][sp], f[sp]))
     if len(keep):
       accept((z[keep], x[keep], g[keep], src[keep], s[keep], verdict["nn_fewshot"][keep], f[keep]))
     if log:
@@ -446,12 +448,15 @@ def discover_typical(
     if n_acc >= num_samples:
       break
   if n_acc < num_samples and spill:  # the pool ran out before every bin filled: the spilled ones, in order
-    fs = np.stack([c[6] for c in spill])
+    fs = np.stack([c[2] for c in spill])
     none = {k: np.zeros(len(spill), bool) for k in ("too_close", "too_far", "own_side")}
     keep, _ = select(fs, none, accepted_feats, criteria.separation, num_samples - n_acc)
-    if len(keep):
-      accept(tuple(np.stack([spill[i][j] for i in keep]) for j in range(7)))
-      n_spill -= len(keep)
+    for b0 in range(0, len(keep), options.batch):
+      part = keep[b0 : b0 + options.batch]
+      g = np.asarray([spill[i][0] for i in part])
+      z, src, s = typical_candidates(ood_bank, prior, key, g, options.strength_range)
+      accept((z, denoise(z), g, src, s, np.asarray([spill[i][1] for i in part]), fs[part]))
+    n_spill -= len(keep)
   rejections["bin_full"] = n_spill
   cat = lambda xs, tail, dt: np.concatenate(xs).astype(dt) if xs else np.zeros((0,) + tail, dt)
   shape = latent_shape(ood_bank)
