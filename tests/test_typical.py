@@ -175,7 +175,7 @@ def test_the_guard_runs_in_its_own_feature_space():
   assert nearest.discriminant is None and nearest.judge(few_sel[:4] + 2e-3)["own_side"].all()
   with pytest.raises(ValueError, match="guard_kind"):
     typical.TypicalOptions(guard_kind="svm")
-  with pytest.raises(ValueError, match="own, got 1"):
+  with pytest.raises(ValueError, match=r"own images \(discovery.num_id_latents\), got 1"):
     typical.DiscriminantGuard.fit(few_guard, own_guard[:1])
 
 

@@ -180,7 +180,9 @@ class DiscriminantGuard:
   def fit(cls, fewshot: Any, own: Any, *, quantile: float = 0.1, shrinkage: float = 1.0) -> "DiscriminantGuard":
     f, o = np.asarray(fewshot, np.float64), np.asarray(own, np.float64)
     if len(o) < 2:
-      raise ValueError(f"the discriminant guard needs at least 2 images of the model's own, got {len(o)}")
+      raise ValueError(
+          f"the discriminant guard needs at least 2 of the model's own images (discovery.num_id_latents), got {len(o)}"
+      )
     both = np.concatenate([f, o])
     center, scale = both.mean(axis=0), both.std(axis=0) + 1e-8
     f, o = (f - center) / scale, (o - center) / scale
