@@ -15,6 +15,7 @@ def extractor():
   return features_lib.model_extractor(diffusion.eps_fn(module, params), diffusion.DEFAULT_SCHEDULE, batch_size=8)
 
 
+@pytest.mark.slow
 def test_features_depend_on_the_image_alone(extractor):
   rng = np.random.default_rng(0)
   images = rng.uniform(-1, 1, (11, 32, 32, 1)).astype(np.float32)
@@ -27,6 +28,5 @@ def test_features_depend_on_the_image_alone(extractor):
 
 
 def test_bad_timesteps_are_refused():
-  module, params = models.load(DEMO_MODEL)
-  with pytest.raises(ValueError, match="timesteps must lie in"):
-    features_lib.model_extractor(diffusion.eps_fn(module, params), diffusion.DEFAULT_SCHEDULE, timesteps=(1000,))
+  with pytest.raises(ValueError, match=r"timesteps must lie in \[0, 1000\), got \(1000,\)"):
+    features_lib.model_extractor(None, diffusion.DEFAULT_SCHEDULE, timesteps=(1000,))
