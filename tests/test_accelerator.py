@@ -143,19 +143,25 @@ def _loop_body_weight_casts(hlo: str, kernel_shapes: set) -> int:
   return count
 
 
-@pytest.mark.slow
-def test_bf16_trajectory_casts_the_weights_once_before_its_loop(tiny_bf16):
-  """The runner's jitted bf16 trajectory carries its conv/dense weights into the
-  lax.scan's while loop already in bf16: no weight-shaped f32 tensor enters the loop
-  body, so nothing converts them at every step (a plain loop over float32 weights
-  carries them all)."""
+def _bf16_trajectory(tiny_bf16):
+  """The runner's 3-step bf16 trajectory on the tiny model: (float32 params, eps fn, the
+  weights' shapes, runner, time pairs, a batch of 2, the runner's jitted loop)."""
   module, params = tiny_bf16
   fn = diffusion.eps_fn(module, params)
   kernel_shapes = {tuple(l.shape) for l in jax.tree_util.tree_leaves(params) if l.ndim >= 2}
   runner = runner_lib.DDIMRunner(fn, 300, 3, batch_size=2)
   ts, tn = (jnp.asarray(a) for a in diffusion.generation_pairs(300, 3))
   x = jnp.zeros((2, 16, 16, 3), jnp.float32)
-  loop = runner_lib._sharded_loop(fn, None, 0.0, False)
+  return params, fn, kernel_shapes, runner, ts, tn, x, runner_lib._sharded_loop(fn, None, 0.0, False)
+
+
+@pytest.mark.slow
+def test_bf16_trajectory_casts_the_weights_once_before_its_loop(tiny_bf16):
+  """The runner's jitted bf16 trajectory carries its conv/dense weights into the
+  lax.scan's while loop already in bf16: no weight-shaped f32 tensor enters the loop
+  body, so nothing converts them at every step (a plain loop over float32 weights
+  carries them all)."""
+  params, fn, kernel_shapes, runner, ts, tn, x, loop = _bf16_trajectory(tiny_bf16)
   for weights in (runner._params, params):  # the runner's own (cast) and caller's float32 weights
     text = loop.lower(weights, x, ts, tn, runner._alphas, None).as_text()
     assert _while_carried_f32_kernels(text, kernel_shapes) == 0
@@ -172,13 +178,7 @@ def test_compiled_bf16_trajectory_converts_no_weight_to_bf16_inside_its_loop(tin
   call) holds no f32 -> bf16 convert of a weight's shape. Both compiles disable XLA's
   while-loop-invariant-code-motion: by default it hoists even a regressed trajectory's
   per-step casts out of the loop (0 converts in its body), so the check could not fail."""
-  module, params = tiny_bf16
-  fn = diffusion.eps_fn(module, params)
-  kernel_shapes = {tuple(l.shape) for l in jax.tree_util.tree_leaves(params) if l.ndim >= 2}
-  runner = runner_lib.DDIMRunner(fn, 300, 3, batch_size=2)
-  ts, tn = (jnp.asarray(a) for a in diffusion.generation_pairs(300, 3))
-  x = jnp.zeros((2, 16, 16, 3), jnp.float32)
-  loop = runner_lib._sharded_loop(fn, None, 0.0, False)
+  params, fn, kernel_shapes, runner, ts, tn, x, loop = _bf16_trajectory(tiny_bf16)
   compiled = loop.lower(runner._params, x, ts, tn, runner._alphas, None).compile(compiler_options=_KEEP_LOOP_BODY)
   assert _loop_body_weight_casts(compiled.as_text(), kernel_shapes) == 0
   # Negative control: the bf16 module over float32 weights casts each of them at every step.

@@ -14,6 +14,25 @@ def _bank(n=32, d=192, seed=0, offset=0.5):
   return (offset + rng.standard_normal((n, 8, 8, 3))).astype(np.float32)
 
 
+def _flat(x):
+  return np.asarray(x, np.float64).reshape(len(x), -1)
+
+
+def _discover_on_bank(bank, num_samples, options, *, seed=0, denoise=lambda z: z, **kwargs):
+  """Discovery where the bank's latents are their own images ("denoising" is the identity
+  unless given) and the features are the flattened images."""
+  return discovery.discover_typical(
+      bank,
+      num_samples=num_samples,
+      key=jax.random.key(seed),
+      denoise=denoise,
+      features=_flat,
+      fewshot_images=bank,
+      options=options,
+      **kwargs,
+  )
+
+
 def test_candidates_keep_the_bank_statistics_at_any_strength():
   bank = _bank()
   prior = discovery.fit_prior(bank)
@@ -71,54 +90,25 @@ def test_select_never_keeps_two_from_the_same_place():
 
 def test_discover_typical_accepts_only_what_meets_its_criteria():
   bank = _bank()
-  images = bank  # identity "denoising": the images are the latents
-  flat = lambda x: np.asarray(x, np.float64).reshape(len(x), -1)
   own = _bank(16, seed=5, offset=-3.0)
   # Gaussian latents as images: only near-fresh prior draws are as far from the few-shot set as its members.
   options = discovery.TypicalOptions(strength_range=(0.95, 1.0))
-  res = discovery.discover_typical(
-      bank,
-      num_samples=24,
-      key=jax.random.key(0),
-      denoise=lambda z: z,
-      features=flat,
-      fewshot_images=images,
-      own_images=own,
-      options=options,
-  )
+  res = _discover_on_bank(bank, 24, options, own_images=own)
   assert res.num_accepted == 24 and res.latents.shape == (24, 8, 8, 3)
   np.testing.assert_array_equal(res.latents, res.images)
   crit = res.criteria
   assert (res.nn_fewshot >= crit["band"][0]).all() and (res.nn_fewshot <= crit["band"][1]).all()
-  f = flat(res.images)
+  f = _flat(res.images)
   d = np.sqrt(((f[:, None] - f[None]) ** 2).sum(-1))
   np.fill_diagonal(d, np.inf)
   assert d.min() >= crit["separation"]
-  again = discovery.discover_typical(
-      bank,
-      num_samples=24,
-      key=jax.random.key(0),
-      denoise=lambda z: z,
-      features=flat,
-      fewshot_images=images,
-      own_images=own,
-      options=options,
-  )
+  again = _discover_on_bank(bank, 24, options, own_images=own)
   np.testing.assert_array_equal(res.latents, again.latents)
 
 
 def test_a_pool_that_runs_out_returns_fewer_and_says_why():
   bank = _bank()
-  flat = lambda x: np.asarray(x, np.float64).reshape(len(x), -1)
-  res = discovery.discover_typical(
-      bank,
-      num_samples=10,
-      key=jax.random.key(0),
-      denoise=lambda z: z * 100.0,
-      features=flat,
-      fewshot_images=bank,
-      options=discovery.TypicalOptions(pool_factor=2),
-  )
+  res = _discover_on_bank(bank, 10, discovery.TypicalOptions(pool_factor=2), denoise=lambda z: z * 100.0)
   assert res.num_accepted == 0 and res.num_candidates == 20 and res.rejections["too_far"] == 20
 
 
@@ -189,17 +179,11 @@ def test_full_distance_bins_spill_and_the_accepted_distances_follow_the_fewshot_
   # Identity "denoising" of Gaussian latents: most candidates land near the band's low end; binning
   # moves the accepted median up to the few-shot images' own median.
   bank = _bank()
-  flat = lambda x: np.asarray(x, np.float64).reshape(len(x), -1)
-  run = lambda bins: discovery.discover_typical(
+  run = lambda bins: _discover_on_bank(
       bank,
-      num_samples=16,
-      key=jax.random.key(1),
-      denoise=lambda z: z,
-      features=flat,
-      fewshot_images=bank,
-      options=discovery.TypicalOptions(
-          strength_range=(0.8, 1.0), band=(0.05, 0.95), distance_bins=bins, pool_factor=16
-      ),
+      16,
+      discovery.TypicalOptions(strength_range=(0.8, 1.0), band=(0.05, 0.95), distance_bins=bins, pool_factor=16),
+      seed=1,
   )
   binned, first_come = run(4), run(1)
   assert binned.num_accepted == first_come.num_accepted == 16
@@ -209,17 +193,8 @@ def test_full_distance_bins_spill_and_the_accepted_distances_follow_the_fewshot_
 
 def test_when_the_pool_runs_out_the_set_aside_candidates_fill_in_rebuilt_from_their_index():
   bank = _bank()
-  flat = lambda x: np.asarray(x, np.float64).reshape(len(x), -1)
   options = discovery.TypicalOptions(strength_range=(0.95, 1.0), band=(0.05, 0.95), pool_factor=2, batch=8)
-  res = discovery.discover_typical(
-      bank,
-      num_samples=16,
-      key=jax.random.key(1),
-      denoise=lambda z: z,
-      features=flat,
-      fewshot_images=bank,
-      options=options,
-  )
+  res = _discover_on_bank(bank, 16, options, seed=1)
   assert 0 < res.num_accepted < 16 and res.rejections["bin_full"] == 0
   assert np.any(np.diff(res.candidate_index) < 0)  # set-aside candidates came last
   rebuilt, _, _ = typical.typical_candidates(

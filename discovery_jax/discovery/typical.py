@@ -291,10 +291,9 @@ def select(
   model's side, and at least ``separation`` from every accepted image (including
   those accepted from this batch). ``accepted``: (A, F) features accepted so far.
   With ``bins`` (each candidate's distance bin) and ``room`` (free places per bin), a
-  candidate whose bin is full is not kept but returned second ("spilled"), for later.
-  Returns (kept positions, spilled positions)."""
+  candidate whose bin is full is not kept but returned second ("spilled"), for later;
+  ``room`` is updated in place. Returns (kept positions, spilled positions)."""
   ok = ~(verdict["too_close"] | verdict["too_far"] | verdict["own_side"])
-  room = None if room is None else np.array(room)
   kept: list[int] = []
   spilled: list[int] = []
   kept_feats = [np.asarray(accepted, np.float64)] if len(accepted) else []
@@ -428,7 +427,6 @@ def discover_typical(
     verdict = criteria.judge(f, np.asarray(guard_features(x), np.float64) if separate_guard else None)
     bins = np.searchsorted(edges, verdict["nn_fewshot"], side="right")
     keep, spilled = select(f, verdict, accepted_feats, criteria.separation, num_samples - n_acc, bins, room)
-    np.subtract.at(room, bins[keep], 1)
     last = keep[-1] + 1 if n_acc + len(keep) >= num_samples else len(g)
     examined += int(last)
     seen = slice(0, last)

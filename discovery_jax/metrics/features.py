@@ -351,12 +351,12 @@ def model_extractor(
     if not 0 <= int(t) < len(alphas):
       raise ValueError(f"model feature timesteps must lie in [0, {len(alphas)}), got {tuple(timesteps)}")
   channels = int(eps_fn.module.in_channels)
+  if channels not in (1, 3):
+    raise ValueError(f"model features need a 1- or 3-channel model, this one takes {channels}")
 
   @jax.jit
   def run(params, x):
-    x0 = 2.0 * x[..., :channels] - 1.0 if channels in (1, 3) else None
-    if x0 is None:
-      raise ValueError(f"model features need a 1- or 3-channel model, this one takes {channels}")
+    x0 = 2.0 * x[..., :channels] - 1.0
     noise = jax.random.normal(jax.random.key(0), x0.shape[1:], x0.dtype)
     feats = []
     for t in timesteps:
