@@ -90,6 +90,10 @@ def get_config():
   config.discovery.distance_bins = (
       4  # typical: equal-mass bins of the band, each holding an equal share (1: first come)
   )
+  # typical: the step's share toward ANOTHER few-shot latent instead of a prior draw (0: prior draws,
+  # 1: mixes of two few-shot latents), and whether that partner is one of the source's k nearest latents
+  config.discovery.partner_weight = 0.5
+  config.discovery.partner_neighbours = placeholder(int)  # None: any other few-shot latent
   config.discovery.separation_quantile = 0.05  # typical: closer than this few-shot quantile = the same image
   config.discovery.pool_factor = 8  # typical: at most this many candidates per sample
   config.discovery.image_guard = True  # typical: drop images on the model's own side (mode interference)

@@ -50,6 +50,64 @@ def test_candidates_keep_the_bank_statistics_at_any_strength():
   assert np.bincount(src, minlength=32).tolist() == [8] * 32
 
 
+def test_partner_steps_mix_two_fewshot_latents_on_the_banks_shell():
+  """partner_weight = 1: the step goes toward ANOTHER few-shot latent (no prior draw), the
+  residual stays in the plane of the two residuals and on the norm an orthogonal step
+  would give, even when the two are correlated; partner_weight = 0 is the prior step."""
+  rng = np.random.default_rng(1)
+  shared = rng.standard_normal((1, 192))
+  bank = (0.3 + 0.6 * shared + 0.8 * rng.standard_normal((16, 192))).reshape(16, 8, 8, 3).astype(np.float32)
+  prior = discovery.fit_prior(bank)
+  key = jax.random.key(2)
+  m = np.asarray(prior.mean, np.float64)
+  rows = bank.reshape(16, -1).astype(np.float64) - m
+  z, src, s = typical.typical_candidates(bank, prior, key, np.arange(64), (0.3, 0.7), partner_weight=1.0)
+  resid = z.reshape(64, -1).astype(np.float64) - m
+  partners = []
+  for i in range(64):
+    a = rows[src[i]]
+    # Which other latent completes the plane: the one whose residual explains what a does not.
+    errs = []
+    for j in range(16):
+      basis = np.stack([a, rows[j]], 1)
+      coef = np.linalg.lstsq(basis, resid[i], rcond=None)[0]
+      errs.append(np.linalg.norm(basis @ coef - resid[i]) / np.linalg.norm(resid[i]))
+    j = int(np.argmin(errs))
+    assert errs[j] < 1e-4 and j != src[i], (i, errs[j], j, src[i])
+    partners.append(j)
+    want = np.sqrt((1 - s[i] ** 2) * a @ a + s[i] ** 2 * rows[j] @ rows[j])
+    np.testing.assert_allclose(np.linalg.norm(resid[i]), want, rtol=1e-4)
+  assert len(set(partners)) > 8  # partners are spread over the set, not one fixed neighbour
+  # partner_neighbours=k: the partner is one of the source's k nearest latents.
+  z, src, _ = typical.typical_candidates(
+      bank, prior, key, np.arange(32), (0.5, 0.5), partner_weight=1.0, partner_neighbours=2
+  )
+  d2 = ((rows[:, None] - rows[None]) ** 2).sum(-1)
+  np.fill_diagonal(d2, np.inf)
+  near = np.argsort(d2, 1)[:, :2]
+  for i in range(32):
+    r = z.reshape(32, -1)[i].astype(np.float64) - m
+    errs = {
+        j: np.linalg.norm(
+            np.stack([rows[src[i]], rows[j]], 1)
+            @ np.linalg.lstsq(np.stack([rows[src[i]], rows[j]], 1), r, rcond=None)[0]
+            - r
+        )
+        for j in range(16)
+        if j != src[i]
+    }
+    assert min(errs, key=errs.get) in near[src[i]]
+  # partner_weight = 0 is the prior step: the residual leaves the source's direction by a
+  # component orthogonal to every few-shot residual (a prior draw), of norm s sigma sqrt(d).
+  z, src, s = typical.typical_candidates(bank, prior, key, np.arange(8), (0.2, 0.6), partner_weight=0.0)
+  resid = z.reshape(8, -1).astype(np.float64) - m
+  for i in range(8):
+    step = resid[i] - np.sqrt(1 - s[i] ** 2) * rows[src[i]]
+    cos = rows @ step / (np.linalg.norm(rows, axis=1) * np.linalg.norm(step))
+    assert np.abs(cos).max() < 0.35, cos
+    np.testing.assert_allclose(np.linalg.norm(step), s[i] * prior.sigma * np.sqrt(192), rtol=0.2)
+
+
 @pytest.mark.slow
 def test_candidates_depend_on_their_index_only():
   bank = _bank()
@@ -91,8 +149,9 @@ def test_select_never_keeps_two_from_the_same_place():
 def test_discover_typical_accepts_only_what_meets_its_criteria():
   bank = _bank()
   own = _bank(16, seed=5, offset=-3.0)
-  # Gaussian latents as images: only near-fresh prior draws are as far from the few-shot set as its members.
-  options = discovery.TypicalOptions(strength_range=(0.95, 1.0))
+  # Gaussian latents as images: only near-fresh prior draws (no partner share) are as far from the
+  # few-shot set as its members.
+  options = discovery.TypicalOptions(strength_range=(0.95, 1.0), partner_weight=0.0)
   res = _discover_on_bank(bank, 24, options, own_images=own)
   assert res.num_accepted == 24 and res.latents.shape == (24, 8, 8, 3)
   np.testing.assert_array_equal(res.latents, res.images)
@@ -117,6 +176,10 @@ def test_bad_options_and_tiny_fewshot_sets_are_refused():
     discovery.TypicalOptions(band=(0.9, 0.2))
   with pytest.raises(ValueError, match="strength_range"):
     discovery.TypicalOptions(strength_range=(0.5, 1.5))
+  with pytest.raises(ValueError, match="partner_weight"):
+    discovery.TypicalOptions(partner_weight=1.5)
+  with pytest.raises(ValueError, match="partner_neighbours"):
+    discovery.TypicalOptions(partner_neighbours=0)
   with pytest.raises(ValueError, match="at least 4 few-shot"):
     typical.ImageCriteria.fit(np.zeros((3, 4)), None, typical.TypicalOptions())
 
@@ -182,7 +245,9 @@ def test_full_distance_bins_spill_and_the_accepted_distances_follow_the_fewshot_
   run = lambda bins: _discover_on_bank(
       bank,
       16,
-      discovery.TypicalOptions(strength_range=(0.8, 1.0), band=(0.05, 0.95), distance_bins=bins, pool_factor=16),
+      discovery.TypicalOptions(
+          strength_range=(0.8, 1.0), band=(0.05, 0.95), distance_bins=bins, pool_factor=16, partner_weight=0.0
+      ),
       seed=1,
   )
   binned, first_come = run(4), run(1)
@@ -193,12 +258,14 @@ def test_full_distance_bins_spill_and_the_accepted_distances_follow_the_fewshot_
 
 def test_when_the_pool_runs_out_the_set_aside_candidates_fill_in_rebuilt_from_their_index():
   bank = _bank()
-  options = discovery.TypicalOptions(strength_range=(0.95, 1.0), band=(0.05, 0.95), pool_factor=2, batch=8)
+  options = discovery.TypicalOptions(
+      strength_range=(0.95, 1.0), band=(0.05, 0.95), pool_factor=2, batch=8, partner_weight=0.0
+  )
   res = _discover_on_bank(bank, 16, options, seed=1)
   assert 0 < res.num_accepted < 16 and res.rejections["bin_full"] == 0
   assert np.any(np.diff(res.candidate_index) < 0)  # set-aside candidates came last
   rebuilt, _, _ = typical.typical_candidates(
-      bank, discovery.fit_prior(bank), jax.random.key(1), res.candidate_index, options.strength_range
+      bank, discovery.fit_prior(bank), jax.random.key(1), res.candidate_index, options.strength_range, 0.0
   )
   np.testing.assert_array_equal(res.latents, rebuilt)
   np.testing.assert_array_equal(res.images, res.latents)

@@ -9,6 +9,9 @@ mean component, so only points next to the source pass: near-copies. Here:
   a variance-preserving step from a few-shot latent toward a draw of the fitted prior
   (s = 0: the source, s = 1: a fresh prior draw), so every candidate keeps the bank's
   norm and angle statistics whatever s is; s is drawn per candidate over a wide range;
+* part of the step (``partner_weight``) goes toward ANOTHER few-shot latent instead of
+  noise: isotropic noise is read by the base model as its own domain's structure, a
+  step toward a member of the target domain adds that domain's structure;
 * candidates are denoised and judged on what matters, their images: a new image of
   the domain is as far from the few-shot images as a few-shot image is from the
   others (leave-one-out), so a candidate is kept when its nearest few-shot distance
@@ -41,7 +44,7 @@ import numpy as np
 from discovery_jax.discovery.linalg import as_rows, latent_shape
 from discovery_jax.discovery.prior import GaussianPrior, fit_prior, standard_normal
 
-_KEY_SOURCE, _KEY_STRENGTH, _KEY_NOISE = 0, 1, 2
+_KEY_SOURCE, _KEY_STRENGTH, _KEY_NOISE, _KEY_PARTNER = 0, 1, 2, 3
 GUARD_KINDS = ("discriminant", "nearest")
 
 
@@ -57,7 +60,10 @@ class TypicalOptions:
   the ``guard_quantile`` of the few-shot images' own leave-one-out scores) or
   'nearest' (closer to an own image than to any few-shot image); distance_bins: the
   band is cut into this many bins of equal few-shot mass, each holding an equal share
-  of the accepted images (1: accept anywhere in the band, first come)."""
+  of the accepted images (1: accept anywhere in the band, first come); partner_weight:
+  the step's share toward another few-shot latent rather than a prior draw (0: prior
+  draws only, 1: mixes of two few-shot latents); partner_neighbours: draw that partner
+  from the source's k nearest latents (None: from all the others)."""
 
   strength_range: tuple[float, float] = (0.1, 0.7)
   band: tuple[float, float] = (0.1, 0.7)
@@ -68,6 +74,8 @@ class TypicalOptions:
   guard_quantile: float = 0.1
   guard_shrinkage: float = 1.0
   distance_bins: int = 4
+  partner_weight: float = 0.5
+  partner_neighbours: int | None = None
   batch: int = 64
 
   def __post_init__(self):
@@ -86,6 +94,10 @@ class TypicalOptions:
           f"guard_quantile must lie in [0, 1) and guard_shrinkage be > 0, got {self.guard_quantile}, "
           f"{self.guard_shrinkage}"
       )
+    if not 0.0 <= self.partner_weight <= 1.0:
+      raise ValueError(f"partner_weight must lie in [0, 1], got {self.partner_weight}")
+    if self.partner_neighbours is not None and self.partner_neighbours < 1:
+      raise ValueError(f"partner_neighbours must be >= 1 or None, got {self.partner_neighbours}")
     if self.pool_factor < 1 or self.batch < 1 or self.distance_bins < 1:
       raise ValueError(
           f"pool_factor, batch and distance_bins must be >= 1, got {self.pool_factor}, {self.batch}, "
@@ -106,16 +118,28 @@ def _candidates(
     index: jax.Array,
     s_lo: jax.Array,
     s_hi: jax.Array,
+    partner_weight: jax.Array,
+    neighbours: jax.Array,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   n = rows.shape[0]
   k_strength, k_noise = jax.random.fold_in(key, _KEY_STRENGTH), jax.random.fold_in(key, _KEY_NOISE)
+  k_partner = jax.random.fold_in(key, _KEY_PARTNER)
 
   def one(g):
     src = order[g % n]
     s = s_lo + (s_hi - s_lo) * jax.random.uniform(jax.random.fold_in(k_strength, g))
     eps = standard_normal(jax.random.fold_in(k_noise, g), rows.shape[1])
-    z = prior.mean + jnp.sqrt(1.0 - s * s) * (rows[src] - prior.mean) + s * jnp.sqrt(prior.var) * eps
-    return z, src, s
+    partner = neighbours[src, jax.random.randint(jax.random.fold_in(k_partner, g), (), 0, neighbours.shape[1])]
+    r_src, r_partner = rows[src] - prior.mean, rows[partner] - prior.mean
+    step = jnp.sqrt(1.0 - partner_weight) * jnp.sqrt(prior.var) * eps + jnp.sqrt(partner_weight) * r_partner
+    u = jnp.sqrt(1.0 - s * s) * r_src + s * step
+    # Two few-shot residuals need not be orthogonal (neighbours are not): rescale to the norm
+    # an orthogonal step would give, so a mix never leaves the bank's norm shell.
+    want = (1.0 - s * s) * jnp.sum(r_src**2) + s * s * (
+        (1.0 - partner_weight) * jnp.sum(prior.var * eps**2) + partner_weight * jnp.sum(r_partner**2)
+    )
+    u = jnp.where(partner_weight > 0, u * jnp.sqrt(want / jnp.maximum(jnp.sum(u * u), 1e-30)), u)
+    return prior.mean + u, src, s
 
   return jax.vmap(one)(index)
 
@@ -126,16 +150,35 @@ def typical_candidates(
     key: jax.Array,
     candidate_index: Any,
     strength_range: tuple[float, float] = (0.1, 0.7),
+    partner_weight: float = 0.5,
+    partner_neighbours: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Candidates g of ``candidate_index``: (latents (n, *shape), source index, strength).
 
   Sources cycle through a key-seeded permutation of the bank, so every few-shot latent
-  seeds the same number of candidates."""
+  seeds the same number of candidates; a candidate's partner (``partner_weight`` > 0) is
+  drawn from its own key, so it too depends on g alone."""
   rows = jnp.asarray(as_rows(ood_bank))
   order = jax.random.permutation(jax.random.fold_in(key, _KEY_SOURCE), rows.shape[0]).astype(jnp.int32)
   index = jnp.atleast_1d(jnp.asarray(candidate_index, jnp.uint32))
+  n = rows.shape[0]
+  if partner_neighbours is None or partner_neighbours >= n - 1:
+    neighbours = (jnp.arange(n)[:, None] + 1 + jnp.arange(n - 1)[None, :]) % n  # every other latent
+  else:
+    sq = jnp.sum(rows * rows, axis=1)
+    d2 = sq[:, None] + sq[None, :] - 2.0 * rows @ rows.T
+    d2 = d2.at[jnp.arange(n), jnp.arange(n)].set(jnp.inf)
+    neighbours = jnp.argsort(d2, axis=1)[:, :partner_neighbours]
   z, src, s = _candidates(
-      rows, prior, order, key, index, jnp.float32(strength_range[0]), jnp.float32(strength_range[1])
+      rows,
+      prior,
+      order,
+      key,
+      index,
+      jnp.float32(strength_range[0]),
+      jnp.float32(strength_range[1]),
+      jnp.float32(partner_weight),
+      neighbours.astype(jnp.int32),
   )
   return np.asarray(z).reshape((-1,) + latent_shape(ood_bank)), np.asarray(src), np.asarray(s)
 
@@ -421,7 +464,9 @@ def discover_typical(
   n_acc = examined = 0
   for g0 in range(0, budget, options.batch):
     g = np.arange(g0, min(budget, g0 + options.batch))
-    z, src, s = typical_candidates(ood_bank, prior, key, g, options.strength_range)
+    z, src, s = typical_candidates(
+        ood_bank, prior, key, g, options.strength_range, options.partner_weight, options.partner_neighbours
+    )
     x = denoise(z)
     f = np.asarray(features(x), np.float64)
     verdict = criteria.judge(f, np.asarray(guard_features(x), np.float64) if separate_guard else None)
@@ -454,7 +499,9 @@ def discover_typical(
     for b0 in range(0, len(keep), options.batch):
       part = keep[b0 : b0 + options.batch]
       g = np.asarray([spill[i][0] for i in part])
-      z, src, s = typical_candidates(ood_bank, prior, key, g, options.strength_range)
+      z, src, s = typical_candidates(
+          ood_bank, prior, key, g, options.strength_range, options.partner_weight, options.partner_neighbours
+      )
       accept((z, denoise(z), g, src, s, np.asarray([spill[i][1] for i in part]), fs[part]))
     n_spill -= len(keep)
   rejections["bin_full"] = n_spill
