@@ -269,3 +269,17 @@ def test_when_the_pool_runs_out_the_set_aside_candidates_fill_in_rebuilt_from_th
   )
   np.testing.assert_array_equal(res.latents, rebuilt)
   np.testing.assert_array_equal(res.images, res.latents)
+
+
+def test_the_config_sets_the_partner_share_and_refuses_a_bad_one_in_one_line():
+  from discovery_jax import configlib, settings
+  from tests import helpers
+
+  config = configlib.load_config_file(f"{helpers.REPO}/configs/demo.py")
+  options = settings.typical_options(config)
+  assert options.partner_weight == 0.5 and options.partner_neighbours is None
+  config.discovery.partner_neighbours = 3
+  assert settings.typical_options(config).partner_neighbours == 3
+  config.discovery.partner_weight = 2.0
+  with pytest.raises(ValueError, match=r"^config.discovery: partner_weight must lie in \[0, 1\], got 2.0$"):
+    settings.typical_options(config)
