@@ -92,7 +92,7 @@ def get_config():
   )
   # typical: the step's share toward ANOTHER few-shot latent instead of a prior draw (0: prior draws,
   # 1: mixes of two few-shot latents), and whether that partner is one of the source's k nearest latents
-  config.discovery.partner_weight = 0.5
+  config.discovery.partner_weight = 0.0
   config.discovery.partner_neighbours = placeholder(int)  # None: any other few-shot latent
   config.discovery.separation_quantile = 0.05  # typical: closer than this few-shot quantile = the same image
   config.discovery.pool_factor = 8  # typical: at most this many candidates per sample

@@ -277,7 +277,7 @@ def test_the_config_sets_the_partner_share_and_refuses_a_bad_one_in_one_line():
 
   config = configlib.load_config_file(f"{helpers.REPO}/configs/demo.py")
   options = settings.typical_options(config)
-  assert options.partner_weight == 0.5 and options.partner_neighbours is None
+  assert options.partner_weight == 0.0 and options.partner_neighbours is None
   config.discovery.partner_neighbours = 3
   assert settings.typical_options(config).partner_neighbours == 3
   config.discovery.partner_weight = 2.0

@@ -9,9 +9,10 @@ mean component, so only points next to the source pass: near-copies. Here:
   a variance-preserving step from a few-shot latent toward a draw of the fitted prior
   (s = 0: the source, s = 1: a fresh prior draw), so every candidate keeps the bank's
   norm and angle statistics whatever s is; s is drawn per candidate over a wide range;
-* part of the step (``partner_weight``) goes toward ANOTHER few-shot latent instead of
-  noise: isotropic noise is read by the base model as its own domain's structure, a
-  step toward a member of the target domain adds that domain's structure;
+* optionally, part of the step (``partner_weight``, off by default) goes toward ANOTHER
+  few-shot latent instead of noise: isotropic noise is read by the base model as its
+  own domain's structure, a step toward a member of the target domain adds that
+  domain's structure (it lowers FD but also novelty: docs/method.md);
 * candidates are denoised and judged on what matters, their images: a new image of
   the domain is as far from the few-shot images as a few-shot image is from the
   others (leave-one-out), so a candidate is kept when its nearest few-shot distance
@@ -74,7 +75,7 @@ class TypicalOptions:
   guard_quantile: float = 0.1
   guard_shrinkage: float = 1.0
   distance_bins: int = 4
-  partner_weight: float = 0.5
+  partner_weight: float = 0.0
   partner_neighbours: int | None = None
   batch: int = 64
 
@@ -150,7 +151,7 @@ def typical_candidates(
     key: jax.Array,
     candidate_index: Any,
     strength_range: tuple[float, float] = (0.1, 0.7),
-    partner_weight: float = 0.5,
+    partner_weight: float = 0.0,
     partner_neighbours: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Candidates g of ``candidate_index``: (latents (n, *shape), source index, strength).
