@@ -50,6 +50,17 @@ def test_candidates_keep_the_bank_statistics_at_any_strength():
   assert np.bincount(src, minlength=32).tolist() == [8] * 32
 
 
+def _plane_partner(rows, source, resid):
+  """Which latent's residual, with the source's, spans ``resid``: (index, relative misfit)."""
+  errs = []
+  for j in range(len(rows)):
+    basis = np.stack([rows[source], rows[j]], 1)
+    coef = np.linalg.lstsq(basis, resid, rcond=None)[0]
+    errs.append(np.linalg.norm(basis @ coef - resid) / np.linalg.norm(resid))
+  j = int(np.argmin(errs))
+  return j, errs[j]
+
+
 def test_partner_steps_mix_two_fewshot_latents_on_the_banks_shell():
   """partner_weight = 1: the step goes toward ANOTHER few-shot latent (no prior draw), the
   residual stays in the plane of the two residuals and on the norm an orthogonal step
@@ -66,14 +77,8 @@ def test_partner_steps_mix_two_fewshot_latents_on_the_banks_shell():
   partners = []
   for i in range(64):
     a = rows[src[i]]
-    # Which other latent completes the plane: the one whose residual explains what a does not.
-    errs = []
-    for j in range(16):
-      basis = np.stack([a, rows[j]], 1)
-      coef = np.linalg.lstsq(basis, resid[i], rcond=None)[0]
-      errs.append(np.linalg.norm(basis @ coef - resid[i]) / np.linalg.norm(resid[i]))
-    j = int(np.argmin(errs))
-    assert errs[j] < 1e-4 and j != src[i], (i, errs[j], j, src[i])
+    j, err = _plane_partner(rows, src[i], resid[i])
+    assert err < 1e-4 and j != src[i], (i, err, j, src[i])
     partners.append(j)
     want = np.sqrt((1 - s[i] ** 2) * a @ a + s[i] ** 2 * rows[j] @ rows[j])
     np.testing.assert_allclose(np.linalg.norm(resid[i]), want, rtol=1e-4)
@@ -86,17 +91,8 @@ def test_partner_steps_mix_two_fewshot_latents_on_the_banks_shell():
   np.fill_diagonal(d2, np.inf)
   near = np.argsort(d2, 1)[:, :2]
   for i in range(32):
-    r = z.reshape(32, -1)[i].astype(np.float64) - m
-    errs = {
-        j: np.linalg.norm(
-            np.stack([rows[src[i]], rows[j]], 1)
-            @ np.linalg.lstsq(np.stack([rows[src[i]], rows[j]], 1), r, rcond=None)[0]
-            - r
-        )
-        for j in range(16)
-        if j != src[i]
-    }
-    assert min(errs, key=errs.get) in near[src[i]]
+    j, _ = _plane_partner(rows, src[i], z.reshape(32, -1)[i].astype(np.float64) - m)
+    assert j in near[src[i]]
   # partner_weight = 0 is the prior step: the residual leaves the source's direction by a
   # component orthogonal to every few-shot residual (a prior draw), of norm s sigma sqrt(d).
   z, src, s = typical.typical_candidates(bank, prior, key, np.arange(8), (0.2, 0.6), partner_weight=0.0)
