@@ -16,7 +16,11 @@ pairs of its 10 references (4.5x the angles), so the speed-up is a lower bound.
 * a vectorised-numpy per-candidate loop (references stacked, one Gram matrix per
   candidate): a stronger baseline, reported alongside;
 * ``geometry.discover(mode="rejection")``: draws, candidates, references and
-  criteria for 32 paths per jitted call, from inner products;
+  criteria for 32 paths per jitted call, from inner products. Its default span draws
+  sample each path's prior draw through its inner products with the banks and make
+  the d numbers only for kept candidates (the prior's law; docs/method.md); the run
+  with ``span_draws=False`` draws all d numbers of every path, as the loop does, and
+  is reported beside it;
 * ``geometry.score_candidates`` on materialised candidates (shared references; the
   criteria alone, against the loops' time inside the criteria);
 * ``geometry.discover(mode="optimize")`` (Adam on the criteria), with its
@@ -318,15 +322,21 @@ def main() -> None:
   )
   print(f"jitted kernels on {parallel.data_size(mesh)} device(s)")
 
-  # Jitted rejection search (warm-up compiles the 32-path kernel).
-  geo.discover(ood_b, idb_b, num_samples=10**6, max_candidates=32 * NUM_INTERIOR, **common)
+  # Jitted rejection search (warm-ups compile the 32-path kernels), span draws and full draws.
   budget = args.paths * NUM_INTERIOR
-  rej = geo.discover(ood_b, idb_b, num_samples=10**6, max_candidates=budget, **common)
-  print(
-      f"jitted rejection: {rej.num_scored} candidates in {rej.seconds:.2f} s = {rej.candidates_per_second:,.0f} "
-      f"candidates/s (setup {rej.setup_seconds:.2f} s: bank Gram matrices), accepted {rej.num_accepted} "
-      f"({rej.acceptance_rate:.2%}); most rejections: {rej.most_rejecting}"
-  )
+  runs = {}
+  for span in (True, False):
+    geo.discover(
+        ood_b, idb_b, num_samples=32 * NUM_INTERIOR, max_candidates=32 * NUM_INTERIOR, span_draws=span, **common
+    )
+    runs[span] = geo.discover(ood_b, idb_b, num_samples=budget, max_candidates=budget, span_draws=span, **common)
+  rej, full = runs[True], runs[False]
+  for name, r in (("span draws", rej), ("full draws", full)):
+    print(
+        f"jitted rejection, {name}: {r.num_scored} candidates in {r.seconds:.2f} s = "
+        f"{r.candidates_per_second:,.0f} candidates/s (setup {r.setup_seconds:.2f} s: bank Gram matrices), "
+        f"accepted {r.num_accepted} ({r.acceptance_rate:.2%}); most rejections: {r.most_rejecting}"
+    )
 
   # Materialised candidates through score_candidates (shared references, 512 candidates already in
   # (CPU) device memory, as a jitted producer leaves them).
@@ -359,9 +369,9 @@ def main() -> None:
 
   # Optimisation mode on its own budget, next to rejection on the same budget.
   opt_budget = args.opt_paths * NUM_INTERIOR
-  geo.discover(ood_b, idb_b, num_samples=10**6, max_candidates=32 * NUM_INTERIOR, mode="optimize", **common)
-  opt = geo.discover(ood_b, idb_b, num_samples=10**6, max_candidates=opt_budget, mode="optimize", **common)
-  rej_same = geo.discover(ood_b, idb_b, num_samples=10**6, max_candidates=opt_budget, **common)
+  geo.discover(ood_b, idb_b, num_samples=32 * NUM_INTERIOR, max_candidates=32 * NUM_INTERIOR, mode="optimize", **common)
+  opt = geo.discover(ood_b, idb_b, num_samples=opt_budget, max_candidates=opt_budget, mode="optimize", **common)
+  rej_same = geo.discover(ood_b, idb_b, num_samples=opt_budget, max_candidates=opt_budget, **common)
   print(
       f"jitted optimisation ({opt.config['opt_steps']} Adam steps): {opt.candidates_per_second:,.0f} candidates/s, "
       f"accepted {opt.num_accepted}/{opt.num_candidates} ({opt.acceptance_rate:.1%}) vs rejection "
@@ -372,7 +382,8 @@ def main() -> None:
   score_speedup = score_cps / off_score_cps
   print(
       f"speedup, end to end (draw + slerp + references + criteria), jitted rejection vs official-style loop: "
-      f"{speedup:,.0f}x (target >= 100x); vs vectorised-numpy loop: {rej.candidates_per_second / vec_cps:,.0f}x"
+      f"{speedup:,.0f}x (target >= 100x); vs vectorised-numpy loop: {rej.candidates_per_second / vec_cps:,.0f}x; "
+      f"with full draws: {full.candidates_per_second / off_cps:,.0f}x"
   )
   print(
       f"speedup, criteria only, score_candidates vs official-style loop: {score_speedup:,.0f}x; vs vectorised-numpy "
@@ -393,6 +404,9 @@ def main() -> None:
       "jitted_rejection_cps": round(rej.candidates_per_second, 1),
       "jitted_rejection_candidates": rej.num_scored,
       "jitted_rejection_acceptance": rej.acceptance_rate,
+      "jitted_rejection_full_draws_cps": round(full.candidates_per_second, 1),
+      "jitted_rejection_full_draws_acceptance": full.acceptance_rate,
+      "speedup_end_to_end_full_draws": round(full.candidates_per_second / off_cps, 1),
       "setup_seconds": round(rej.setup_seconds, 2),
       "score_candidates_cps": round(score_cps, 1),
       "official_loop_cps": round(off_cps, 2),

@@ -114,6 +114,9 @@ def get_config():
   # 'pooled' (one scalar variance), 'diagonal', or 'published_head' (the published HEAD: fitted on the
   # ID bank with np.var over all entries, 1.036x the pooled per-dimension variance on its banks)
   config.discovery.prior_kind = "pooled"
+  # rejection with a pooled prior: draw each path's prior sample through its inner products with the
+  # banks (same law, far cheaper; docs/method.md); False (and optimize mode): full sample_prior draws
+  config.discovery.span_draws = True
   config.discovery.guard = "mean_diff"  # mode-interference guard: 'mean_diff', 'logistic' or 'none'
   config.discovery.guard_margin = 0.0
   config.discovery.opt_steps = 200

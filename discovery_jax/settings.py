@@ -115,6 +115,7 @@ def discovery_options(config: Any) -> DiscoveryOptions:
         max_per_path=None if per_path in (None, 0) else int(per_path),
         tolerance_scale=float(d.tolerance_scale),
         prior_kind=d.prior_kind,
+        span_draws=bool(_get(d, "span_draws", True)),
         guard=None if guard in (None, "", "none") else guard,
         guard_margin=float(d.guard_margin),
         opt_steps=int(d.opt_steps),

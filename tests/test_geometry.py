@@ -307,7 +307,7 @@ def test_rejection_accepts_only_what_meets_the_criteria(runs):
   prior = geo.fit_prior(runs["ood"])
   k = jax.random.fold_in(runs["key"], 0)
   for i in range(min(3, r.num_accepted)):
-    draw = np.asarray(geo.sample_prior(prior, k, [r.path_index[i]]))[0]
+    draw = np.asarray(geo.path_draws(runs["ood_bank"], runs["id_bank"], prior, k, [r.path_index[i]]))[0]
     latent = np.asarray(geo.slerp(runs["ood"][r.source_index[i]], draw, [r.t[i]]))[0]
     np.testing.assert_allclose(r.latents[i].ravel(), latent, rtol=1e-4, atol=1e-4)
     id_ref, ood_ref = geo.reference_indices(runs["key"], r.candidate_index[i], 60, 60, 10)

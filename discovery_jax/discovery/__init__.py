@@ -13,7 +13,14 @@ from discovery_jax.discovery.criteria import (
     score_candidates,
     slerp,
 )
-from discovery_jax.discovery.driver import (RECORD_KEYS, DiscoveryOptions, DiscoveryResult, discover, select_chunk)
+from discovery_jax.discovery.driver import (
+    RECORD_KEYS,
+    DiscoveryOptions,
+    DiscoveryResult,
+    discover,
+    path_draws,
+    select_chunk,
+)
 from discovery_jax.discovery.guard import LinearGuard, fit_guard, guard_logits
 from discovery_jax.discovery.linalg import as_rows, bank_mean, check_banks, gram, norms
 from discovery_jax.discovery.prior import (

@@ -2,7 +2,9 @@
 -> a pure host-side selection -> materialisation -> one result.
 
 Path p starts at OOD latent ``perm[p % N_ood]`` (perm from ``fold_in(key, 1)``) and
-ends at the prior draw ``sample_prior(prior, fold_in(key, 0), p)``; its
+ends at the prior draw ``path_draws(ood, id, prior, fold_in(key, 0), [p])`` (rejection with
+a pooled prior: drawn through the span of the banks, ``draws``; otherwise
+``sample_prior(prior, fold_in(key, 0), p)``); its
 ``num_interior`` interior points are candidates g = p * num_interior + k at
 t = (k+1)/(num_interior+1). Candidate g compares with ``num_refs`` ID and OOD
 references from ``reference_indices(key, g, ...)``. Every random choice depends
@@ -29,6 +31,15 @@ from discovery_jax.discovery.criteria import (
     Targets,
     targets_from_geometry,
 )
+from discovery_jax.discovery.draws import (
+    DrawBasis,
+    draws_for_paths,
+    fit_draw_basis,
+    fresh_normals,
+    outside_scale,
+    span_normals,
+    use_span_draws,
+)
 from discovery_jax.discovery.guard import LinearGuard, fit_guard
 from discovery_jax.discovery.kernels import KernelConfig, path_kernel
 from discovery_jax.discovery.linalg import (
@@ -42,7 +53,7 @@ from discovery_jax.discovery.linalg import (
     release_pages,
     row_blocks,
 )
-from discovery_jax.discovery.prior import GaussianPrior, fit_prior
+from discovery_jax.discovery.prior import GaussianPrior, fit_prior, sample_prior
 
 MODES = ("typical", "rejection", "optimize")
 OPT_BASES = ("global", "refs")
@@ -73,6 +84,11 @@ class DiscoveryOptions:
   max_per_path: keep at most this many accepted points of one path, the ones
   furthest from its OOD latent (None: all, as the paper does). Neighbouring points
   of a path denoise into nearly the same image, so a cap spreads the samples.
+  span_draws: rejection with a pooled prior samples each path's draw through its inner
+  products with the banks and makes it only for kept candidates (``draws``: the prior's
+  law, not the numbers ``sample_prior`` gives). False, and always in 'optimize' mode (which
+  keeps most candidates: making each kept one's draw costs more than drawing every path):
+  full ``sample_prior`` draws.
   max_candidates: the search budget (None: 1000 x num_samples). chunk_paths: paths
   per jitted call per device (rounded up to whole 32-path blocks; results do not
   depend on it).
@@ -85,6 +101,7 @@ class DiscoveryOptions:
   max_per_path: int | None = None
   tolerance_scale: float = 1.0
   prior_kind: str = "pooled"
+  span_draws: bool = True
   guard: str | None = "mean_diff"
   guard_margin: float = 0.0
   opt_steps: int = 200
@@ -119,7 +136,7 @@ class DiscoveryResult:
 
   latents: np.ndarray  # (n, *latent_shape) float32
   candidate_index: np.ndarray  # (n,) global candidate index g = path * num_interior + k
-  path_index: np.ndarray  # (n,) the prior draw is sample_prior(prior, fold_in(key, 0), path)
+  path_index: np.ndarray  # (n,) the prior draw is path_draws(ood, id, prior, fold_in(key, 0), [path])
   source_index: np.ndarray  # (n,) the OOD latent the path starts from
   t: np.ndarray  # (n,) slerp position in (0, 1)
   id_ref_index: np.ndarray  # (n, R)
@@ -180,6 +197,7 @@ class _Search:
   targets: Targets
   prior: GaussianPrior
   guard: LinearGuard | None
+  draws: DrawBasis | None  # span draws (a pooled prior), else None: full (P, d) draws in the kernel
   cfg: KernelConfig
   inputs: tuple  # the kernel's arguments but the paths, in order
   shape: tuple[int, ...]
@@ -264,6 +282,28 @@ def bank_geometry(ood_bank: Any, id_bank: Any, *, w: Any = None, full_id_gram: b
   return BankGeometry(shape(no), shape(ni), all_t, extras, g_all, time.perf_counter() - start)
 
 
+def path_draws(
+    ood_bank: Any,
+    id_bank: Any,
+    prior: GaussianPrior,
+    key: jax.Array,
+    paths: Any,
+    *,
+    guard: Any = "mean_diff",
+    span_draws: bool = True,
+):
+  """The prior draws (len(paths), d) that ``discover`` paths end at, for ``key`` =
+  ``fold_in(discover's key, 0)`` and the guard and ``span_draws`` ``discover`` used (pass
+  span_draws=False for 'optimize' runs; a span draw depends on the banks and the guard
+  direction, a full one only on the key)."""
+  rows = len(ood_bank) + len(id_bank) + EXTRAS
+  if not (span_draws and use_span_draws(prior, rows)):
+    return sample_prior(prior, key, np.asarray(paths))
+  guard = _resolve_guard(guard, ood_bank, id_bank)
+  geom = bank_geometry(ood_bank, id_bank, w=None if guard is None else guard.w, full_id_gram=True)
+  return draws_for_paths(fit_draw_basis(geom.g_all, geom.all_t, prior), geom.all_t, prior.mean, key, paths)
+
+
 @functools.partial(jax.jit, static_argnames=("num_ood", "with_refs"))
 def _materialise(all_t, extras, z_rows, src, idx_id, idx_ood, coef, gb, rho, *, num_ood, with_refs):
   """``kernels.materialise`` reading the banks from S^T: c = rho * unit(sum_j a_j b_j / |b_j|)."""
@@ -280,6 +320,76 @@ def _materialise(all_t, extras, z_rows, src, idx_id, idx_ood, coef, gb, rho, *, 
     w_id = jnp.zeros((src.shape[0], ni), jnp.float32).at[rows, idx_id].add(wt[:, 2 : 2 + r])
     c = c + (all_t[:, :no] @ w_ood.T).T + (all_t[:, no : no + ni] @ w_id.T).T
   return scale[:, None] * c
+
+
+@functools.partial(jax.jit, static_argnames=("num_ood", "with_refs"))
+def _materialise_span(draws, all_t, mean, key, paths, src, idx_id, idx_ood, coef, gb, rho, *, num_ood, with_refs):
+  """``_materialise`` for span draws, fused: the path's draw
+  z = mean + sigma (a xi' + T^T W (xi - a W^T T xi')) is made here, and every term of
+  the latent but a xi' is a combination of T's rows, so a block costs two passes over the banks."""
+  nb = jnp.sqrt(jnp.maximum(jnp.diagonal(gb, axis1=1, axis2=2), TINY))  # (B, M)
+  gn = gb / (nb[:, :, None] * nb[:, None, :])
+  scale = rho / jnp.sqrt(jnp.maximum(jnp.einsum("bi,bij,bj->b", coef, gn, coef), TINY))
+  wt = coef / nb
+  r, b = idx_id.shape[1], paths.shape[0]
+  no, ni = num_ood, all_t.shape[1] - num_ood - EXTRAS
+  xi, q = span_normals(draws, key, paths)
+  fresh = fresh_normals(draws, key, paths)
+  a, c = outside_scale(draws, all_t, mean, fresh, q)
+  gamma = (wt[:, 0:1] * draws.sigma) * ((xi - a[:, None] * c) @ draws.inverse.T)  # (B, k) over T = [S; mean]
+  gamma = gamma.at[:, -1].add(wt[:, 0])  # the draw's mean
+  gamma = gamma.at[jnp.arange(b), src].add(wt[:, 1])  # the path's OOD latent
+  gamma = gamma.at[:, no + ni : no + ni + EXTRAS].add(wt[:, 2 + 2 * r :])
+  if with_refs:
+    rows = jnp.arange(b)[:, None]
+    gamma = gamma.at[rows, idx_ood].add(wt[:, 2 + r : 2 + 2 * r]).at[rows, no + idx_id].add(wt[:, 2 : 2 + r])
+  c = (wt[:, 0] * draws.sigma * a)[:, None] * fresh + (all_t @ gamma[:, :-1].T).T + gamma[:, -1:] * mean
+  return scale[:, None] * c
+
+
+def _hit_fields(host: dict, first_path: int, hits: np.ndarray, num_interior: int) -> dict:
+  """What materialising one kept candidate needs, per hit (span draws: no (P, d) draws held)."""
+  pi, ki = np.divmod(hits, num_interior)
+  return {
+      "path": first_path + pi,
+      "source": host["source"][pi],
+      "id_refs": host["id_refs"][pi, ki],
+      "ood_refs": host["ood_refs"][pi, ki],
+      "coef": host["coef"][pi, ki],
+      "gram": host["gram"][pi, ki],
+      "rho": host["rho"][pi, ki],
+  }
+
+
+def _materialise_pending(search: _Search, pending: list[dict], rows: np.ndarray, written: int, final: bool):
+  """Materialises the whole MAT_BLOCKs of span-draw hits gathered so far (all of them when
+  ``final``) into ``rows[written:]``: a block is filled across chunks, so a search that keeps
+  a few candidates per chunk pays two passes over the banks per MAT_BLOCK hits, not per chunk.
+  Returns (hits still pending, rows written)."""
+  if not pending:
+    return pending, written
+  fields = {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
+  n = len(fields["path"])
+  todo = n if final else n - n % MAT_BLOCK
+  with_refs = search.cfg.opt_steps > 0 and search.cfg.opt_basis == "refs"
+  flat = rows.reshape(rows.shape[0], -1)
+  for s in range(0, todo, MAT_BLOCK):
+    take = np.arange(s, min(s + MAT_BLOCK, todo))
+    idx = np.r_[take, np.full(MAT_BLOCK - len(take), take[0])]
+    m = _materialise_span(
+        search.draws,
+        search.geom.all_t,
+        search.prior.mean,
+        search.inputs[4][0],
+        jnp.asarray(fields["path"][idx], jnp.uint32),
+        *(jnp.asarray(fields[k][idx]) for k in ("source", "id_refs", "ood_refs", "coef", "gram", "rho")),
+        num_ood=search.geom.num_ood,
+        with_refs=with_refs,
+    )
+    flat[written + s : written + s + len(take)] = np.asarray(m)[: len(take)]
+    release_pages(rows)
+  left = {k: v[todo:] for k, v in fields.items()}
+  return ([left] if n > todo else []), written + todo
 
 
 def _resolve_guard(guard, ood_bank, id_bank) -> LinearGuard | None:
@@ -300,7 +410,18 @@ def _setup(ood_bank, id_bank, num_samples, key, options, targets, prior, guard, 
     )
   start = time.perf_counter()
   guard = _resolve_guard(guard, ood_bank, id_bank)
-  geom = bank_geometry(ood_bank, id_bank, w=None if guard is None else guard.w, full_id_gram=options.mode == "optimize")
+  prior = prior or fit_prior(ood_bank, options.prior_kind)  # streamed: a memmap bank's pages dropped per block
+  if prior.dim != int(np.prod(latent_shape(ood_bank))):
+    raise ValueError(f"prior dimension {prior.dim} != latent size {int(np.prod(latent_shape(ood_bank)))}")
+  # Rejection keeps few candidates, so making only their draws wins; optimize keeps most of them.
+  span_draws = (
+      options.span_draws
+      and options.mode == "rejection"
+      and use_span_draws(prior, len(ood_bank) + len(id_bank) + EXTRAS)
+  )
+  geom = bank_geometry(
+      ood_bank, id_bank, w=None if guard is None else guard.w, full_id_gram=options.mode == "optimize" or span_draws
+  )
   if targets is None:
     targets = targets_from_geometry(
         geom,
@@ -309,9 +430,7 @@ def _setup(ood_bank, id_bank, num_samples, key, options, targets, prior, guard, 
         key=jax.random.fold_in(key, 5),
         draws_per_latent=options.draws_per_latent,
     )
-  prior = prior or fit_prior(ood_bank, options.prior_kind)  # streamed: a memmap bank's pages dropped per block
-  if prior.dim != geom.ood.shape[1]:
-    raise ValueError(f"prior dimension {prior.dim} != latent size {geom.ood.shape[1]}")
+  draws = fit_draw_basis(geom.g_all, geom.all_t, prior) if span_draws else None
   cfg = KernelConfig(
       geom.num_ood,
       int(options.num_interior),
@@ -328,13 +447,14 @@ def _setup(ood_bank, id_bank, num_samples, key, options, targets, prior, guard, 
   gbias = guard.b if guard is not None else jnp.zeros((), jnp.float32)
   ood_norms = jnp.sqrt(jnp.diagonal(geom.g_all)[: geom.num_ood])
   shell = (jnp.mean(ood_norms), jnp.maximum(jnp.std(ood_norms), 1e-6 * jnp.mean(ood_norms)))
-  inputs = (geom.all_t, geom.g_all, shell, prior, keys, sources, values, tols, gbias)
+  inputs = (geom.all_t, geom.g_all, shell, prior, keys, sources, values, tols, gbias, draws)
   max_candidates = int(options.max_candidates or 1000 * num_samples)
   return _Search(
       geom,
       targets,
       prior,
       guard,
+      draws,
       cfg,
       inputs,
       latent_shape(ood_bank),
@@ -419,8 +539,8 @@ def select_chunk(
 
 
 def _materialise_hits(search: _Search, host: dict, z: Any, hits: np.ndarray, dest: np.ndarray) -> None:
-  """Writes the accepted latents of one chunk into ``dest`` (len(hits), ...), in fixed
-  blocks of MAT_BLOCK candidates (one block in memory at a time)."""
+  """Writes the accepted latents of one chunk into ``dest`` (len(hits), ...) from the
+  chunk's full draws ``z``, in fixed blocks of MAT_BLOCK candidates (one block in memory at a time)."""
   flat = dest.reshape(len(hits), -1)
   geom, num_interior = search.geom, search.cfg.num_interior
   with_refs = search.cfg.opt_steps > 0 and search.cfg.opt_basis == "refs"
@@ -429,9 +549,11 @@ def _materialise_hits(search: _Search, host: dict, z: Any, hits: np.ndarray, des
     sel_p, sel_k = pi[s : s + MAT_BLOCK], ki[s : s + MAT_BLOCK]
     pad = MAT_BLOCK - len(sel_p)
     sel_p, sel_k = np.r_[sel_p, np.zeros(pad, int)], np.r_[sel_k, np.zeros(pad, int)]
-    # Rows of several devices gathered (exactly) onto the default device.
-    sub = z[0].shape[0]
-    z_rows = z[0][sel_p] if len(z) == 1 else jnp.asarray(np.stack([np.asarray(z[i // sub][i % sub]) for i in sel_p]))
+    if len(z) == 1:
+      z_rows = z[0][sel_p]
+    else:  # rows of several devices gathered (exactly) onto the default device
+      sub = z[0].shape[0]
+      z_rows = jnp.asarray(np.stack([np.asarray(z[i // sub][i % sub]) for i in sel_p]))
     m = _materialise(
         geom.all_t,
         geom.extras,
@@ -573,7 +695,8 @@ def discover(
   rows = out if out is not None else np.empty((int(num_samples),) + search.shape, np.float32)
   records = []
   fails, sole = np.zeros(4, np.int64), np.zeros(4, np.int64)
-  n_acc = examined = scored = 0
+  n_acc = examined = scored = written = 0
+  pending: list[dict] = []  # span draws: kept candidates awaiting a whole MAT_BLOCK
   loop_start = time.perf_counter()
   for p0, host, z in _chunks(search, mesh):
     sel = select_chunk(
@@ -588,11 +711,16 @@ def discover(
     examined, scored = examined + sel.num_examined, scored + sel.num_scored
     fails, sole = fails + sel.fails, sole + sel.sole
     if len(sel.hits):
-      _materialise_hits(search, host, z, sel.hits, rows[n_acc : n_acc + len(sel.hits)])
+      if search.draws is None:
+        _materialise_hits(search, host, z, sel.hits, rows[n_acc : n_acc + len(sel.hits)])
+      else:
+        pending.append(_hit_fields(host, p0, sel.hits, search.cfg.num_interior))
+        pending, written = _materialise_pending(search, pending, rows, written, final=False)
       records.append(_records(host, p0, sel.hits, search.cfg.num_interior))
       n_acc += len(sel.hits)
     if n_acc >= num_samples:
       break
+  pending, written = _materialise_pending(search, pending, rows, written, final=True)
   seconds = time.perf_counter() - loop_start
   latents = rows[:n_acc]
   result = _build_result(search, options, int(num_samples), latents, records, fails, sole, examined, scored, seconds)

@@ -13,6 +13,7 @@ import numpy as np
 import optax
 
 from discovery_jax.discovery.criteria import EXTRAS, accept, choose, criteria_from_dots, slerp_coefficients
+from discovery_jax.discovery.draws import DrawBasis, path_dots
 from discovery_jax.discovery.linalg import TINY, rowblock_matmul
 from discovery_jax.discovery.prior import sample_prior_jit
 
@@ -61,10 +62,26 @@ def trainable(r: int, opt_basis: str) -> np.ndarray:
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def path_kernel(all_t, g_all, shell, prior, keys, sources, paths, values, tols, guard_b, *, cfg: KernelConfig):
+def path_kernel(
+    all_t,
+    g_all,
+    shell,
+    prior,
+    keys,
+    sources,
+    paths,
+    values,
+    tols,
+    guard_b,
+    draws: DrawBasis | None,
+    *,
+    cfg: KernelConfig,
+):
   """One chunk of paths (a multiple of ROW_BLOCK): prior draws, slerp candidates,
   their references, optional optimisation, criteria. Every per-candidate quantity
   depends only on the candidate's global index (fixed-shape matmuls, per-index keys).
+  With ``draws`` (a pooled prior) a draw is only its inner products and norm
+  (``draws.path_dots``) and "z" is None; otherwise the (P, d) draws are made and returned.
 
   Candidate c is represented by coefficients a over its basis
   B = [v, u, id refs (R), ood refs (R), w, mean(ood), mean(id)] and the Gram matrix
@@ -75,9 +92,13 @@ def path_kernel(all_t, g_all, shell, prior, keys, sources, paths, values, tols, 
   k_prior, k_id, k_ood = keys
   kk, r = cfg.num_interior, cfg.num_refs
   no, ni = cfg.num_ood, g_all.shape[0] - cfg.num_ood - EXTRAS
-  z = sample_prior_jit(prior, k_prior, paths.astype(jnp.uint32))  # (P, d) = sample_prior(prior, k_prior, p)
-  z_all = rowblock_matmul(z, all_t)  # (P, No + Ni + 3): one gemm row per path
-  zz = jnp.sum(z * z, -1)
+  if draws is None:
+    z = sample_prior_jit(prior, k_prior, paths.astype(jnp.uint32))  # (P, d) = sample_prior(prior, k_prior, p)
+    z_all = rowblock_matmul(z, all_t)  # (P, No + Ni + 3): one gemm row per path
+    zz = jnp.sum(z * z, -1)
+  else:
+    z = None
+    z_all, zz = path_dots(draws, k_prior, paths)
   t = (jnp.arange(kk, dtype=jnp.float32) + 1) / (kk + 1)
   src = sources[paths % no]
   g = (paths[:, None] * kk + jnp.arange(kk)[None]).astype(jnp.uint32)  # (P, K) global candidate indices
@@ -107,7 +128,7 @@ def path_kernel(all_t, g_all, shell, prior, keys, sources, paths, values, tols, 
   stats_fn = jax.vmap(lambda a, g, rh: stats_from_coefficients(a, g, rh, r, cfg.has_guard, guard_b))
   a = a0
   if cfg.opt_steps:
-    a, rho = optimise(a0, gb, rho, shell, values, tols, cfg, stats_fn, z.shape[1])
+    a, rho = optimise(a0, gb, rho, shell, values, tols, cfg, stats_fn, all_t.shape[0])
   stats, logit = stats_fn(a, gb, rho)
   passed, accepted = accept(stats, logit, values, tols, cfg.guard_margin)
   unflat = lambda x: x.reshape((paths.shape[0], kk) + x.shape[1:])
