@@ -306,7 +306,10 @@ def path_draws(
 
 @functools.partial(jax.jit, static_argnames=("num_ood", "with_refs"))
 def _materialise(all_t, extras, z_rows, src, idx_id, idx_ood, coef, gb, rho, *, num_ood, with_refs):
-  """``kernels.materialise`` reading the banks from S^T: c = rho * unit(sum_j a_j b_j / |b_j|)."""
+  """Kept latents c = rho * unit(sum_j a_j b_j / |b_j|) over each one's basis [draw, source,
+  refs, extras], read from S^T. Reference weights, when used (opt_basis 'refs'), are
+  scattered into dense (block, N) matrices and applied as one gemm per bank (cheaper on
+  CPU than gathering 2R rows of d numbers per candidate)."""
   nb = jnp.sqrt(jnp.maximum(jnp.diagonal(gb, axis1=1, axis2=2), TINY))  # (B, M)
   gn = gb / (nb[:, :, None] * nb[:, None, :])
   scale = rho / jnp.sqrt(jnp.maximum(jnp.einsum("bi,bij,bj->b", coef, gn, coef), TINY))

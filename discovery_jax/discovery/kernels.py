@@ -1,5 +1,5 @@
 """The discovery kernel: paths of slerp candidates scored (and optionally optimised)
-from inner products, and the materialisation of accepted ones."""
+from inner products (the driver materialises the accepted ones)."""
 
 from __future__ import annotations
 
@@ -186,23 +186,3 @@ def optimise(a0, gb, rho0, shell, values, tols, cfg: KernelConfig, stats_fn, dim
 
   (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), None, length=cfg.opt_steps)
   return params["a"], centre + band * jnp.tanh(params["s"])
-
-
-@functools.partial(jax.jit, static_argnames=("with_refs",))
-def materialise(ood, idb, extras, z_rows, src, idx_id, idx_ood, coef, gb, rho, *, with_refs):
-  """Latents c = rho * unit(sum_j a_j b_j / |b_j|) for a fixed block of candidates
-  (extras = [w; mean(ood); mean(id)]). Reference weights, when used (opt_basis
-  'refs'), are scattered into dense (block, N) matrices and applied as one gemm
-  per bank (cheaper on CPU than gathering 2R rows of d numbers per candidate)."""
-  nb = jnp.sqrt(jnp.maximum(jnp.diagonal(gb, axis1=1, axis2=2), TINY))  # (B, M)
-  gn = gb / (nb[:, :, None] * nb[:, None, :])
-  scale = rho / jnp.sqrt(jnp.maximum(jnp.einsum("bi,bij,bj->b", coef, gn, coef), TINY))
-  wt = coef / nb
-  r = idx_id.shape[1]
-  c = wt[:, 0:1] * z_rows + wt[:, 1:2] * ood[src] + wt[:, 2 + 2 * r :] @ extras
-  if with_refs:
-    rows = jnp.arange(src.shape[0])[:, None]
-    w_ood = jnp.zeros((src.shape[0], ood.shape[0]), jnp.float32).at[rows, idx_ood].add(wt[:, 2 + r : 2 + 2 * r])
-    w_id = jnp.zeros((src.shape[0], idb.shape[0]), jnp.float32).at[rows, idx_id].add(wt[:, 2 : 2 + r])
-    c = c + w_ood @ ood + w_id @ idb
-  return scale[:, None] * c
