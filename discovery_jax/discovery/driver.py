@@ -304,16 +304,22 @@ def path_draws(
   return draws_for_paths(fit_draw_basis(geom.g_all, geom.all_t, prior), geom.all_t, prior.mean, key, paths)
 
 
+def _basis_weights(coef, gb, rho):
+  """(scale, wt) with c = scale * sum_j wt_j b_j: the weights of each kept candidate's basis
+  rows and the scale that puts it at norm rho."""
+  nb = jnp.sqrt(jnp.maximum(jnp.diagonal(gb, axis1=1, axis2=2), TINY))  # (B, M)
+  gn = gb / (nb[:, :, None] * nb[:, None, :])
+  scale = rho / jnp.sqrt(jnp.maximum(jnp.einsum("bi,bij,bj->b", coef, gn, coef), TINY))
+  return scale, coef / nb
+
+
 @functools.partial(jax.jit, static_argnames=("num_ood", "with_refs"))
 def _materialise(all_t, extras, z_rows, src, idx_id, idx_ood, coef, gb, rho, *, num_ood, with_refs):
   """Kept latents c = rho * unit(sum_j a_j b_j / |b_j|) over each one's basis [draw, source,
   refs, extras], read from S^T. Reference weights, when used (opt_basis 'refs'), are
   scattered into dense (block, N) matrices and applied as one gemm per bank (cheaper on
   CPU than gathering 2R rows of d numbers per candidate)."""
-  nb = jnp.sqrt(jnp.maximum(jnp.diagonal(gb, axis1=1, axis2=2), TINY))  # (B, M)
-  gn = gb / (nb[:, :, None] * nb[:, None, :])
-  scale = rho / jnp.sqrt(jnp.maximum(jnp.einsum("bi,bij,bj->b", coef, gn, coef), TINY))
-  wt = coef / nb
+  scale, wt = _basis_weights(coef, gb, rho)
   r = idx_id.shape[1]
   c = wt[:, 0:1] * z_rows + wt[:, 1:2] * jnp.take(all_t, src, axis=1).T + wt[:, 2 + 2 * r :] @ extras
   if with_refs:
@@ -330,10 +336,7 @@ def _materialise_span(draws, all_t, mean, key, paths, src, idx_id, idx_ood, coef
   """``_materialise`` for span draws, fused: the path's draw
   z = mean + sigma (a xi' + T^T W (xi - a W^T T xi')) is made here, and every term of
   the latent but a xi' is a combination of T's rows, so a block costs two passes over the banks."""
-  nb = jnp.sqrt(jnp.maximum(jnp.diagonal(gb, axis1=1, axis2=2), TINY))  # (B, M)
-  gn = gb / (nb[:, :, None] * nb[:, None, :])
-  scale = rho / jnp.sqrt(jnp.maximum(jnp.einsum("bi,bij,bj->b", coef, gn, coef), TINY))
-  wt = coef / nb
+  scale, wt = _basis_weights(coef, gb, rho)
   r, b = idx_id.shape[1], paths.shape[0]
   no, ni = num_ood, all_t.shape[1] - num_ood - EXTRAS
   xi, q = span_normals(draws, key, paths)
