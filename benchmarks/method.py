@@ -16,6 +16,13 @@ target domain (the demo's FIRST radio galaxies and the offline domains under
 then prints one table per domain, which acceptance targets discovery meets, writes
 ``WORKDIR/frontier.png`` (Frechet distance against novelty per method across its knob)
 and ends with one JSON line. Every run resumes: rerunning skips finished work.
+
+``--seeds=0,1,2``: the samplers' seed noise is as large as the differences between
+methods, so every sampling run is repeated with ``config.seed`` = each seed, on the
+SAME banks (seed 0's, copied) and with the same evaluation seed; tables, verdicts and
+the JSON then report the mean over seeds (with each number's standard deviation as
+``<key>_sd`` and the per-seed FDs). Fine-tuning runs once (seed 0) and is its rival row
+at every seed.
 """
 
 from __future__ import annotations
@@ -60,12 +67,19 @@ def _common(fewshot: str, heldout: str, num_samples: int) -> list[str]:
   ]
 
 
-def run_domain(name: str, work: str, num_samples: int, finetune: bool) -> dict:
+def run_domain(name: str, work: str, num_samples: int, finetune: bool, seed: int = 0) -> dict:
   fewshot, heldout = DOMAINS[name]
-  root = os.path.join(work, name)
+  first = os.path.join(work, name)
+  root = first if seed == 0 else os.path.join(first, f"seed{seed}")
   os.makedirs(root, exist_ok=True)
   log = os.path.join(root, "log.txt")
   common = _common(fewshot, heldout, num_samples)
+  if seed:
+    common.append(f"--config.seed={seed}")
+    if not os.path.isdir(f"{root}/main/banks"):
+      if not os.path.isdir(f"{first}/main/banks"):
+        raise SystemExit(f"--seeds: seed {seed} reuses seed 0's banks; run seed 0 first (no {first}/main/banks)")
+      shutil.copytree(f"{first}/main/banks", f"{root}/main/banks")  # same banks: only the samplers' keys change
   seconds = {
       "sample": _run(
           ["discovery_jax.sample"]
@@ -94,12 +108,46 @@ def run_domain(name: str, work: str, num_samples: int, finetune: bool) -> dict:
       + [f"--workdir={root}/main", "--config.evaluate.generated=" + ",".join(f"{k}={v}" for k, v in sets.items())]
   )
   if finetune:
-    seconds["finetune"] = _run(["discovery_jax.finetune"] + common + [f"--workdir={root}/finetune"], log)
-    evaluate.append(f"--config.evaluate.finetune_dir={root}/finetune")
+    if not seed:
+      seconds["finetune"] = _run(["discovery_jax.finetune"] + common + [f"--workdir={root}/finetune"], log)
+    evaluate.append(f"--config.evaluate.finetune_dir={first}/finetune")
   seconds["evaluate"] = _run(evaluate, log)
   with open(f"{root}/main/evaluation/report.json") as f:
     report = json.load(f)
   return {"rows": report["rows"], "seconds": {k: round(v, 1) for k, v in seconds.items()}, "setup": report["setup"]}
+
+
+MEANED = (
+    "ood_hit_rate",
+    "id_fallback_rate",
+    "neither_rate",
+    "frechet_distance",
+    "kid_mean",
+    "coverage",
+    "density",
+    "nn_ratio",
+    "frac_near_copies",
+    "near_duplicate_rate",
+)
+
+
+def mean_rows(per_seed: list[list[dict]]) -> list[dict]:
+  """One row per method: the mean over seeds of each number (null where any seed has
+  none), its standard deviation as ``<key>_sd`` and the per-seed FDs."""
+  import numpy as np
+
+  out = []
+  for row in per_seed[0]:
+    same = [next((r for r in rows if r["name"] == row["name"]), None) for rows in per_seed]
+    merged = {"name": row["name"], "num_seeds": len(per_seed)}
+    for key in MEANED:
+      values = [None if r is None else r.get(key) for r in same]
+      ok = all(isinstance(v, (int, float)) for v in values)
+      merged[key] = float(np.mean(values)) if ok else None
+      merged[f"{key}_sd"] = float(np.std(values, ddof=1)) if ok and len(values) > 1 else None
+    merged["frechet_distance_per_seed"] = [None if r is None else r.get("frechet_distance") for r in same]
+    out.append(merged)
+  return out
 
 
 def verdict(rows: list[dict]) -> dict:
@@ -154,16 +202,38 @@ def main() -> None:
   parser.add_argument("--num_samples", type=int, default=64)
   parser.add_argument("--workdir", default=os.path.join(REPO, "runs", "method"))
   parser.add_argument("--skip_finetune", action="store_true")
+  parser.add_argument("--seeds", default="0", help="comma-separated sampler seeds; results are their means")
   args = parser.parse_args()
   names = [d.strip() for d in args.domains.split(",") if d.strip()]
   unknown = [d for d in names if d not in DOMAINS]
   if unknown:
     raise SystemExit(f"--domains: unknown {unknown}; choose from {list(DOMAINS)}")
+  try:
+    seeds = sorted({int(v) for v in args.seeds.split(",") if v.strip()})
+  except ValueError:
+    raise SystemExit(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
+  if not seeds or seeds[0] < 0:
+    raise SystemExit(f"--seeds: expected integers >= 0, got {args.seeds!r}")
   results = {}
   for name in names:
     t = time.time()
-    results[name] = run_domain(name, args.workdir, args.num_samples, not args.skip_finetune)
-    print(f"\n## {name} ({time.time() - t:.0f} s)")
+    # Seed 0 always runs first: the other seeds copy its banks (and use its fine-tuning).
+    by_seed = {
+        s: run_domain(name, args.workdir, args.num_samples, not args.skip_finetune, s)
+        for s in dict.fromkeys([0] + seeds)
+    }
+    runs = [by_seed[s] for s in seeds]
+    results[name] = (
+        dict(runs[0])
+        if len(runs) == 1
+        else {
+            "rows": mean_rows([r["rows"] for r in runs]),
+            "seconds": [r["seconds"] for r in runs],
+            "setup": runs[0]["setup"],
+            "seeds": seeds,
+        }
+    )
+    print(f"\n## {name} ({time.time() - t:.0f} s{'' if len(runs) == 1 else f'; means over seeds {seeds}'})")
     cols = (
         "ood_hit_rate",
         "neither_rate",
@@ -182,6 +252,10 @@ def main() -> None:
           + " | ".join(f"{r[c]:.3f}" if isinstance(r.get(c), (int, float)) else "-" for c in cols)
           + " |"
       )
+    if len(runs) > 1:
+      for r in results[name]["rows"]:
+        per = ", ".join("-" if v is None else f"{v:.1f}" for v in r["frechet_distance_per_seed"])
+        print(f"  {r['name']}: FD per seed {per}")
     results[name]["verdict"] = verdict(results[name]["rows"])
     print("discovery targets:", {k: v for k, v in results[name]["verdict"].items() if k not in ("rival_fd",)})
   frontier_figure(results, os.path.join(args.workdir, "frontier.png"))
@@ -198,7 +272,10 @@ def main() -> None:
                       "near_duplicate_rate",
                       "frac_near_copies",
                       "coverage",
+                      "frechet_distance_sd",
+                      "frechet_distance_per_seed",
                   )
+                  if k in row or not k.startswith("frechet_distance_")
               }
               for row in r["rows"]
           },
@@ -208,7 +285,7 @@ def main() -> None:
   with open(os.path.join(args.workdir, "method.json"), "w") as f:
     json.dump(summary, f, indent=1)
   print(f"frontier figure: {os.path.join(args.workdir, 'frontier.png')}")
-  print(json.dumps({"benchmark": "method", "num_samples": args.num_samples, "domains": summary}))
+  print(json.dumps({"benchmark": "method", "num_samples": args.num_samples, "seeds": seeds, "domains": summary}))
 
 
 if __name__ == "__main__":

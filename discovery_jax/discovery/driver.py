@@ -31,21 +31,12 @@ from discovery_jax.discovery.criteria import (
     Targets,
     targets_from_geometry,
 )
-from discovery_jax.discovery.draws import (
-    DrawBasis,
-    draws_for_paths,
-    fit_draw_basis,
-    fresh_normals,
-    outside_scale,
-    span_normals,
-    use_span_draws,
-)
+from discovery_jax.discovery.draws import DrawBasis, draws_for_paths, fit_draw_basis, use_span_draws
 from discovery_jax.discovery.guard import LinearGuard, fit_guard
 from discovery_jax.discovery.kernels import KernelConfig, path_kernel
 from discovery_jax.discovery.linalg import (
     MAT_BLOCK,
     ROW_BLOCK,
-    TINY,
     as_rows,
     check_banks,
     latent_shape,
@@ -53,6 +44,7 @@ from discovery_jax.discovery.linalg import (
     release_pages,
     row_blocks,
 )
+from discovery_jax.discovery.materialise import materialise_full, materialise_span
 from discovery_jax.discovery.prior import GaussianPrior, fit_prior, sample_prior
 
 MODES = ("typical", "rejection", "optimize")
@@ -304,55 +296,6 @@ def path_draws(
   return draws_for_paths(fit_draw_basis(geom.g_all, geom.all_t, prior), geom.all_t, prior.mean, key, paths)
 
 
-def _basis_weights(coef, gb, rho):
-  """(scale, wt) with c = scale * sum_j wt_j b_j: the weights of each kept candidate's basis
-  rows and the scale that puts it at norm rho."""
-  nb = jnp.sqrt(jnp.maximum(jnp.diagonal(gb, axis1=1, axis2=2), TINY))  # (B, M)
-  gn = gb / (nb[:, :, None] * nb[:, None, :])
-  scale = rho / jnp.sqrt(jnp.maximum(jnp.einsum("bi,bij,bj->b", coef, gn, coef), TINY))
-  return scale, coef / nb
-
-
-@functools.partial(jax.jit, static_argnames=("num_ood", "with_refs"))
-def _materialise(all_t, extras, z_rows, src, idx_id, idx_ood, coef, gb, rho, *, num_ood, with_refs):
-  """Kept latents c = rho * unit(sum_j a_j b_j / |b_j|) over each one's basis [draw, source,
-  refs, extras], read from S^T. Reference weights, when used (opt_basis 'refs'), are
-  scattered into dense (block, N) matrices and applied as one gemm per bank (cheaper on
-  CPU than gathering 2R rows of d numbers per candidate)."""
-  scale, wt = _basis_weights(coef, gb, rho)
-  r = idx_id.shape[1]
-  c = wt[:, 0:1] * z_rows + wt[:, 1:2] * jnp.take(all_t, src, axis=1).T + wt[:, 2 + 2 * r :] @ extras
-  if with_refs:
-    no, ni = num_ood, all_t.shape[1] - num_ood - EXTRAS
-    rows = jnp.arange(src.shape[0])[:, None]
-    w_ood = jnp.zeros((src.shape[0], no), jnp.float32).at[rows, idx_ood].add(wt[:, 2 + r : 2 + 2 * r])
-    w_id = jnp.zeros((src.shape[0], ni), jnp.float32).at[rows, idx_id].add(wt[:, 2 : 2 + r])
-    c = c + (all_t[:, :no] @ w_ood.T).T + (all_t[:, no : no + ni] @ w_id.T).T
-  return scale[:, None] * c
-
-
-@functools.partial(jax.jit, static_argnames=("num_ood", "with_refs"))
-def _materialise_span(draws, all_t, mean, key, paths, src, idx_id, idx_ood, coef, gb, rho, *, num_ood, with_refs):
-  """``_materialise`` for span draws, fused: the path's draw
-  z = mean + sigma (a xi' + T^T W (xi - a W^T T xi')) is made here, and every term of
-  the latent but a xi' is a combination of T's rows, so a block costs two passes over the banks."""
-  scale, wt = _basis_weights(coef, gb, rho)
-  r, b = idx_id.shape[1], paths.shape[0]
-  no, ni = num_ood, all_t.shape[1] - num_ood - EXTRAS
-  xi, q = span_normals(draws, key, paths)
-  fresh = fresh_normals(draws, key, paths)
-  a, c = outside_scale(draws, all_t, mean, fresh, q)
-  gamma = (wt[:, 0:1] * draws.sigma) * ((xi - a[:, None] * c) @ draws.inverse.T)  # (B, k) over T = [S; mean]
-  gamma = gamma.at[:, -1].add(wt[:, 0])  # the draw's mean
-  gamma = gamma.at[jnp.arange(b), src].add(wt[:, 1])  # the path's OOD latent
-  gamma = gamma.at[:, no + ni : no + ni + EXTRAS].add(wt[:, 2 + 2 * r :])
-  if with_refs:
-    rows = jnp.arange(b)[:, None]
-    gamma = gamma.at[rows, idx_ood].add(wt[:, 2 + r : 2 + 2 * r]).at[rows, no + idx_id].add(wt[:, 2 : 2 + r])
-  c = (wt[:, 0] * draws.sigma * a)[:, None] * fresh + (all_t @ gamma[:, :-1].T).T + gamma[:, -1:] * mean
-  return scale[:, None] * c
-
-
 def _hit_fields(host: dict, first_path: int, hits: np.ndarray, num_interior: int) -> dict:
   """What materialising one kept candidate needs, per hit (span draws: no (P, d) draws held)."""
   pi, ki = np.divmod(hits, num_interior)
@@ -382,7 +325,7 @@ def _materialise_pending(search: _Search, pending: list[dict], rows: np.ndarray,
   for s in range(0, todo, MAT_BLOCK):
     take = np.arange(s, min(s + MAT_BLOCK, todo))
     idx = np.r_[take, np.full(MAT_BLOCK - len(take), take[0])]
-    m = _materialise_span(
+    m = materialise_span(
         search.draws,
         search.geom.all_t,
         search.prior.mean,
@@ -560,7 +503,7 @@ def _materialise_hits(search: _Search, host: dict, z: Any, hits: np.ndarray, des
     else:  # rows of several devices gathered (exactly) onto the default device
       sub = z[0].shape[0]
       z_rows = jnp.asarray(np.stack([np.asarray(z[i // sub][i % sub]) for i in sel_p]))
-    m = _materialise(
+    m = materialise_full(
         geom.all_t,
         geom.extras,
         z_rows,
