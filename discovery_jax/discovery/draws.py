@@ -31,8 +31,8 @@ RCOND = 1e-6
 # more than the draws they save on any realistic search; full draws are used instead.
 MAX_BASIS = 4096
 _KEY_SPAN, _KEY_CHI2, _KEY_ORTH = 0, 1, 2
-# Draws materialised per call: a search keeps few candidates per chunk, from few paths, and
-# a call costs two passes over the banks whatever its rows; small fixed blocks waste little.
+# Draws made per call of ``draws_for_paths`` (``path_draws``: a user asks for a few paths' draws,
+# and a call costs two passes over the banks whatever its rows; small fixed blocks waste little).
 DRAW_BLOCK = 8
 
 

@@ -302,8 +302,6 @@ def _hit_fields(host: dict, first_path: int, hits: np.ndarray, num_interior: int
   return {
       "path": first_path + pi,
       "source": host["source"][pi],
-      "id_refs": host["id_refs"][pi, ki],
-      "ood_refs": host["ood_refs"][pi, ki],
       "coef": host["coef"][pi, ki],
       "gram": host["gram"][pi, ki],
       "rho": host["rho"][pi, ki],
@@ -320,7 +318,6 @@ def _materialise_pending(search: _Search, pending: list[dict], rows: np.ndarray,
   fields = {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
   n = len(fields["path"])
   todo = n if final else n - n % MAT_BLOCK
-  with_refs = search.cfg.opt_steps > 0 and search.cfg.opt_basis == "refs"
   flat = rows.reshape(rows.shape[0], -1)
   for s in range(0, todo, MAT_BLOCK):
     take = np.arange(s, min(s + MAT_BLOCK, todo))
@@ -331,9 +328,8 @@ def _materialise_pending(search: _Search, pending: list[dict], rows: np.ndarray,
         search.prior.mean,
         search.inputs[4][0],
         jnp.asarray(fields["path"][idx], jnp.uint32),
-        *(jnp.asarray(fields[k][idx]) for k in ("source", "id_refs", "ood_refs", "coef", "gram", "rho")),
+        *(jnp.asarray(fields[k][idx]) for k in ("source", "coef", "gram", "rho")),
         num_ood=search.geom.num_ood,
-        with_refs=with_refs,
     )
     flat[written + s : written + s + len(take)] = np.asarray(m)[: len(take)]
     release_pages(rows)
@@ -360,8 +356,9 @@ def _setup(ood_bank, id_bank, num_samples, key, options, targets, prior, guard, 
   start = time.perf_counter()
   guard = _resolve_guard(guard, ood_bank, id_bank)
   prior = prior or fit_prior(ood_bank, options.prior_kind)  # streamed: a memmap bank's pages dropped per block
-  if prior.dim != int(np.prod(latent_shape(ood_bank))):
-    raise ValueError(f"prior dimension {prior.dim} != latent size {int(np.prod(latent_shape(ood_bank)))}")
+  dim = int(np.prod(latent_shape(ood_bank)))
+  if prior.dim != dim:
+    raise ValueError(f"prior dimension {prior.dim} != latent size {dim}")
   # Rejection keeps few candidates, so making only their draws wins; optimize keeps most of them.
   span_draws = (
       options.span_draws

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from discovery_jax.discovery.criteria import EXTRAS
-from discovery_jax.discovery.draws import fresh_normals, outside_scale, span_normals
+from discovery_jax.discovery.draws import fresh_normals, outside_scale, span_combination, span_normals
 from discovery_jax.discovery.linalg import TINY
 
 
@@ -41,23 +41,20 @@ def materialise_full(all_t, extras, z_rows, src, idx_id, idx_ood, coef, gb, rho,
   return scale[:, None] * c
 
 
-@functools.partial(jax.jit, static_argnames=("num_ood", "with_refs"))
-def materialise_span(draws, all_t, mean, key, paths, src, idx_id, idx_ood, coef, gb, rho, *, num_ood, with_refs):
+@functools.partial(jax.jit, static_argnames=("num_ood",))
+def materialise_span(draws, all_t, mean, key, paths, src, coef, gb, rho, *, num_ood):
   """``materialise_full`` for span draws, fused: the path's draw
   z = mean + sigma (a xi' + T^T W (xi - a W^T T xi')) is made here, and every term of
-  the latent but a xi' is a combination of T's rows, so a block costs two passes over the banks."""
+  the latent but a xi' is a combination of T's rows, so a block costs two passes over the banks.
+  Span draws run in rejection only, where nothing optimises a candidate's reference
+  coefficients (they stay 0), so the references' rows are not added."""
   scale, wt = basis_weights(coef, gb, rho)
-  r, b = idx_id.shape[1], paths.shape[0]
   no, ni = num_ood, all_t.shape[1] - num_ood - EXTRAS
   xi, q = span_normals(draws, key, paths)
   fresh = fresh_normals(draws, key, paths)
   a, c = outside_scale(draws, all_t, mean, fresh, q)
   gamma = (wt[:, 0:1] * draws.sigma) * ((xi - a[:, None] * c) @ draws.inverse.T)  # (B, k) over T = [S; mean]
   gamma = gamma.at[:, -1].add(wt[:, 0])  # the draw's mean
-  gamma = gamma.at[jnp.arange(b), src].add(wt[:, 1])  # the path's OOD latent
-  gamma = gamma.at[:, no + ni : no + ni + EXTRAS].add(wt[:, 2 + 2 * r :])
-  if with_refs:
-    rows = jnp.arange(b)[:, None]
-    gamma = gamma.at[rows, idx_ood].add(wt[:, 2 + r : 2 + 2 * r]).at[rows, no + idx_id].add(wt[:, 2 : 2 + r])
-  c = (wt[:, 0] * draws.sigma * a)[:, None] * fresh + (all_t @ gamma[:, :-1].T).T + gamma[:, -1:] * mean
-  return scale[:, None] * c
+  gamma = gamma.at[jnp.arange(paths.shape[0]), src].add(wt[:, 1])  # the path's OOD latent
+  gamma = gamma.at[:, no + ni : no + ni + EXTRAS].add(wt[:, -EXTRAS:])
+  return scale[:, None] * ((wt[:, 0] * draws.sigma * a)[:, None] * fresh + span_combination(all_t, mean, gamma))
