@@ -107,6 +107,10 @@ def get_config():
   config.discovery.guard_quantile = 0.1
   config.discovery.guard_shrinkage = 1.0  # covariance shrinkage toward this x its mean eigenvalue
   config.discovery.selection_features = "random_conv"  # typical: the feature space it judges in (not the evaluation's)
+  # typical: measure band and separation distances in selection features z-scored per channel by the
+  # few-shot images' variance + this x its mean (0: plain z-scores). None: the raw features (the default:
+  # no setting of it won on every benchmark domain; docs/method.md)
+  config.discovery.selection_shrinkage = placeholder(float)
   config.discovery.num_interior = 20  # slerp points per (OOD latent, prior draw) pair (official: 20)
   config.discovery.num_refs = 10  # reference latents per criterion (official R = 10)
   config.discovery.max_per_path = placeholder(int)  # accepted points kept per slerp path (None: all, official)

@@ -1,12 +1,15 @@
 """Typical discovery: candidates around the prior mean, judged in image space by
 criteria computed from the few-shot set (pure parts, with identity 'denoising')."""
 
+import os
+
 import jax
 import numpy as np
 import pytest
 
-from discovery_jax import discovery
+from discovery_jax import configlib, discovery, settings
 from discovery_jax.discovery import typical
+from tests import helpers
 
 
 def _bank(n=32, d=192, seed=0, offset=0.5):
@@ -114,22 +117,62 @@ def test_candidates_depend_on_their_index_only():
   np.testing.assert_array_equal(whole[17:], part)
 
 
-def test_band_and_separation_come_from_the_fewshot_set():
-  rng = np.random.default_rng(1)
-  few = rng.standard_normal((32, 16))
-  options = typical.TypicalOptions()
-  crit = typical.ImageCriteria.fit(few, None, options)
-  d = np.sqrt(((few[:, None] - few[None]) ** 2).sum(-1))
+def _loo(f):
+  d = np.sqrt(((f[:, None] - f[None]) ** 2).sum(-1))
   np.fill_diagonal(d, np.inf)
-  loo = d.min(1)
+  return d.min(1)
+
+
+@pytest.mark.parametrize("shrinkage", [None, 0.0, 1.0])
+def test_band_and_separation_come_from_the_fewshot_set(shrinkage):
+  rng = np.random.default_rng(1)
+  few = rng.standard_normal((32, 16)) * np.linspace(0.1, 5.0, 16)
+  options = typical.TypicalOptions(selection_shrinkage=shrinkage)
+  crit = typical.ImageCriteria.fit(few, None, options)
+  if shrinkage is None:
+    z = few
+  else:  # z-scores by the few-shot variance plus shrinkage x its mean (every channel here varies)
+    z = (few - few.mean(0)) / np.sqrt(few.var(0) + shrinkage * few.var(0).mean())
+  np.testing.assert_allclose(crit.embed(few), z, atol=1e-12)
+  loo = _loo(z)
   assert crit.band == (
       pytest.approx(np.quantile(loo, options.band[0])),
       pytest.approx(np.quantile(loo, options.band[1])),
   )
+  assert crit.separation == pytest.approx(np.quantile(loo, options.separation_quantile))
   copies = few[:5] + 1e-6
   far = few[:5] * 50
   v = crit.judge(np.concatenate([copies, far]))
   assert v["too_close"][:5].all() and v["too_far"][5:].all()
+
+
+def test_standardized_distances_see_a_departure_in_a_quiet_channel():
+  """Raw features let the few loud channels decide: a candidate that copies a few-shot
+  image's loud channels but moves every quiet channel by a few of its own spreads looks
+  like a copy. Standardized, those channels count, and the candidate is too far. A channel
+  the few-shot set never varies in has no scale and is left out."""
+  rng = np.random.default_rng(4)
+  few = np.concatenate([20.0 * rng.standard_normal((32, 4)), rng.standard_normal((32, 60)), np.zeros((32, 1))], 1)
+  broken = few[:6].copy()
+  broken[:, 4:64] += 3.0  # three standard deviations of every quiet channel, a sixth of a loud one's
+  raw = typical.ImageCriteria.fit(few, None, typical.TypicalOptions(selection_shrinkage=None))
+  std = typical.ImageCriteria.fit(few, None, typical.TypicalOptions(selection_shrinkage=1.0))
+  assert not raw.judge(broken)["too_far"].any()
+  assert std.judge(broken)["too_far"].all()
+  # Channel 64 never varies among the few-shot images: it has no scale, so it is dropped.
+  dead = few[:6].copy()
+  dead[:, 64] = 5.0
+  assert std.summary()["live_channels"] == 64
+  np.testing.assert_allclose(std.judge(dead)["nn_fewshot"], 0.0, atol=1e-9)
+  assert raw.judge(dead)["nn_fewshot"].min() == pytest.approx(5.0)
+  # Plain z-scores (shrinkage 0) weigh the quiet channels more still.
+  plain = typical.ImageCriteria.fit(few, None, typical.TypicalOptions(selection_shrinkage=0.0))
+  np.testing.assert_allclose(plain.embed(few).std(0), 1.0, atol=1e-9)
+  assert plain.judge(broken)["too_far"].all()
+  with pytest.raises(ValueError, match="selection_shrinkage"):
+    typical.TypicalOptions(selection_shrinkage=-0.5)
+  with pytest.raises(ValueError, match="none of the 3 channels varies"):
+    typical.ImageCriteria.fit(np.ones((8, 3)), None, typical.TypicalOptions(selection_shrinkage=0.0))
 
 
 def test_select_never_keeps_two_from_the_same_place():
@@ -142,18 +185,20 @@ def test_select_never_keeps_two_from_the_same_place():
   assert typical.select(feats, verdict, np.zeros((0, 2)), separation=1.0, needed=2)[0].tolist() == [0, 3]
 
 
-def test_discover_typical_accepts_only_what_meets_its_criteria():
+@pytest.mark.parametrize("shrinkage", [None, 1.0])
+def test_discover_typical_accepts_only_what_meets_its_criteria(shrinkage):
   bank = _bank()
   own = _bank(16, seed=5, offset=-3.0)
   # Gaussian latents as images: only near-fresh prior draws (no partner share) are as far from the
   # few-shot set as its members.
-  options = discovery.TypicalOptions(strength_range=(0.95, 1.0), partner_weight=0.0)
+  options = discovery.TypicalOptions(strength_range=(0.95, 1.0), partner_weight=0.0, selection_shrinkage=shrinkage)
   res = _discover_on_bank(bank, 24, options, own_images=own)
   assert res.num_accepted == 24 and res.latents.shape == (24, 8, 8, 3)
   np.testing.assert_array_equal(res.latents, res.images)
   crit = res.criteria
+  assert crit["standardized"] == (shrinkage is not None)
   assert (res.nn_fewshot >= crit["band"][0]).all() and (res.nn_fewshot <= crit["band"][1]).all()
-  f = _flat(res.images)
+  f = typical.ImageCriteria.fit(_flat(bank), None, options).embed(_flat(res.images))  # the space they are judged in
   d = np.sqrt(((f[:, None] - f[None]) ** 2).sum(-1))
   np.fill_diagonal(d, np.inf)
   assert d.min() >= crit["separation"]
@@ -278,4 +323,14 @@ def test_the_config_sets_the_partner_share_and_refuses_a_bad_one_in_one_line():
   assert settings.typical_options(config).partner_neighbours == 3
   config.discovery.partner_weight = 2.0
   with pytest.raises(ValueError, match=r"^config.discovery: partner_weight must lie in \[0, 1\], got 2.0$"):
+    settings.typical_options(config)
+
+
+def test_the_config_chooses_how_selection_distances_are_scaled():
+  config = configlib.load_config_file(os.path.join(helpers.REPO, "configs", "base.py"))
+  assert settings.typical_options(config).selection_shrinkage is None  # raw features by default
+  config.discovery.selection_shrinkage = 0.5
+  assert settings.typical_options(config).selection_shrinkage == 0.5
+  config.discovery.selection_shrinkage = -1.0
+  with pytest.raises(ValueError, match=r"config.discovery: selection_shrinkage must be >= 0 or None, got -1.0"):
     settings.typical_options(config)

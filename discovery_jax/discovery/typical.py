@@ -46,6 +46,7 @@ from discovery_jax.discovery.linalg import as_rows, latent_shape
 from discovery_jax.discovery.prior import GaussianPrior, fit_prior, standard_normal
 
 _KEY_SOURCE, _KEY_STRENGTH, _KEY_NOISE, _KEY_PARTNER = 0, 1, 2, 3
+LIVE_CHANNEL = 1e-6  # a selection channel whose few-shot spread is below this x the median one's is dead
 GUARD_KINDS = ("discriminant", "nearest")
 
 
@@ -64,7 +65,11 @@ class TypicalOptions:
   of the accepted images (1: accept anywhere in the band, first come); partner_weight:
   the step's share toward another few-shot latent rather than a prior draw (0: prior
   draws only, 1: mixes of two few-shot latents); partner_neighbours: draw that partner
-  from the source's k nearest latents (None: from all the others)."""
+  from the source's k nearest latents (None: from all the others); selection_shrinkage:
+  the band and separation measure distances in selection features standardized per
+  channel by the few-shot images' variance plus this x its mean over channels (0:
+  plain z-scores; None: the raw features, whose few high-variance channels then decide
+  alone); channels no few-shot image varies in are dropped when standardizing."""
 
   strength_range: tuple[float, float] = (0.1, 0.7)
   band: tuple[float, float] = (0.1, 0.7)
@@ -77,6 +82,7 @@ class TypicalOptions:
   distance_bins: int = 4
   partner_weight: float = 0.0
   partner_neighbours: int | None = None
+  selection_shrinkage: float | None = None
   batch: int = 64
 
   def __post_init__(self):
@@ -97,6 +103,8 @@ class TypicalOptions:
       )
     if not 0.0 <= self.partner_weight <= 1.0:
       raise ValueError(f"partner_weight must lie in [0, 1], got {self.partner_weight}")
+    if self.selection_shrinkage is not None and not self.selection_shrinkage >= 0.0:
+      raise ValueError(f"selection_shrinkage must be >= 0 or None, got {self.selection_shrinkage}")
     if self.partner_neighbours is not None and self.partner_neighbours < 1:
       raise ValueError(f"partner_neighbours must be >= 1 or None, got {self.partner_neighbours}")
     if self.pool_factor < 1 or self.batch < 1 or self.distance_bins < 1:
@@ -247,14 +255,24 @@ class DiscriminantGuard:
 
 @dataclasses.dataclass(frozen=True)
 class ImageCriteria:
-  """Targets computed from the few-shot features (and the model's own images)."""
+  """Targets computed from the few-shot features (and the model's own images). Distances
+  are measured in ``embed``'s space: the selection features centred on the few-shot
+  mean and divided by ``scale`` (ones when unstandardized)."""
 
-  fewshot: np.ndarray  # (N, F)
+  fewshot: np.ndarray  # (N, F), embedded
   band: tuple[float, float]  # accepted nearest few-shot distance
   separation: float  # minimum distance between two accepted images
   own: np.ndarray | None  # (M, F) features of the model's own images, for the 'nearest' guard
   loo_distances: np.ndarray  # (N,) leave-one-out nearest-neighbour distances among the few-shot images
   discriminant: DiscriminantGuard | None = None  # the 'discriminant' guard, in guard features
+  center: np.ndarray | None = None  # (L,) subtracted before distances (None: raw features)
+  scale: np.ndarray | None = None  # (L,) divided by before distances
+  live: np.ndarray | None = None  # (F,) bool: the channels kept (those the few-shot images vary in)
+
+  def embed(self, features: Any) -> np.ndarray:
+    """Selection features -> the space the band and the separation are measured in."""
+    f = np.asarray(features, np.float64)
+    return f if self.center is None else (f[:, self.live] - self.center) / self.scale
 
   @classmethod
   def fit(
@@ -272,6 +290,19 @@ class ImageCriteria:
       raise ValueError(
           f"image-space discovery needs at least 4 few-shot images (leave-one-out distances), " f"got {f.shape[0]}"
       )
+    center = scale = live = None
+    if options.selection_shrinkage is not None:
+      # Per-channel z-scores: a channel that barely varies among the few-shot images is a
+      # trait of the domain, and leaving the domain shows there first. A channel none of them
+      # varies in has no scale to measure by (new real images do switch such channels on), so
+      # it is dropped; the shrinkage adds a share of the mean variance to every channel's.
+      sd = f.std(axis=0)
+      live = sd > LIVE_CHANNEL * max(float(np.median(sd)), 1e-30)
+      if not live.any():
+        raise ValueError(f"selection features: none of the {f.shape[1]} channels varies among the few-shot images")
+      var = sd[live] ** 2
+      center, scale = f[:, live].mean(axis=0), np.sqrt(var + options.selection_shrinkage * var.mean())
+      f = (f[:, live] - center) / scale
     d = _distances(f, f)
     np.fill_diagonal(d, np.inf)
     loo = d.min(axis=1)
@@ -280,6 +311,7 @@ class ImageCriteria:
     own, discriminant = None, None
     if guarded and options.guard_kind == "nearest":
       own = np.asarray(own_features, np.float64)
+      own = own if center is None else (own[:, live] - center) / scale
     elif guarded:
       discriminant = DiscriminantGuard.fit(
           fewshot_features if fewshot_guard_features is None else fewshot_guard_features,
@@ -287,17 +319,20 @@ class ImageCriteria:
           quantile=options.guard_quantile,
           shrinkage=options.guard_shrinkage,
       )
-    return cls(f, band, float(np.quantile(loo, options.separation_quantile)), own, loo, discriminant)
+    separation = float(np.quantile(loo, options.separation_quantile))
+    return cls(f, band, separation, own, loo, discriminant, center, scale, live)
 
   def judge(self, features: np.ndarray, guard_features: np.ndarray | None = None) -> dict:
-    """Per candidate: nearest few-shot distance and index, whether it is in the band,
-    and whether it is on the model's own side (the guard, on ``guard_features`` when
-    the guard has its own feature space)."""
+    """Per candidate (raw selection ``features``): nearest few-shot distance and index,
+    whether it is in the band, and whether it is on the model's own side (the guard, on
+    ``guard_features`` when the guard has its own feature space)."""
+    raw = features
+    features = self.embed(features)
     d = _distances(features, self.fewshot)
     nn, idx = d.min(axis=1), d.argmin(axis=1)
     out = {"nn_fewshot": nn, "nn_index": idx, "too_close": nn < self.band[0], "too_far": nn > self.band[1]}
     if self.discriminant is not None:
-      out["own_side"] = self.discriminant.own_side(features if guard_features is None else guard_features)
+      out["own_side"] = self.discriminant.own_side(raw if guard_features is None else guard_features)
     elif self.own is not None:
       out["own_side"] = _distances(features, self.own).min(axis=1) < nn
     else:
@@ -310,6 +345,8 @@ class ImageCriteria:
         "separation": self.separation,
         "num_fewshot": int(len(self.fewshot)),
         "loo_nn_median": float(np.median(self.loo_distances)),
+        "standardized": self.center is not None,
+        "live_channels": None if self.live is None else int(self.live.sum()),
         "guard": "discriminant" if self.discriminant is not None else "nearest" if self.own is not None else None,
         **(
             {
@@ -469,8 +506,9 @@ def discover_typical(
         ood_bank, prior, key, g, options.strength_range, options.partner_weight, options.partner_neighbours
     )
     x = denoise(z)
-    f = np.asarray(features(x), np.float64)
-    verdict = criteria.judge(f, np.asarray(guard_features(x), np.float64) if separate_guard else None)
+    raw = np.asarray(features(x), np.float64)
+    verdict = criteria.judge(raw, np.asarray(guard_features(x), np.float64) if separate_guard else None)
+    f = criteria.embed(raw)
     bins = np.searchsorted(edges, verdict["nn_fewshot"], side="right")
     keep, spilled = select(f, verdict, accepted_feats, criteria.separation, num_samples - n_acc, bins, room)
     last = keep[-1] + 1 if n_acc + len(keep) >= num_samples else len(g)
