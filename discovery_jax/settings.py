@@ -25,10 +25,6 @@ def _get(section: Any, key: str, default: Any = None) -> Any:
   return default if value is None else value
 
 
-def _optional_float(value: Any) -> float | None:
-  return None if value is None else float(value)
-
-
 def path_or_none(value: Any) -> str | None:
   """A path field: None (or an empty string) means not given."""
   return None if value in (None, "") else str(value)
@@ -145,7 +141,7 @@ def typical_options(config: Any) -> TypicalOptions:
         distance_bins=int(_get(d, "distance_bins", 4)),
         partner_weight=float(_get(d, "partner_weight", 0.0)),
         partner_neighbours=None if _get(d, "partner_neighbours") is None else int(d.partner_neighbours),
-        selection_shrinkage=_optional_float(_get(d, "selection_shrinkage")),
+        selection_shrinkage=None if _get(d, "selection_shrinkage") is None else float(d.selection_shrinkage),
     )
   except (TypeError, ValueError) as e:
     raise ValueError(f"config.discovery: {e}") from None

@@ -196,6 +196,10 @@ def typical_candidates(
 # Criteria from the few-shot images (pure numpy).
 
 
+def _standardize(f: np.ndarray, center: np.ndarray | None, scale: np.ndarray, live: np.ndarray) -> np.ndarray:
+  return f if center is None else (f[:, live] - center) / scale
+
+
 def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
@@ -256,8 +260,8 @@ class DiscriminantGuard:
 @dataclasses.dataclass(frozen=True)
 class ImageCriteria:
   """Targets computed from the few-shot features (and the model's own images). Distances
-  are measured in ``embed``'s space: the selection features centred on the few-shot
-  mean and divided by ``scale`` (ones when unstandardized)."""
+  are measured in ``embed``'s space: the live selection channels centred on the few-shot
+  mean and divided by ``scale`` (the raw features when ``center`` is None)."""
 
   fewshot: np.ndarray  # (N, F), embedded
   band: tuple[float, float]  # accepted nearest few-shot distance
@@ -271,8 +275,7 @@ class ImageCriteria:
 
   def embed(self, features: Any) -> np.ndarray:
     """Selection features -> the space the band and the separation are measured in."""
-    f = np.asarray(features, np.float64)
-    return f if self.center is None else (f[:, self.live] - self.center) / self.scale
+    return _standardize(np.asarray(features, np.float64), self.center, self.scale, self.live)
 
   @classmethod
   def fit(
@@ -302,7 +305,7 @@ class ImageCriteria:
         raise ValueError(f"selection features: none of the {f.shape[1]} channels varies among the few-shot images")
       var = sd[live] ** 2
       center, scale = f[:, live].mean(axis=0), np.sqrt(var + options.selection_shrinkage * var.mean())
-      f = (f[:, live] - center) / scale
+      f = _standardize(f, center, scale, live)
     d = _distances(f, f)
     np.fill_diagonal(d, np.inf)
     loo = d.min(axis=1)
@@ -310,8 +313,7 @@ class ImageCriteria:
     guarded = own_features is not None and options.guard
     own, discriminant = None, None
     if guarded and options.guard_kind == "nearest":
-      own = np.asarray(own_features, np.float64)
-      own = own if center is None else (own[:, live] - center) / scale
+      own = _standardize(np.asarray(own_features, np.float64), center, scale, live)
     elif guarded:
       discriminant = DiscriminantGuard.fit(
           fewshot_features if fewshot_guard_features is None else fewshot_guard_features,
@@ -325,16 +327,22 @@ class ImageCriteria:
   def judge(self, features: np.ndarray, guard_features: np.ndarray | None = None) -> dict:
     """Per candidate (raw selection ``features``): nearest few-shot distance and index,
     whether it is in the band, and whether it is on the model's own side (the guard, on
-    ``guard_features`` when the guard has its own feature space)."""
-    raw = features
-    features = self.embed(features)
-    d = _distances(features, self.fewshot)
+    ``guard_features`` when the guard has its own feature space); ``embedded``: the
+    features in the space those distances were measured in."""
+    embedded = self.embed(features)
+    d = _distances(embedded, self.fewshot)
     nn, idx = d.min(axis=1), d.argmin(axis=1)
-    out = {"nn_fewshot": nn, "nn_index": idx, "too_close": nn < self.band[0], "too_far": nn > self.band[1]}
+    out = {
+        "nn_fewshot": nn,
+        "nn_index": idx,
+        "too_close": nn < self.band[0],
+        "too_far": nn > self.band[1],
+        "embedded": embedded,
+    }
     if self.discriminant is not None:
-      out["own_side"] = self.discriminant.own_side(raw if guard_features is None else guard_features)
+      out["own_side"] = self.discriminant.own_side(features if guard_features is None else guard_features)
     elif self.own is not None:
-      out["own_side"] = _distances(features, self.own).min(axis=1) < nn
+      out["own_side"] = _distances(embedded, self.own).min(axis=1) < nn
     else:
       out["own_side"] = np.zeros(len(nn), bool)
     return out
@@ -506,9 +514,9 @@ def discover_typical(
         ood_bank, prior, key, g, options.strength_range, options.partner_weight, options.partner_neighbours
     )
     x = denoise(z)
-    raw = np.asarray(features(x), np.float64)
-    verdict = criteria.judge(raw, np.asarray(guard_features(x), np.float64) if separate_guard else None)
-    f = criteria.embed(raw)
+    f = np.asarray(features(x), np.float64)
+    verdict = criteria.judge(f, np.asarray(guard_features(x), np.float64) if separate_guard else None)
+    f = verdict["embedded"]  # separation and the spill are measured where the band is
     bins = np.searchsorted(edges, verdict["nn_fewshot"], side="right")
     keep, spilled = select(f, verdict, accepted_feats, criteria.separation, num_samples - n_acc, bins, room)
     last = keep[-1] + 1 if n_acc + len(keep) >= num_samples else len(g)
