@@ -111,6 +111,9 @@ def get_config():
   # few-shot images' variance + this x its mean (0: plain z-scores). None: the raw features (the default:
   # no setting of it won on every benchmark domain; docs/method.md)
   config.discovery.selection_shrinkage = placeholder(float)
+  # typical: also measure the band in z-scores with this shrinkage (far in either view is far, a copy
+  # only if a copy in both). None: off (the default: it trades novelty for FD; docs/method.md)
+  config.discovery.standardized_check = placeholder(float)
   config.discovery.num_interior = 20  # slerp points per (OOD latent, prior draw) pair (official: 20)
   config.discovery.num_refs = 10  # reference latents per criterion (official R = 10)
   config.discovery.max_per_path = placeholder(int)  # accepted points kept per slerp path (None: all, official)

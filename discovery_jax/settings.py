@@ -142,6 +142,7 @@ def typical_options(config: Any) -> TypicalOptions:
         partner_weight=float(_get(d, "partner_weight", 0.0)),
         partner_neighbours=None if _get(d, "partner_neighbours") is None else int(d.partner_neighbours),
         selection_shrinkage=None if _get(d, "selection_shrinkage") is None else float(d.selection_shrinkage),
+        standardized_check=None if _get(d, "standardized_check") is None else float(d.standardized_check),
     )
   except (TypeError, ValueError) as e:
     raise ValueError(f"config.discovery: {e}") from None

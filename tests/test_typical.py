@@ -175,6 +175,37 @@ def test_standardized_distances_see_a_departure_in_a_quiet_channel():
     typical.ImageCriteria.fit(np.ones((8, 3)), None, typical.TypicalOptions(selection_shrinkage=0.0))
 
 
+def test_the_standardized_check_rejects_what_either_view_calls_far_and_copies_only_in_both():
+  """Raw distances follow the loud channels, z-scores the quiet ones. With the check on,
+  a candidate that keeps the loud channels but leaves the quiet ones is too far, and a
+  candidate that copies the loud channels but not the quiet ones is no longer a copy."""
+  rng = np.random.default_rng(4)
+  few = np.concatenate([20.0 * rng.standard_normal((32, 4)), rng.standard_normal((32, 60))], 1)
+  off = typical.ImageCriteria.fit(few, None, typical.TypicalOptions())
+  on = typical.ImageCriteria.fit(few, None, typical.TypicalOptions(standardized_check=0.0))
+  # The primary (raw) view is untouched by the check.
+  assert on.band == off.band and on.separation == off.separation
+  z = (few - few.mean(0)) / few.std(0)
+  loo = _loo(z)
+  assert on.check.band == (pytest.approx(np.quantile(loo, 0.1)), pytest.approx(np.quantile(loo, 0.7)))
+  assert on.summary()["check_band"] == list(on.check.band) and on.summary()["check_live_channels"] == 64
+  assert off.summary()["check_band"] is None
+  quiet_moved = few[:6].copy()
+  quiet_moved[:, 4:] += 3.0  # three spreads of every quiet channel
+  assert not off.judge(quiet_moved)["too_far"].any()
+  assert on.judge(quiet_moved)["too_far"].all()
+  np.testing.assert_allclose(on.judge(quiet_moved)["nn_check"], np.sqrt(60 * 9.0), rtol=0.3)
+  # Loud channels copied, quiet ones redrawn like a new member of the domain: a raw copy only.
+  loud_copy = few[:6].copy()
+  loud_copy[:, 4:] = rng.standard_normal((6, 60))
+  assert off.judge(loud_copy)["too_close"].all()
+  assert not on.judge(loud_copy)["too_close"].any()
+  # Exact copies are copies in both views.
+  assert on.judge(few[:6] + 1e-9)["too_close"].all()
+  with pytest.raises(ValueError, match="standardized_check must be >= 0 or None, got -1"):
+    typical.TypicalOptions(standardized_check=-1.0)
+
+
 def test_select_never_keeps_two_from_the_same_place():
   feats = np.array([[0.0, 0.0], [0.01, 0.0], [5.0, 0.0], [5.0, 0.02], [10.0, 0.0]])
   verdict = {k: np.zeros(5, bool) for k in ("too_close", "too_far", "own_side")}
@@ -185,20 +216,29 @@ def test_select_never_keeps_two_from_the_same_place():
   assert typical.select(feats, verdict, np.zeros((0, 2)), separation=1.0, needed=2)[0].tolist() == [0, 3]
 
 
-@pytest.mark.parametrize("shrinkage", [None, 1.0])
-def test_discover_typical_accepts_only_what_meets_its_criteria(shrinkage):
+@pytest.mark.parametrize("shrinkage,check", [(None, None), (1.0, None), (None, 0.0)])
+def test_discover_typical_accepts_only_what_meets_its_criteria(shrinkage, check):
   bank = _bank()
   own = _bank(16, seed=5, offset=-3.0)
   # Gaussian latents as images: only near-fresh prior draws (no partner share) are as far from the
   # few-shot set as its members.
-  options = discovery.TypicalOptions(strength_range=(0.95, 1.0), partner_weight=0.0, selection_shrinkage=shrinkage)
+  options = discovery.TypicalOptions(
+      strength_range=(0.95, 1.0), partner_weight=0.0, selection_shrinkage=shrinkage, standardized_check=check
+  )
   res = _discover_on_bank(bank, 24, options, own_images=own)
   assert res.num_accepted == 24 and res.latents.shape == (24, 8, 8, 3)
   np.testing.assert_array_equal(res.latents, res.images)
   crit = res.criteria
   assert crit["standardized"] == (shrinkage is not None)
-  assert (res.nn_fewshot >= crit["band"][0]).all() and (res.nn_fewshot <= crit["band"][1]).all()
-  f = typical.ImageCriteria.fit(_flat(bank), None, options).embed(_flat(res.images))  # the space they are judged in
+  fitted = typical.ImageCriteria.fit(_flat(bank), None, options)
+  assert (res.nn_fewshot <= crit["band"][1]).all()
+  not_a_copy = res.nn_fewshot >= crit["band"][0]
+  if check is not None:  # inside the check's band's far edge too; a copy only if a copy in both views
+    nn = fitted.check.nearest(_flat(res.images))
+    assert (nn <= fitted.check.band[1]).all()
+    not_a_copy |= nn >= fitted.check.band[0]
+  assert not_a_copy.all()
+  f = fitted.embed(_flat(res.images))  # the space they are judged in
   d = np.sqrt(((f[:, None] - f[None]) ** 2).sum(-1))
   np.fill_diagonal(d, np.inf)
   assert d.min() >= crit["separation"]
@@ -333,4 +373,11 @@ def test_the_config_chooses_how_selection_distances_are_scaled():
   assert settings.typical_options(config).selection_shrinkage == 0.5
   config.discovery.selection_shrinkage = -1.0
   with pytest.raises(ValueError, match=r"config.discovery: selection_shrinkage must be >= 0 or None, got -1.0"):
+    settings.typical_options(config)
+  config.discovery.selection_shrinkage = None
+  assert settings.typical_options(config).standardized_check is None  # off by default
+  config.discovery.standardized_check = 0.0
+  assert settings.typical_options(config).standardized_check == 0.0
+  config.discovery.standardized_check = -2.0
+  with pytest.raises(ValueError, match=r"^config.discovery: standardized_check must be >= 0 or None, got -2.0$"):
     settings.typical_options(config)

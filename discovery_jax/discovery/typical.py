@@ -69,7 +69,11 @@ class TypicalOptions:
   the band and separation measure distances in selection features standardized per
   channel by the few-shot images' variance plus this x its mean over channels (0:
   plain z-scores; None: the raw features, whose few high-variance channels then decide
-  alone); channels no few-shot image varies in are dropped when standardizing."""
+  alone); channels no few-shot image varies in are dropped when standardizing;
+  standardized_check: a second view the band is also measured in, per-channel
+  z-scores of the selection features with this shrinkage (None: off): a candidate is
+  too far when beyond either view's upper edge, a copy only when inside both lower
+  edges."""
 
   strength_range: tuple[float, float] = (0.1, 0.7)
   band: tuple[float, float] = (0.1, 0.7)
@@ -83,6 +87,7 @@ class TypicalOptions:
   partner_weight: float = 0.0
   partner_neighbours: int | None = None
   selection_shrinkage: float | None = None
+  standardized_check: float | None = None
   batch: int = 64
 
   def __post_init__(self):
@@ -105,6 +110,8 @@ class TypicalOptions:
       raise ValueError(f"partner_weight must lie in [0, 1], got {self.partner_weight}")
     if self.selection_shrinkage is not None and not self.selection_shrinkage >= 0.0:
       raise ValueError(f"selection_shrinkage must be >= 0 or None, got {self.selection_shrinkage}")
+    if self.standardized_check is not None and not self.standardized_check >= 0.0:
+      raise ValueError(f"standardized_check must be >= 0 or None, got {self.standardized_check}")
     if self.partner_neighbours is not None and self.partner_neighbours < 1:
       raise ValueError(f"partner_neighbours must be >= 1 or None, got {self.partner_neighbours}")
     if self.pool_factor < 1 or self.batch < 1 or self.distance_bins < 1:
@@ -200,6 +207,26 @@ def _standardize(f: np.ndarray, center: np.ndarray | None, scale: np.ndarray, li
   return f if center is None else (f[:, live] - center) / scale
 
 
+def _zscore_params(f: np.ndarray, shrinkage: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(center, scale, live) of per-channel z-scores of the few-shot features ``f``."""
+  # A channel that barely varies among the few-shot images is a trait of the domain, and
+  # leaving the domain shows there first. A channel none of them varies in has no scale to
+  # measure by (new real images do switch such channels on), so it is dropped; the
+  # shrinkage adds a share of the mean variance to every channel's.
+  sd = f.std(axis=0)
+  live = sd > LIVE_CHANNEL * max(float(np.median(sd)), 1e-30)
+  if not live.any():
+    raise ValueError(f"selection features: none of the {f.shape[1]} channels varies among the few-shot images")
+  var = sd[live] ** 2
+  return f[:, live].mean(axis=0), np.sqrt(var + shrinkage * var.mean()), live
+
+
+def _leave_one_out(f: np.ndarray) -> np.ndarray:
+  d = _distances(f, f)
+  np.fill_diagonal(d, np.inf)
+  return d.min(axis=1)
+
+
 def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
@@ -258,6 +285,32 @@ class DiscriminantGuard:
 
 
 @dataclasses.dataclass(frozen=True)
+class CheckView:
+  """The band measured a second time, in per-channel z-scores of the few-shot features:
+  raw distances are decided by a few loud channels, z-scores by the quiet ones, and a
+  candidate must look like the domain in both."""
+
+  center: np.ndarray  # (L,)
+  scale: np.ndarray  # (L,)
+  live: np.ndarray  # (F,) bool
+  fewshot: np.ndarray  # (N, L), standardized
+  band: tuple[float, float]
+
+  @classmethod
+  def fit(cls, fewshot_features: np.ndarray, shrinkage: float, quantiles: tuple[float, float]) -> "CheckView":
+    f = np.asarray(fewshot_features, np.float64)
+    center, scale, live = _zscore_params(f, shrinkage)
+    e = _standardize(f, center, scale, live)
+    loo = _leave_one_out(e)
+    return cls(center, scale, live, e, (float(np.quantile(loo, quantiles[0])), float(np.quantile(loo, quantiles[1]))))
+
+  def nearest(self, features: Any) -> np.ndarray:
+    """Nearest few-shot distance of each row of (raw) selection ``features``, in this view."""
+    e = _standardize(np.asarray(features, np.float64), self.center, self.scale, self.live)
+    return _distances(e, self.fewshot).min(axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
 class ImageCriteria:
   """Targets computed from the few-shot features (and the model's own images). Distances
   are measured in ``embed``'s space: the live selection channels centred on the few-shot
@@ -272,6 +325,7 @@ class ImageCriteria:
   center: np.ndarray | None = None  # (L,) subtracted before distances (None: raw features)
   scale: np.ndarray | None = None  # (L,) divided by before distances
   live: np.ndarray | None = None  # (F,) bool: the channels kept (those the few-shot images vary in)
+  check: CheckView | None = None  # the band measured again in z-scores (``standardized_check``)
 
   def embed(self, features: Any) -> np.ndarray:
     """Selection features -> the space the band and the separation are measured in."""
@@ -293,22 +347,12 @@ class ImageCriteria:
       raise ValueError(
           f"image-space discovery needs at least 4 few-shot images (leave-one-out distances), " f"got {f.shape[0]}"
       )
+    check = None if options.standardized_check is None else CheckView.fit(f, options.standardized_check, options.band)
     center = scale = live = None
     if options.selection_shrinkage is not None:
-      # Per-channel z-scores: a channel that barely varies among the few-shot images is a
-      # trait of the domain, and leaving the domain shows there first. A channel none of them
-      # varies in has no scale to measure by (new real images do switch such channels on), so
-      # it is dropped; the shrinkage adds a share of the mean variance to every channel's.
-      sd = f.std(axis=0)
-      live = sd > LIVE_CHANNEL * max(float(np.median(sd)), 1e-30)
-      if not live.any():
-        raise ValueError(f"selection features: none of the {f.shape[1]} channels varies among the few-shot images")
-      var = sd[live] ** 2
-      center, scale = f[:, live].mean(axis=0), np.sqrt(var + options.selection_shrinkage * var.mean())
+      center, scale, live = _zscore_params(f, options.selection_shrinkage)
       f = _standardize(f, center, scale, live)
-    d = _distances(f, f)
-    np.fill_diagonal(d, np.inf)
-    loo = d.min(axis=1)
+    loo = _leave_one_out(f)
     band = (float(np.quantile(loo, options.band[0])), float(np.quantile(loo, options.band[1])))
     guarded = own_features is not None and options.guard
     own, discriminant = None, None
@@ -322,7 +366,7 @@ class ImageCriteria:
           shrinkage=options.guard_shrinkage,
       )
     separation = float(np.quantile(loo, options.separation_quantile))
-    return cls(f, band, separation, own, loo, discriminant, center, scale, live)
+    return cls(f, band, separation, own, loo, discriminant, center, scale, live, check)
 
   def judge(self, features: np.ndarray, guard_features: np.ndarray | None = None) -> dict:
     """Per candidate (raw selection ``features``): nearest few-shot distance and index,
@@ -339,6 +383,11 @@ class ImageCriteria:
         "too_far": nn > self.band[1],
         "embedded": embedded,
     }
+    if self.check is not None:  # far in either view is far; a copy only if a copy in both
+      nn_check = self.check.nearest(features)
+      out["too_close"] &= nn_check < self.check.band[0]
+      out["too_far"] |= nn_check > self.check.band[1]
+      out["nn_check"] = nn_check
     if self.discriminant is not None:
       out["own_side"] = self.discriminant.own_side(features if guard_features is None else guard_features)
     elif self.own is not None:
@@ -355,6 +404,8 @@ class ImageCriteria:
         "loo_nn_median": float(np.median(self.loo_distances)),
         "standardized": self.center is not None,
         "live_channels": None if self.live is None else int(self.live.sum()),
+        "check_band": None if self.check is None else list(self.check.band),
+        "check_live_channels": None if self.check is None else int(self.check.live.sum()),
         "guard": "discriminant" if self.discriminant is not None else "nearest" if self.own is not None else None,
         **(
             {
