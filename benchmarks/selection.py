@@ -124,6 +124,12 @@ def run_domain(name: str, rules: dict, seeds: list[int], num_samples: int, workd
           "mean_strength": float(np.mean(result.strength)) if result.num_accepted else None,
           "seconds": round(time.time() - t, 1),
       }
+      print(
+          f"{name} seed {seed} {rule}: {result.num_accepted}/{num_samples} from {result.num_candidates} candidates,"
+          f" {time.time() - t:.0f} s",
+          file=sys.stderr,
+          flush=True,
+      )
     out["seeds"][seed] = rows
     print(
         f"\n## {name} (t_0 = {runner.t_0}), seed {seed}: {sum(len(v) for v in denoise.cache.values())} images denoised for all rules"
