@@ -6,8 +6,8 @@ r"""Typical discovery's selection rules compared on the SAME candidates.
 A candidate of typical discovery depends on its index and the key only, so rules that
 judge the denoised candidates differently (``config.discovery`` keys: band,
 selection_shrinkage, standardized_check, guard_quantile, ...) can be compared on exactly
-the same pool: each candidate is denoised once per domain and seed (memoised by the bytes
-of its latent), and every rule's samples are scored by the evaluation (learned features,
+the same pool: each batch of candidates is denoised once per domain (memoised by the bytes
+of its latents), and every rule's samples are scored by the evaluation (learned features,
 the k-NN domain judge) beside renoise at its default strength. Banks and t_0 are what
 ``sample`` makes for the embedded demo model (``sampling.t_0='auto'``; seed 0's banks for
 every seed); seed s keys discovery and renoise as ``sample --config.seed=s`` does.
