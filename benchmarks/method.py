@@ -196,6 +196,26 @@ def frontier_figure(results: dict, path: str) -> None:
   plots.save_figure(fig, path)
 
 
+def parse_domains(arg: str) -> list[str]:
+  """``--domains``: comma-separated names of DOMAINS."""
+  names = [d.strip() for d in arg.split(",") if d.strip()]
+  unknown = [d for d in names if d not in DOMAINS]
+  if unknown:
+    raise SystemExit(f"--domains: unknown {unknown}; choose from {list(DOMAINS)}")
+  return names
+
+
+def parse_seeds(arg: str) -> list[int]:
+  """``--seeds``: comma-separated integers >= 0, sorted, each once."""
+  try:
+    seeds = sorted({int(v) for v in arg.split(",") if v.strip()})
+  except ValueError:
+    raise SystemExit(f"--seeds: expected comma-separated integers, got {arg!r}") from None
+  if not seeds or seeds[0] < 0:
+    raise SystemExit(f"--seeds: expected integers >= 0, got {arg!r}")
+  return seeds
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--domains", default=",".join(DOMAINS))
@@ -204,16 +224,7 @@ def main() -> None:
   parser.add_argument("--skip_finetune", action="store_true")
   parser.add_argument("--seeds", default="0", help="comma-separated sampler seeds; results are their means")
   args = parser.parse_args()
-  names = [d.strip() for d in args.domains.split(",") if d.strip()]
-  unknown = [d for d in names if d not in DOMAINS]
-  if unknown:
-    raise SystemExit(f"--domains: unknown {unknown}; choose from {list(DOMAINS)}")
-  try:
-    seeds = sorted({int(v) for v in args.seeds.split(",") if v.strip()})
-  except ValueError:
-    raise SystemExit(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
-  if not seeds or seeds[0] < 0:
-    raise SystemExit(f"--seeds: expected integers >= 0, got {args.seeds!r}")
+  names, seeds = parse_domains(args.domains), parse_seeds(args.seeds)
   results = {}
   for name in names:
     t = time.time()

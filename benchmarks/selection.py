@@ -30,27 +30,39 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from method import ASSETS, DOMAINS  # noqa: E402  (the same target domains)
+from method import ASSETS, DOMAINS, parse_domains, parse_seeds  # noqa: E402  (the same target domains)
 
 # Keys that change which candidates exist (not how they are judged).
 CANDIDATE_KEYS = ("strength_range", "partner_weight", "partner_neighbours", "mode")
 COLUMNS = ("frechet_distance", "ood_hit_rate", "nn_ratio", "near_duplicate_rate", "coverage")
 
 
-def _memoised(fn):
-  cache: dict[str, object] = {}
+def _memoised(fn, cache: dict | None = None, prefix: str = ""):
+  """``fn`` of an array, memoised in ``cache`` by ``prefix`` and the array's bytes."""
+  cache = {} if cache is None else cache
 
   def call(x):
     import numpy as np
 
     x = np.ascontiguousarray(np.asarray(x))
-    k = hashlib.sha1(x.tobytes() + str(x.shape).encode()).hexdigest()
+    k = prefix + hashlib.sha1(x.tobytes() + str(x.shape).encode()).hexdigest()
     if k not in cache:
       cache[k] = np.asarray(fn(x))
     return cache[k]
 
   call.cache = cache
   return call
+
+
+class _MemoisedRunner:
+  """``runner`` with ``generate`` memoised: every rule's judges make the model's own images."""
+
+  def __init__(self, runner):
+    self._runner = runner
+    self.generate = _memoised(runner.generate)
+
+  def __getattr__(self, name):
+    return getattr(self._runner, name)
 
 
 def run_domain(name: str, rules: dict, seeds: list[int], num_samples: int, workdir: str) -> dict:
@@ -60,10 +72,8 @@ def run_domain(name: str, rules: dict, seeds: list[int], num_samples: int, workd
   from discovery_jax import cli, configlib, discovery, parallel, settings
   from discovery_jax.evaluate import evaluation_options
   from discovery_jax.data.bank import prepare_banks
-  from discovery_jax.data.inputs import load_all
   from discovery_jax.metrics import evaluator as ev_lib
-  from discovery_jax.metrics import features as features_lib
-  from discovery_jax.sample import KEY_BASELINE, KEY_DISCOVERY, KEY_ID_BANK
+  from discovery_jax.sample import KEY_BASELINE, KEY_DISCOVERY, KEY_ID_BANK, typical_judges
 
   fewshot_dir, heldout_dir = DOMAINS[name]
   config = configlib.load_config_file(os.path.join(REPO, "configs", "demo.py"))
@@ -84,11 +94,9 @@ def run_domain(name: str, rules: dict, seeds: list[int], num_samples: int, workd
   )
   ood = banks["ood"].latents()
   prior = discovery.fit_prior(ood)
-  fewshot, _ = load_all(fewshot_dir, inputs)
   denoise = _memoised(lambda z: np.clip(runner.generate(z), -1.0, 1.0))
-  selection = _memoised(features_lib.create_extractor(config.discovery.get("selection_features") or "random_conv"))
-  guard = _memoised(features_lib.model_extractor(runner.fn, runner.schedule))
-  own = runner.generate(np.asarray(banks["id"].latents()))
+  memo_runner = _MemoisedRunner(runner)
+  feature_cache: dict = {}  # extractor description + image bytes -> features, shared by the rules
   out = {"t_0": int(runner.t_0), "seeds": {}}
   for seed in seeds:
     root = jax.random.key(seed)
@@ -104,18 +112,17 @@ def run_domain(name: str, rules: dict, seeds: list[int], num_samples: int, workd
     rows = {"renoise": {k: evaluator.evaluate(renoise, name="renoise").get(k) for k in COLUMNS}}
     for rule, overrides in rules.items():
       t = time.time()
-      options = rule_options(config, overrides)
+      judges = typical_judges(rule_config(config, overrides), banks, memo_runner)  # as `sample` judges
+      for k in ("features", "guard_features"):
+        if judges[k] is not None:
+          judges[k] = _memoised(judges[k], feature_cache, json.dumps(judges[k].describe(), sort_keys=True))
       result = discovery.discover_typical(
           ood,
           num_samples=num_samples,
           key=jax.random.fold_in(root, KEY_DISCOVERY),
           denoise=denoise,
-          features=selection,
-          fewshot_images=fewshot,
-          own_images=own if options.guard else None,
-          options=options,
           prior=prior,
-          guard_features=guard,
+          **judges,
       )
       row = evaluator.evaluate(result.images, name=rule) if result.num_accepted > 1 else {}
       rows[rule] = {k: row.get(k) for k in COLUMNS} | {
@@ -142,8 +149,9 @@ def run_domain(name: str, rules: dict, seeds: list[int], num_samples: int, workd
   return out
 
 
-def rule_options(config, overrides: dict):
-  """``overrides`` applied to a copy of ``config.discovery``, typed as ``sample`` types them."""
+def rule_config(config, overrides: dict):
+  """A copy of ``config`` with ``overrides`` applied to ``config.discovery``, checked as
+  ``sample`` checks it."""
   from discovery_jax import settings
 
   bad = sorted(set(overrides) & set(CANDIDATE_KEYS))
@@ -155,9 +163,10 @@ def rule_options(config, overrides: dict):
       raise SystemExit(f"--rules: config.discovery has no key {k!r}")
     c.discovery[k] = tuple(v) if isinstance(v, list) else v
   try:
-    return settings.typical_options(c)
+    settings.typical_options(c)
   except ValueError as e:
     raise SystemExit(f"--rules: {e}") from None
+  return c
 
 
 def main() -> None:
@@ -174,24 +183,18 @@ def main() -> None:
   )
   parser.add_argument("--workdir", default=os.path.join(REPO, "runs", "selection"))
   args = parser.parse_args()
-  names = [d.strip() for d in args.domains.split(",") if d.strip()]
-  unknown = [d for d in names if d not in DOMAINS]
-  if unknown:
-    raise SystemExit(f"--domains: unknown {unknown}; choose from {list(DOMAINS)}")
+  names, seeds = parse_domains(args.domains), parse_seeds(args.seeds)
   try:
     rules = json.loads(args.rules)
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
   except ValueError as e:
-    raise SystemExit(f"--rules / --seeds: {e}") from None
+    raise SystemExit(f"--rules: {e}") from None
   if not isinstance(rules, dict) or not rules or not all(isinstance(v, dict) for v in rules.values()):
     raise SystemExit(f"--rules: expected a JSON object of rule name -> overrides, got {args.rules!r}")
-  if not seeds:
-    raise SystemExit(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
   from discovery_jax import configlib
 
   demo = configlib.load_config_file(os.path.join(REPO, "configs", "demo.py"))
   for overrides in rules.values():  # a bad rule fails now, not after the first domain's banks
-    rule_options(demo, overrides)
+    rule_config(demo, overrides)
   results = {name: run_domain(name, rules, seeds, args.num_samples, args.workdir) for name in names}
   base = next(iter(rules))
   ratios = {}

@@ -86,19 +86,17 @@ def _digest(obj: Any) -> str:
   return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _typical_latents(
-    config: ml_collections.ConfigDict, banks: dict, root: jax.Array, runner: DDIMRunner, prior
-) -> tuple[np.ndarray, dict]:
-  """Typical discovery: candidates denoised by ``runner`` and judged on their images."""
+def typical_judges(config: ml_collections.ConfigDict, banks: dict, runner: DDIMRunner) -> dict:
+  """What typical discovery judges its candidates with, from ``config``: the keyword
+  arguments ``options``, ``fewshot_images``, ``features``, ``own_images`` and
+  ``guard_features`` of ``discovery.discover_typical`` (benchmarks/selection.py reuses it)."""
   from discovery_jax.data.inputs import load_all
   from discovery_jax.metrics import features as features_lib
 
-  n = int(config.sample.num_samples)
   options = settings.typical_options(config)
   fewshot, _ = load_all(
       config.data.ood_dir, settings.input_options(config), transform=banks["ood"].metadata.get("intensity_transform")
   )
-  extractor = features_lib.create_extractor(config.discovery.get("selection_features") or "random_conv")
   own = runner.generate(np.asarray(banks["id"].latents())) if options.guard else None
   guard_name = config.discovery.get("guard_features") or "model"
   guard_features = None
@@ -108,19 +106,31 @@ def _typical_latents(
         if guard_name == "model"
         else features_lib.create_extractor(guard_name)
     )
+  return {
+      "options": options,
+      "fewshot_images": fewshot,
+      "features": features_lib.create_extractor(config.discovery.get("selection_features") or "random_conv"),
+      "own_images": own,
+      "guard_features": guard_features,
+  }
+
+
+def _typical_latents(
+    config: ml_collections.ConfigDict, banks: dict, root: jax.Array, runner: DDIMRunner, prior
+) -> tuple[np.ndarray, dict]:
+  """Typical discovery: candidates denoised by ``runner`` and judged on their images."""
+  n = int(config.sample.num_samples)
+  judges = typical_judges(config, banks, runner)
   result = discovery.discover_typical(
       banks["ood"].latents(),
       num_samples=n,
       key=jax.random.fold_in(root, KEY_DISCOVERY),
       denoise=lambda z: np.clip(runner.generate(z), -1.0, 1.0),
-      features=extractor,
-      fewshot_images=fewshot,
-      own_images=own,
-      options=options,
       prior=prior,
       log=logging.info,
-      guard_features=guard_features,
+      **judges,
   )
+  guard_features = judges["guard_features"]
   record = result.summary()
   record["guard_features"] = guard_features.describe() if guard_features is not None else None
   record["num_samples_requested"] = n

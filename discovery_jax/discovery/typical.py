@@ -227,6 +227,10 @@ def _leave_one_out(f: np.ndarray) -> np.ndarray:
   return d.min(axis=1)
 
 
+def _quantile_band(loo: np.ndarray, quantiles: tuple[float, float]) -> tuple[float, float]:
+  return float(np.quantile(loo, quantiles[0])), float(np.quantile(loo, quantiles[1]))
+
+
 def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
@@ -301,8 +305,7 @@ class CheckView:
     f = np.asarray(fewshot_features, np.float64)
     center, scale, live = _zscore_params(f, shrinkage)
     e = _standardize(f, center, scale, live)
-    loo = _leave_one_out(e)
-    return cls(center, scale, live, e, (float(np.quantile(loo, quantiles[0])), float(np.quantile(loo, quantiles[1]))))
+    return cls(center, scale, live, e, _quantile_band(_leave_one_out(e), quantiles))
 
   def nearest(self, features: Any) -> np.ndarray:
     """Nearest few-shot distance of each row of (raw) selection ``features``, in this view."""
@@ -353,7 +356,7 @@ class ImageCriteria:
       center, scale, live = _zscore_params(f, options.selection_shrinkage)
       f = _standardize(f, center, scale, live)
     loo = _leave_one_out(f)
-    band = (float(np.quantile(loo, options.band[0])), float(np.quantile(loo, options.band[1])))
+    band = _quantile_band(loo, options.band)
     guarded = own_features is not None and options.guard
     own, discriminant = None, None
     if guarded and options.guard_kind == "nearest":
