@@ -129,6 +129,7 @@ def run_domain(name: str, rules: dict, seeds: list[int], num_samples: int, workd
           "num_accepted": result.num_accepted,
           "num_candidates": result.num_candidates,
           "mean_strength": float(np.mean(result.strength)) if result.num_accepted else None,
+          "fewshot_cells_used": result.summary()["fewshot_cells"]["used"],
           "seconds": round(time.time() - t, 1),
       }
       print(

@@ -90,6 +90,9 @@ def get_config():
   config.discovery.distance_bins = (
       4  # typical: equal-mass bins of the band, each holding an equal share (1: first come)
   )
+  # typical: what the accepted images are shared out over: 'distance' (the bins above) or 'fewshot' (a cell
+  # per few-shot image, the accepted images nearest to it: every neighbourhood of the target set represented)
+  config.discovery.balance = "distance"
   # typical: the step's share toward ANOTHER few-shot latent instead of a prior draw (0: prior draws,
   # 1: mixes of two few-shot latents), and whether that partner is one of the source's k nearest latents
   config.discovery.partner_weight = 0.0

@@ -1,6 +1,7 @@
 """Typical discovery: candidates around the prior mean, judged in image space by
 criteria computed from the few-shot set (pure parts, with identity 'denoising')."""
 
+import dataclasses
 import os
 
 import jax
@@ -335,6 +336,28 @@ def test_full_distance_bins_spill_and_the_accepted_distances_follow_the_fewshot_
   assert binned.num_accepted == first_come.num_accepted == 16
   loo_median = binned.criteria["loo_nn_median"]
   assert abs(np.median(binned.nn_fewshot) - loo_median) < abs(np.median(first_come.nn_fewshot) - loo_median)
+
+
+def test_fewshot_balance_gives_every_fewshot_image_an_equal_share():
+  bank = _bank()
+  options = lambda balance, pool: discovery.TypicalOptions(
+      strength_range=(0.8, 1.0), band=(0.05, 0.95), pool_factor=pool, partner_weight=0.0, balance=balance
+  )
+  fair, by_distance = (_discover_on_bank(bank, 16, options(b, 16), seed=1) for b in ("fewshot", "distance"))
+  assert fair.num_accepted == by_distance.num_accepted == 16
+  # the recorded cell is the nearest few-shot image in the space the band is measured in
+  d = ((_flat(fair.images)[:, None] - _flat(bank)[None]) ** 2).sum(-1)
+  np.testing.assert_array_equal(fair.nearest_fewshot, d.argmin(1))
+  assert fair.summary()["fewshot_cells"] == {"used": 16, "of": 32, "max_per_cell": 1}  # ceil(16 / 32) each
+  assert by_distance.summary()["fewshot_cells"]["max_per_cell"] > 1  # first come crowds some neighbourhoods
+  # a pool too small to fill every cell: the set-aside candidates fill in, so balancing loses none of
+  # what first come would have kept
+  short = _discover_on_bank(bank, 24, options("fewshot", 2), seed=1)
+  first_come = _discover_on_bank(bank, 24, dataclasses.replace(options("distance", 2), distance_bins=1), seed=1)
+  assert short.summary()["fewshot_cells"]["max_per_cell"] > 1
+  assert sorted(short.candidate_index) == sorted(first_come.candidate_index)
+  with pytest.raises(ValueError, match=r"balance must be one of \('distance', 'fewshot'\), got 'source'"):
+    discovery.TypicalOptions(balance="source")
 
 
 def test_when_the_pool_runs_out_the_set_aside_candidates_fill_in_rebuilt_from_their_index():

@@ -48,6 +48,7 @@ from discovery_jax.discovery.prior import GaussianPrior, fit_prior, standard_nor
 _KEY_SOURCE, _KEY_STRENGTH, _KEY_NOISE, _KEY_PARTNER = 0, 1, 2, 3
 LIVE_CHANNEL = 1e-6  # a selection channel whose few-shot spread is below this x the median one's is dead
 GUARD_KINDS = ("discriminant", "nearest")
+BALANCE_KINDS = ("distance", "fewshot")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +63,11 @@ class TypicalOptions:
   the ``guard_quantile`` of the few-shot images' own leave-one-out scores) or
   'nearest' (closer to an own image than to any few-shot image); distance_bins: the
   band is cut into this many bins of equal few-shot mass, each holding an equal share
-  of the accepted images (1: accept anywhere in the band, first come); partner_weight:
+  of the accepted images (1: accept anywhere in the band, first come); balance: what
+  the accepted images are shared out over, 'distance' (those distance bins) or
+  'fewshot' (one cell per few-shot image, the accepted images nearest to it, each
+  holding an equal share: every neighbourhood of the target set is represented, not
+  only those whose candidates pass most easily); partner_weight:
   the step's share toward another few-shot latent rather than a prior draw (0: prior
   draws only, 1: mixes of two few-shot latents); partner_neighbours: draw that partner
   from the source's k nearest latents (None: from all the others); selection_shrinkage:
@@ -84,6 +89,7 @@ class TypicalOptions:
   guard_quantile: float = 0.1
   guard_shrinkage: float = 1.0
   distance_bins: int = 4
+  balance: str = "distance"
   partner_weight: float = 0.0
   partner_neighbours: int | None = None
   selection_shrinkage: float | None = None
@@ -101,6 +107,8 @@ class TypicalOptions:
       raise ValueError(f"separation_quantile must lie in [0, 1), got {self.separation_quantile}")
     if self.guard_kind not in GUARD_KINDS:
       raise ValueError(f"guard_kind must be one of {GUARD_KINDS}, got {self.guard_kind!r}")
+    if self.balance not in BALANCE_KINDS:
+      raise ValueError(f"balance must be one of {BALANCE_KINDS}, got {self.balance!r}")
     if not 0.0 <= self.guard_quantile < 1.0 or not self.guard_shrinkage > 0.0:
       raise ValueError(
           f"guard_quantile must lie in [0, 1) and guard_shrinkage be > 0, got {self.guard_quantile}, "
@@ -433,7 +441,7 @@ def select(
   """Greedy, in candidate order: the positions of candidates in the band, off the
   model's side, and at least ``separation`` from every accepted image (including
   those accepted from this batch). ``accepted``: (A, F) features accepted so far.
-  With ``bins`` (each candidate's distance bin) and ``room`` (free places per bin), a
+  With ``bins`` (each candidate's bin) and ``room`` (free places per bin), a
   candidate whose bin is full is not kept but returned second ("spilled"), for later;
   ``room`` is updated in place. Returns (kept positions, spilled positions)."""
   ok = ~(verdict["too_close"] | verdict["too_far"] | verdict["own_side"])
@@ -475,6 +483,7 @@ class TypicalResult:
   source_index: np.ndarray
   strength: np.ndarray
   nn_fewshot: np.ndarray
+  nearest_fewshot: np.ndarray  # the few-shot image each accepted image is nearest to
   num_candidates: int
   rejections: dict
   criteria: dict
@@ -501,6 +510,12 @@ class TypicalResult:
             "mean": float(np.mean(self.strength)) if len(self.strength) else None,
             "min": float(np.min(self.strength)) if len(self.strength) else None,
             "max": float(np.max(self.strength)) if len(self.strength) else None,
+        },
+        # how the accepted images share out over the few-shot images they are nearest to
+        "fewshot_cells": {
+            "used": int(len(np.unique(self.nearest_fewshot))),
+            "of": int(self.criteria["num_fewshot"]),
+            "max_per_cell": int(np.bincount(self.nearest_fewshot).max()) if len(self.nearest_fewshot) else 0,
         },
     }
 
@@ -543,11 +558,17 @@ def discover_typical(
       guard_features(own_images) if separate_guard else None,
   )
   budget = options.pool_factor * num_samples
-  lat, imgs, idx, srcs, strengths, nns, feats = [], [], [], [], [], [], []
+  lat, imgs, idx, srcs, strengths, nns, nearest, feats = [], [], [], [], [], [], [], []
   rejections = {"too_close": 0, "too_far": 0, "own_side": 0, "duplicate": 0, "bin_full": 0}
   accepted_feats = np.zeros((0, criteria.fewshot.shape[1]))
-  edges = distance_bins(criteria.loo_distances, options.band, options.distance_bins)
-  room = np.full(options.distance_bins, -(-num_samples // options.distance_bins))
+  if options.balance == "fewshot":  # a cell per few-shot image: the candidate's nearest one
+    num_bins, bin_of = len(criteria.fewshot), lambda verdict: verdict["nn_index"]
+  else:
+    edges = distance_bins(criteria.loo_distances, options.band, options.distance_bins)
+    num_bins, bin_of = options.distance_bins, lambda verdict: np.searchsorted(
+        edges, verdict["nn_fewshot"], side="right"
+    )
+  room = np.full(num_bins, -(-num_samples // num_bins))
   # Candidates whose bin was full, used in order if the pool runs out: their index, distance
   # and features only (a latent is rebuilt from its index, so no image is held twice).
   spill: list[tuple] = []
@@ -555,9 +576,9 @@ def discover_typical(
 
   def accept(parts):
     nonlocal accepted_feats, n_acc
-    zk, xk, gk, sk_src, sk, nk, fk = parts
+    zk, xk, gk, sk_src, sk, nk, ik, fk = parts
     lat.append(zk), imgs.append(xk), idx.append(gk), srcs.append(sk_src)
-    strengths.append(sk), nns.append(nk), feats.append(fk)
+    strengths.append(sk), nns.append(nk), nearest.append(ik), feats.append(fk)
     accepted_feats = np.concatenate([accepted_feats, fk])
     n_acc += len(fk)
 
@@ -571,7 +592,7 @@ def discover_typical(
     f = np.asarray(features(x), np.float64)
     verdict = criteria.judge(f, np.asarray(guard_features(x), np.float64) if separate_guard else None)
     f = verdict["embedded"]  # separation and the spill are measured where the band is
-    bins = np.searchsorted(edges, verdict["nn_fewshot"], side="right")
+    bins = bin_of(verdict)
     keep, spilled = select(f, verdict, accepted_feats, criteria.separation, num_samples - n_acc, bins, room)
     last = keep[-1] + 1 if n_acc + len(keep) >= num_samples else len(g)
     examined += int(last)
@@ -586,15 +607,16 @@ def discover_typical(
     n_spill += len(spilled)
     if len(spilled) and len(spill) < num_samples:
       sp = spilled[: num_samples - len(spill)]
-      spill += list(zip(g[sp], verdict["nn_fewshot"][sp], f[sp]))
+      spill += list(zip(g[sp], verdict["nn_fewshot"][sp], verdict["nn_index"][sp], f[sp]))
     if len(keep):
-      accept((z[keep], x[keep], g[keep], src[keep], s[keep], verdict["nn_fewshot"][keep], f[keep]))
+      v = verdict
+      accept((z[keep], x[keep], g[keep], src[keep], s[keep], v["nn_fewshot"][keep], v["nn_index"][keep], f[keep]))
     if log:
       log(f"typical discovery: {n_acc}/{num_samples} accepted after {g0 + len(g)} candidates")
     if n_acc >= num_samples:
       break
   if n_acc < num_samples and spill:  # the pool ran out before every bin filled: the spilled ones, in order
-    fs = np.stack([c[2] for c in spill])
+    fs = np.stack([c[3] for c in spill])
     none = {k: np.zeros(len(spill), bool) for k in ("too_close", "too_far", "own_side")}
     keep, _ = select(fs, none, accepted_feats, criteria.separation, num_samples - n_acc)
     for b0 in range(0, len(keep), options.batch):
@@ -603,7 +625,8 @@ def discover_typical(
       z, src, s = typical_candidates(
           ood_bank, prior, key, g, options.strength_range, options.partner_weight, options.partner_neighbours
       )
-      accept((z, denoise(z), g, src, s, np.asarray([spill[i][1] for i in part]), fs[part]))
+      nn, near = (np.asarray([spill[i][k] for i in part]) for k in (1, 2))
+      accept((z, denoise(z), g, src, s, nn, near, fs[part]))
     n_spill -= len(keep)
   rejections["bin_full"] = n_spill
   cat = lambda xs, tail, dt: np.concatenate(xs).astype(dt) if xs else np.zeros((0,) + tail, dt)
@@ -615,6 +638,7 @@ def discover_typical(
       source_index=cat(srcs, (), np.int64),
       strength=cat(strengths, (), np.float32),
       nn_fewshot=cat(nns, (), np.float64),
+      nearest_fewshot=cat(nearest, (), np.int64),
       num_candidates=examined,
       rejections=rejections,
       criteria=criteria.summary(),
