@@ -93,6 +93,9 @@ def get_config():
   # typical: what the accepted images are shared out over: 'distance' (the bins above) or 'fewshot' (a cell
   # per few-shot image, the accepted images nearest to it: every neighbourhood of the target set represented)
   config.discovery.balance = "distance"
+  # typical: after this many candidates per sample, stop once accepted + set-aside (full-bin) candidates make up
+  # the number asked and fill in with the set-aside ones. None: search the whole pool for a balanced set
+  config.discovery.fill_after = placeholder(int)
   # typical: the step's share toward ANOTHER few-shot latent instead of a prior draw (0: prior draws,
   # 1: mixes of two few-shot latents), and whether that partner is one of the source's k nearest latents
   config.discovery.partner_weight = 0.0

@@ -360,6 +360,30 @@ def test_fewshot_balance_gives_every_fewshot_image_an_equal_share():
     discovery.TypicalOptions(balance="source")
 
 
+def test_fill_after_ends_a_balanced_search_once_enough_is_held_whatever_the_batch():
+  bank = _bank()
+  options = lambda **kw: discovery.TypicalOptions(
+      strength_range=(0.8, 1.0), band=(0.05, 0.95), pool_factor=16, partner_weight=0.0, balance="fewshot", **kw
+  )
+  whole = _discover_on_bank(bank, 16, options(), seed=1)
+  runs = [_discover_on_bank(bank, 16, options(fill_after=2, batch=b), seed=1) for b in (8, 64)]
+  for r in runs:
+    np.testing.assert_array_equal(r.candidate_index, runs[0].candidate_index)
+    assert r.num_candidates == runs[0].num_candidates
+  quick = runs[0]
+  # it stops earlier than the whole-pool search, past 2 x 16 candidates, with all 16: set-aside ones filled in
+  assert 2 * 16 <= quick.num_candidates < whole.num_candidates
+  assert quick.num_accepted == whole.num_accepted == 16
+  assert quick.summary()["fewshot_cells"]["max_per_cell"] > whole.summary()["fewshot_cells"]["max_per_cell"] == 1
+  assert quick.candidate_index.max() < quick.num_candidates
+  # fill_after = pool_factor is the whole search
+  np.testing.assert_array_equal(
+      _discover_on_bank(bank, 16, options(fill_after=16), seed=1).candidate_index, whole.candidate_index
+  )
+  with pytest.raises(ValueError, match=r"^fill_after must lie in \[1, pool_factor = 16\] or be None, got 17$"):
+    options(fill_after=17)
+
+
 def test_when_the_pool_runs_out_the_set_aside_candidates_fill_in_rebuilt_from_their_index():
   bank = _bank()
   options = discovery.TypicalOptions(
@@ -403,4 +427,23 @@ def test_the_config_chooses_how_selection_distances_are_scaled():
   assert settings.typical_options(config).standardized_check == 0.0
   config.discovery.standardized_check = -2.0
   with pytest.raises(ValueError, match=r"^config.discovery: standardized_check must be >= 0 or None, got -2.0$"):
+    settings.typical_options(config)
+
+
+def test_the_config_sets_the_balance_and_when_to_fill_in():
+  config = configlib.load_config_file(os.path.join(helpers.REPO, "configs", "base.py"))
+  options = settings.typical_options(config)
+  assert options.balance == "distance" and options.fill_after is None  # the default search
+  config.discovery.balance, config.discovery.fill_after = "fewshot", 4
+  options = settings.typical_options(config)
+  assert options.balance == "fewshot" and options.fill_after == 4
+  config.discovery.fill_after = 9
+  with pytest.raises(
+      ValueError, match=r"^config.discovery: fill_after must lie in \[1, pool_factor = 8\] or be None, got 9$"
+  ):
+    settings.typical_options(config)
+  config.discovery.fill_after, config.discovery.balance = None, "sources"
+  with pytest.raises(
+      ValueError, match=r"^config.discovery: balance must be one of \('distance', 'fewshot'\), got 'sources'$"
+  ):
     settings.typical_options(config)

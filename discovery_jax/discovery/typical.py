@@ -67,7 +67,11 @@ class TypicalOptions:
   the accepted images are shared out over, 'distance' (those distance bins) or
   'fewshot' (one cell per few-shot image, the accepted images nearest to it, each
   holding an equal share: every neighbourhood of the target set is represented, not
-  only those whose candidates pass most easily); partner_weight:
+  only those whose candidates pass most easily); fill_after: after this many
+  candidates per requested sample, stop as soon as the accepted and set-aside
+  candidates make up the number asked, and fill in with the set-aside ones (None:
+  search the whole pool for a balanced set; a cell no candidate lands in never fills);
+  partner_weight:
   the step's share toward another few-shot latent rather than a prior draw (0: prior
   draws only, 1: mixes of two few-shot latents); partner_neighbours: draw that partner
   from the source's k nearest latents (None: from all the others); selection_shrinkage:
@@ -90,6 +94,7 @@ class TypicalOptions:
   guard_shrinkage: float = 1.0
   distance_bins: int = 4
   balance: str = "distance"
+  fill_after: int | None = None
   partner_weight: float = 0.0
   partner_neighbours: int | None = None
   selection_shrinkage: float | None = None
@@ -120,6 +125,10 @@ class TypicalOptions:
       raise ValueError(f"selection_shrinkage must be >= 0 or None, got {self.selection_shrinkage}")
     if self.standardized_check is not None and not self.standardized_check >= 0.0:
       raise ValueError(f"standardized_check must be >= 0 or None, got {self.standardized_check}")
+    if self.fill_after is not None and not 1 <= self.fill_after <= self.pool_factor:
+      raise ValueError(
+          f"fill_after must lie in [1, pool_factor = {self.pool_factor}] or be None, got {self.fill_after}"
+      )
     if self.partner_neighbours is not None and self.partner_neighbours < 1:
       raise ValueError(f"partner_neighbours must be >= 1 or None, got {self.partner_neighbours}")
     if self.pool_factor < 1 or self.batch < 1 or self.distance_bins < 1:
@@ -583,6 +592,7 @@ def discover_typical(
     n_acc += len(fk)
 
   n_acc = examined = 0
+  settle = budget if options.fill_after is None else options.fill_after * num_samples
   for g0 in range(0, budget, options.batch):
     g = np.arange(g0, min(budget, g0 + options.batch))
     z, src, s = typical_candidates(
@@ -595,6 +605,16 @@ def discover_typical(
     bins = bin_of(verdict)
     keep, spilled = select(f, verdict, accepted_feats, criteria.separation, num_samples - n_acc, bins, room)
     last = keep[-1] + 1 if n_acc + len(keep) >= num_samples else len(g)
+    # Past fill_after x N candidates, the search also ends at the first candidate by which the accepted and
+    # set-aside ones make up N: found candidate by candidate, so it never depends on the batch size.
+    pos = np.arange(last)
+    held = n_acc + np.searchsorted(keep, pos, side="right")
+    held += np.minimum(num_samples, len(spill) + np.searchsorted(spilled, pos, side="right"))
+    settled = np.flatnonzero((g[:last] + 1 >= settle) & (held >= num_samples))
+    filled = len(settled) > 0
+    if filled:
+      last = int(settled[0]) + 1
+      keep = keep[keep < last]
     examined += int(last)
     seen = slice(0, last)
     rejections["too_close"] += int(verdict["too_close"][seen].sum())
@@ -613,9 +633,9 @@ def discover_typical(
       accept((z[keep], x[keep], g[keep], src[keep], s[keep], v["nn_fewshot"][keep], v["nn_index"][keep], f[keep]))
     if log:
       log(f"typical discovery: {n_acc}/{num_samples} accepted after {g0 + len(g)} candidates")
-    if n_acc >= num_samples:
+    if n_acc >= num_samples or filled:
       break
-  if n_acc < num_samples and spill:  # the pool ran out before every bin filled: the spilled ones, in order
+  if n_acc < num_samples and spill:  # the pool ran out (or fill_after ended it) before every bin filled: in order
     fs = np.stack([c[3] for c in spill])
     none = {k: np.zeros(len(spill), bool) for k in ("too_close", "too_far", "own_side")}
     keep, _ = select(fs, none, accepted_feats, criteria.separation, num_samples - n_acc)
