@@ -592,9 +592,27 @@ def discover_typical(
     n_acc += len(fk)
 
   n_acc = examined = 0
+
+  def fill_in():
+    """The set-aside candidates, in order, as far as they keep apart from what is accepted."""
+    nonlocal spill, n_spill
+    fs = np.stack([c[3] for c in spill])
+    none = {k: np.zeros(len(spill), bool) for k in ("too_close", "too_far", "own_side")}
+    keep, _ = select(fs, none, accepted_feats, criteria.separation, num_samples - n_acc)
+    for b0 in range(0, len(keep), options.batch):
+      part = keep[b0 : b0 + options.batch]
+      g = np.asarray([spill[i][0] for i in part])
+      z, src, s = typical_candidates(
+          ood_bank, prior, key, g, options.strength_range, options.partner_weight, options.partner_neighbours
+      )
+      nn, near = (np.asarray([spill[i][k] for i in part]) for k in (1, 2))
+      accept((z, denoise(z), g, src, s, nn, near, fs[part]))
+    n_spill -= len(keep)
+    spill = []  # the rest lie too near an accepted image, now and from now on
+
   settle = budget if options.fill_after is None else options.fill_after * num_samples
-  for g0 in range(0, budget, options.batch):
-    g = np.arange(g0, min(budget, g0 + options.batch))
+  while examined < budget and n_acc < num_samples:
+    g = np.arange(examined, min(budget, examined + options.batch))
     z, src, s = typical_candidates(
         ood_bank, prior, key, g, options.strength_range, options.partner_weight, options.partner_neighbours
     )
@@ -605,14 +623,14 @@ def discover_typical(
     bins = bin_of(verdict)
     keep, spilled = select(f, verdict, accepted_feats, criteria.separation, num_samples - n_acc, bins, room)
     last = keep[-1] + 1 if n_acc + len(keep) >= num_samples else len(g)
-    # Past fill_after x N candidates, the search also ends at the first candidate by which the accepted and
-    # set-aside ones make up N: found candidate by candidate, so it never depends on the batch size.
+    # Past fill_after x N candidates (at the pool's end without it), the search also stops at the first
+    # candidate by which the accepted and set-aside ones make up N, and fills in: found candidate by
+    # candidate, so it never depends on the batch size.
     pos = np.arange(last)
     held = n_acc + np.searchsorted(keep, pos, side="right")
     held += np.minimum(num_samples, len(spill) + np.searchsorted(spilled, pos, side="right"))
     settled = np.flatnonzero((g[:last] + 1 >= settle) & (held >= num_samples))
-    filled = len(settled) > 0
-    if filled:
+    if len(settled):
       last = int(settled[0]) + 1
       keep = keep[keep < last]
     examined += int(last)
@@ -632,22 +650,12 @@ def discover_typical(
       v = verdict
       accept((z[keep], x[keep], g[keep], src[keep], s[keep], v["nn_fewshot"][keep], v["nn_index"][keep], f[keep]))
     if log:
-      log(f"typical discovery: {n_acc}/{num_samples} accepted after {g0 + len(g)} candidates")
-    if n_acc >= num_samples or filled:
-      break
-  if n_acc < num_samples and spill:  # the pool ran out (or fill_after ended it) before every bin filled: in order
-    fs = np.stack([c[3] for c in spill])
-    none = {k: np.zeros(len(spill), bool) for k in ("too_close", "too_far", "own_side")}
-    keep, _ = select(fs, none, accepted_feats, criteria.separation, num_samples - n_acc)
-    for b0 in range(0, len(keep), options.batch):
-      part = keep[b0 : b0 + options.batch]
-      g = np.asarray([spill[i][0] for i in part])
-      z, src, s = typical_candidates(
-          ood_bank, prior, key, g, options.strength_range, options.partner_weight, options.partner_neighbours
-      )
-      nn, near = (np.asarray([spill[i][k] for i in part]) for k in (1, 2))
-      accept((z, denoise(z), g, src, s, nn, near, fs[part]))
-    n_spill -= len(keep)
+      log(f"typical discovery: {n_acc}/{num_samples} accepted after {examined} candidates")
+    if len(settled) and n_acc < num_samples:
+      fill_in()
+      settle = budget  # set-aside ones too near each other to make up N: search on, and fill in again at the end
+  if n_acc < num_samples and spill:  # the pool ran out before every bin filled
+    fill_in()
   rejections["bin_full"] = n_spill
   cat = lambda xs, tail, dt: np.concatenate(xs).astype(dt) if xs else np.zeros((0,) + tail, dt)
   shape = latent_shape(ood_bank)
