@@ -647,8 +647,8 @@ def discover_typical(
       sp = spilled[: num_samples - len(spill)]
       spill += list(zip(g[sp], verdict["nn_fewshot"][sp], verdict["nn_index"][sp], f[sp]))
     if len(keep):
-      v = verdict
-      accept((z[keep], x[keep], g[keep], src[keep], s[keep], v["nn_fewshot"][keep], v["nn_index"][keep], f[keep]))
+      nn, near = verdict["nn_fewshot"][keep], verdict["nn_index"][keep]
+      accept((z[keep], x[keep], g[keep], src[keep], s[keep], nn, near, f[keep]))
     if log:
       log(f"typical discovery: {n_acc}/{num_samples} accepted after {examined} candidates")
     if len(settled) and n_acc < num_samples:
