@@ -1,6 +1,7 @@
 r"""The public method benchmark: which method gives new, diverse, target-domain samples?
 
   python benchmarks/method.py [--domains=first,digits,...] [--num_samples=128] [--workdir=runs/method]
+      [--seeds=0,1,2] [--override=discovery.balance=fewshot ...]
 
 For the embedded demo base model (a DDPM trained on Animal-MNIST silhouettes) and every
 target domain (the demo's FIRST radio galaxies and the offline domains under
@@ -8,7 +9,8 @@ target domain (the demo's FIRST radio galaxies and the offline domains under
 ``benchmarks/domains/prepare.py``), it runs, with default settings and equal N:
 
 * ``python -m discovery_jax.sample`` with methods discovery, gaussian, renoise;
-* renoise again at other strengths, for the fidelity/novelty frontier;
+* renoise again at other strengths and discovery again at other strength ranges (each
+  method's own knob), for the fidelity/novelty frontier;
 * ``python -m discovery_jax.finetune`` (vanilla fine-tuning on the 32 images);
 * ``python -m discovery_jax.evaluate`` on all of them (the learned feature network,
   the k-NN domain judge, held-out ID silhouettes for mode interference),
@@ -23,6 +25,10 @@ SAME banks (seed 0's, copied) and with the same evaluation seed; tables, verdict
 the JSON then report the mean over seeds (with each number's standard deviation as
 ``<key>_sd`` and the per-seed FDs). Fine-tuning runs once (seed 0) and is its rival row
 at every seed.
+
+``--override=discovery.KEY=VALUE`` (repeatable; ``sampling.`` keys too) runs every
+``sample`` with that setting, so a candidate default is measured against the same rivals;
+a workdir remembers its overrides and refuses to resume under others.
 """
 
 from __future__ import annotations
@@ -42,8 +48,24 @@ DOMAINS = {"first": (os.path.join(ASSETS, "ood_fewshot"), os.path.join(ASSETS, "
 for _name in ("digits", "deep_field", "textures", "histology", "retina"):
   DOMAINS[_name] = (os.path.join(DOMAINS_DIR, _name, "fewshot"), os.path.join(DOMAINS_DIR, _name, "heldout"))
 METHODS = ("discovery", "gaussian", "renoise", "vanilla fine-tuning")
-# Each method's knob for the frontier: (config override, value) runs beside the default.
-KNOBS = {"renoise": ("discovery.renoise_strength", (0.3, 0.7))}
+# Each method's knob for the frontier: (config override, value) runs beside the default. Discovery's is
+# the range its candidates' step toward the prior is drawn from (the default: (0.1, 0.7)).
+KNOBS = {
+    "renoise": ("discovery.renoise_strength", (0.3, 0.7)),
+    "discovery": ("discovery.strength_range", ((0.1, 0.5), (0.1, 0.9))),
+}
+
+
+def knob_label(value) -> str:
+  """A knob value as it names a run: '0.3', or '0.1-0.5' for a range (no commas: they separate
+  ``evaluate.generated``'s sets)."""
+  return "-".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
+
+
+def knob_override(field: str, value) -> str:
+  """The command-line override that sets ``field`` to ``value`` (a range as '(low,high)')."""
+  text = "(" + ",".join(str(v) for v in value) + ")" if isinstance(value, tuple) else str(value)
+  return f"--config.{field}={text}"
 
 
 def _run(args: list[str], log: str) -> float:
@@ -67,11 +89,41 @@ def _common(fewshot: str, heldout: str, num_samples: int) -> list[str]:
   ]
 
 
-def run_domain(name: str, work: str, num_samples: int, finetune: bool, seed: int = 0) -> dict:
+def sampler_overrides(pairs: list[str]) -> list[str]:
+  """``--override KEY=VALUE`` (repeatable): config overrides for every ``sample`` run, as
+  ``--config.KEY=VALUE``; KEY must be a ``discovery.`` or ``sampling.`` key."""
+  out = []
+  for pair in pairs:
+    key, sep, value = pair.partition("=")
+    if not sep or not key.startswith(("discovery.", "sampling.")) or not value:
+      raise SystemExit(f"--override: expected discovery.KEY=VALUE or sampling.KEY=VALUE, got {pair!r}")
+    out.append(f"--config.{key}={value}")
+  return out
+
+
+def _check_overrides(root: str, overrides: list[str]) -> None:
+  """A workdir holds one setting: resuming it under other overrides would mix their results."""
+  path = os.path.join(root, "overrides.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      before = json.load(f)
+    if before != overrides:
+      raise SystemExit(f"{path}: this workdir was run with overrides {before}, not {overrides}; use another --workdir")
+    return
+  with open(path + ".tmp", "w") as f:
+    json.dump(overrides, f)
+  os.replace(path + ".tmp", path)
+
+
+def run_domain(
+    name: str, work: str, num_samples: int, finetune: bool, seed: int = 0, overrides: list[str] | None = None
+) -> dict:
   fewshot, heldout = DOMAINS[name]
   first = os.path.join(work, name)
   root = first if seed == 0 else os.path.join(first, f"seed{seed}")
   os.makedirs(root, exist_ok=True)
+  extra = list(overrides or [])
+  _check_overrides(root, extra)
   log = os.path.join(root, "log.txt")
   common = _common(fewshot, heldout, num_samples)
   if seed:
@@ -84,21 +136,23 @@ def run_domain(name: str, work: str, num_samples: int, finetune: bool, seed: int
       "sample": _run(
           ["discovery_jax.sample"]
           + common
-          + [f"--workdir={root}/main", "--config.sample.methods=discovery,gaussian,renoise"],
+          + [f"--workdir={root}/main", "--config.sample.methods=discovery,gaussian,renoise"]
+          + extra,
           log,
       )
   }
   sets = {m: f"{root}/main/samples/{m}/samples.npy" for m in ("discovery", "gaussian", "renoise")}
   for method, (field, values) in KNOBS.items():
     for value in values:
-      tag = f"{method}@{value}"
-      out = f"{root}/{method}_{str(value).replace(',', '_').strip('()')}"
+      tag = f"{method}@{knob_label(value)}"
+      out = f"{root}/{method}_{knob_label(value)}"
       if not os.path.isdir(f"{out}/banks") and os.path.isdir(f"{root}/main/banks"):
         shutil.copytree(f"{root}/main/banks", f"{out}/banks")  # same banks: no second inversion.
       seconds[tag] = _run(
           ["discovery_jax.sample"]
           + common
-          + [f"--workdir={out}", f"--config.sample.methods={method}", f"--config.{field}={value}"],
+          + [f"--workdir={out}", f"--config.sample.methods={method}", knob_override(field, value)]
+          + extra,
           log,
       )
       sets[tag] = f"{out}/samples/{method}/samples.npy"
@@ -223,14 +277,21 @@ def main() -> None:
   parser.add_argument("--workdir", default=os.path.join(REPO, "runs", "method"))
   parser.add_argument("--skip_finetune", action="store_true")
   parser.add_argument("--seeds", default="0", help="comma-separated sampler seeds; results are their means")
+  parser.add_argument(
+      "--override",
+      action="append",
+      default=[],
+      help="discovery.KEY=VALUE or sampling.KEY=VALUE for every sample run (repeatable; use a fresh --workdir)",
+  )
   args = parser.parse_args()
   names, seeds = parse_domains(args.domains), parse_seeds(args.seeds)
+  overrides = sampler_overrides(args.override)
   results = {}
   for name in names:
     t = time.time()
     # Seed 0 always runs first: the other seeds copy its banks (and use its fine-tuning).
     by_seed = {
-        s: run_domain(name, args.workdir, args.num_samples, not args.skip_finetune, s)
+        s: run_domain(name, args.workdir, args.num_samples, not args.skip_finetune, s, overrides)
         for s in dict.fromkeys([0] + seeds)
     }
     runs = [by_seed[s] for s in seeds]
@@ -296,7 +357,17 @@ def main() -> None:
   with open(os.path.join(args.workdir, "method.json"), "w") as f:
     json.dump(summary, f, indent=1)
   print(f"frontier figure: {os.path.join(args.workdir, 'frontier.png')}")
-  print(json.dumps({"benchmark": "method", "num_samples": args.num_samples, "seeds": seeds, "domains": summary}))
+  print(
+      json.dumps(
+          {
+              "benchmark": "method",
+              "num_samples": args.num_samples,
+              "seeds": seeds,
+              "overrides": args.override,
+              "domains": summary,
+          }
+      )
+  )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,51 @@
+"""The public method benchmark's command-line plumbing (benchmarks/method.py): knob runs are
+named and overridden so that ``evaluate`` can parse them, and a workdir never mixes settings."""
+
+import importlib.util
+import os
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def method():
+  spec = importlib.util.spec_from_file_location("method_benchmark", os.path.join(REPO, "benchmarks", "method.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_every_knob_run_gets_a_name_evaluate_can_parse(method):
+  from discovery_jax import configlib
+
+  config = configlib.load_config_file(os.path.join(REPO, "configs", "demo.py"))
+  labels = []
+  for name, (field, values) in method.KNOBS.items():
+    section, key = field.split(".")
+    default = config[section][key]
+    for value in values:
+      assert type(value) is type(default), (field, value, default)  # the override parses as the field's type
+      label = method.knob_label(value)
+      assert "," not in label and "=" not in label  # evaluate.generated is "name=path,name=path"
+      labels.append(f"{name}@{label}")
+  assert len(set(labels)) == len(labels)
+  assert "discovery" in method.KNOBS  # the frontier shows discovery across its own knob, not as one point
+  assert method.knob_label((0.1, 0.5)) == "0.1-0.5" and method.knob_label(0.3) == "0.3"
+  assert method.knob_override("discovery.strength_range", (0.1, 0.5)) == "--config.discovery.strength_range=(0.1,0.5)"
+
+
+def test_overrides_are_checked_and_remembered_per_workdir(method, tmp_path):
+  assert method.sampler_overrides(["discovery.balance=fewshot", "sampling.t_0=300"]) == [
+      "--config.discovery.balance=fewshot",
+      "--config.sampling.t_0=300",
+  ]
+  for bad in ("balance=fewshot", "evaluate.k=3", "discovery.balance", "discovery.balance="):
+    with pytest.raises(SystemExit, match="--override: expected"):
+      method.sampler_overrides([bad])
+  root = str(tmp_path)
+  method._check_overrides(root, ["--config.discovery.balance=fewshot"])
+  method._check_overrides(root, ["--config.discovery.balance=fewshot"])  # the same setting resumes
+  with pytest.raises(SystemExit, match="overrides.json: this workdir was run with overrides"):
+    method._check_overrides(root, [])
