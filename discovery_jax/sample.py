@@ -519,7 +519,9 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
       raise ValueError(f"config.sample.methods: unknown method {m!r}; choose from {METHODS}")
   if int(config.sample.num_samples) < 1:
     raise ValueError(f"config.sample.num_samples must be >= 1, got {config.sample.num_samples}")
-  settings.discovery_options(config)  # bad discovery, output and evaluation settings fail before any work.
+  # Bad discovery, output and evaluation settings fail before any work (inversion takes minutes).
+  if settings.discovery_options(config).mode == "typical" and "discovery" in methods:
+    settings.typical_options(config)
   check_output_options(config)
   if config.sample.evaluate and settings.path_or_none(config.data.get("eval_dir")):
     from discovery_jax import evaluate

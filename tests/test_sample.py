@@ -192,6 +192,16 @@ def test_budget_exhaustion_saves_partial_result_and_names_the_criterion(setup):
   assert rec["complete"] is False and rec["most_rejecting"] in ("distance_id", "angle_origin", "angle_vertex")
 
 
+def test_a_bad_typical_setting_fails_in_one_line_before_any_inversion(setup):
+  wd = setup["root"] / "bad_typical"
+  proc = run(
+      "sample", setup["config"], wd, "--config.discovery.mode=typical", "--config.discovery.band=(0.9,0.1)", check=False
+  )
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert "config.discovery: band must be two quantiles 0 <= low < high <= 1, got (0.9, 0.1)" in proc.stderr
+  assert not (wd / "banks").exists() and "invert" not in proc.stderr  # nothing was computed first
+
+
 def test_sigkill_during_synthesis_then_resume_gives_the_same_dataset(setup, sampled):
   workdir, _ = sampled
   wd = setup["root"] / "killed"
