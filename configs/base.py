@@ -87,15 +87,14 @@ def get_config():
   config.discovery.mode = "typical"
   config.discovery.strength_range = (0.1, 0.7)  # typical: step toward the prior, drawn per candidate
   config.discovery.band = (0.1, 0.7)  # typical: few-shot leave-one-out NN-distance quantiles kept
-  config.discovery.distance_bins = (
-      4  # typical: equal-mass bins of the band, each holding an equal share (1: first come)
-  )
-  # typical: what the accepted images are shared out over: 'distance' (the bins above) or 'fewshot' (a cell
-  # per few-shot image, the accepted images nearest to it: every neighbourhood of the target set represented)
-  config.discovery.balance = "distance"
-  # typical: after this many candidates per sample, stop once accepted + set-aside (full-bin) candidates make up
+  # typical, balance='distance': equal-mass bins of the band, each holding an equal share (1: first come)
+  config.discovery.distance_bins = 4
+  # typical: what the accepted images are shared out over: 'fewshot' (a cell per few-shot image, the accepted
+  # images nearest to it: every neighbourhood of the target set represented) or 'distance' (the bins above)
+  config.discovery.balance = "fewshot"
+  # typical: after this many candidates per sample, stop once accepted + set-aside (full-cell) candidates make up
   # the number asked and fill in with the set-aside ones. None: search the whole pool for a balanced set
-  config.discovery.fill_after = placeholder(int)
+  config.discovery.fill_after = FieldReference(4, field_type=int)
   # typical: the step's share toward ANOTHER few-shot latent instead of a prior draw (0: prior draws,
   # 1: mixes of two few-shot latents), and whether that partner is one of the source's k nearest latents
   config.discovery.partner_weight = 0.0

@@ -128,6 +128,7 @@ def discovery_options(config: Any) -> DiscoveryOptions:
 def typical_options(config: Any) -> TypicalOptions:
   """The 'typical' discovery settings of ``config.discovery``."""
   d = config.discovery
+  fill_after = d.fill_after if "fill_after" in d else 4  # None (off) is a setting, not a missing key
   try:
     return TypicalOptions(
         strength_range=tuple(float(v) for v in _get(d, "strength_range", (0.1, 0.7))),
@@ -139,8 +140,8 @@ def typical_options(config: Any) -> TypicalOptions:
         guard_quantile=float(_get(d, "guard_quantile", 0.1)),
         guard_shrinkage=float(_get(d, "guard_shrinkage", 1.0)),
         distance_bins=int(_get(d, "distance_bins", 4)),
-        balance=str(_get(d, "balance", "distance")),
-        fill_after=None if _get(d, "fill_after") is None else int(d.fill_after),
+        balance=str(_get(d, "balance", "fewshot")),
+        fill_after=None if fill_after is None else int(fill_after),
         partner_weight=float(_get(d, "partner_weight", 0.0)),
         partner_neighbours=None if _get(d, "partner_neighbours") is None else int(d.partner_neighbours),
         selection_shrinkage=None if _get(d, "selection_shrinkage") is None else float(d.selection_shrinkage),

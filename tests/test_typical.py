@@ -328,7 +328,13 @@ def test_full_distance_bins_spill_and_the_accepted_distances_follow_the_fewshot_
       bank,
       16,
       discovery.TypicalOptions(
-          strength_range=(0.8, 1.0), band=(0.05, 0.95), distance_bins=bins, pool_factor=16, partner_weight=0.0
+          strength_range=(0.8, 1.0),
+          band=(0.05, 0.95),
+          distance_bins=bins,
+          pool_factor=16,
+          partner_weight=0.0,
+          balance="distance",
+          fill_after=None,
       ),
       seed=1,
   )
@@ -341,7 +347,12 @@ def test_full_distance_bins_spill_and_the_accepted_distances_follow_the_fewshot_
 def test_fewshot_balance_gives_every_fewshot_image_an_equal_share():
   bank = _bank()
   options = lambda balance, pool: discovery.TypicalOptions(
-      strength_range=(0.8, 1.0), band=(0.05, 0.95), pool_factor=pool, partner_weight=0.0, balance=balance
+      strength_range=(0.8, 1.0),
+      band=(0.05, 0.95),
+      pool_factor=pool,
+      partner_weight=0.0,
+      balance=balance,
+      fill_after=None,
   )
   fair, by_distance = (_discover_on_bank(bank, 16, options(b, 16), seed=1) for b in ("fewshot", "distance"))
   assert fair.num_accepted == by_distance.num_accepted == 16
@@ -365,7 +376,7 @@ def test_fill_after_ends_a_balanced_search_once_enough_is_held_whatever_the_batc
   options = lambda **kw: discovery.TypicalOptions(
       strength_range=(0.8, 1.0), band=(0.05, 0.95), pool_factor=16, partner_weight=0.0, balance="fewshot", **kw
   )
-  whole = _discover_on_bank(bank, 16, options(), seed=1)
+  whole = _discover_on_bank(bank, 16, options(fill_after=None), seed=1)
   runs = [_discover_on_bank(bank, 16, options(fill_after=2, batch=b), seed=1) for b in (8, 64)]
   for r in runs:
     np.testing.assert_array_equal(r.candidate_index, runs[0].candidate_index)
@@ -376,12 +387,13 @@ def test_fill_after_ends_a_balanced_search_once_enough_is_held_whatever_the_batc
   assert quick.num_accepted == whole.num_accepted == 16
   assert quick.summary()["fewshot_cells"]["max_per_cell"] > whole.summary()["fewshot_cells"]["max_per_cell"] == 1
   assert quick.candidate_index.max() < quick.num_candidates
-  # fill_after = pool_factor is the whole search
-  np.testing.assert_array_equal(
-      _discover_on_bank(bank, 16, options(fill_after=16), seed=1).candidate_index, whole.candidate_index
-  )
-  with pytest.raises(ValueError, match=r"^fill_after must lie in \[1, pool_factor = 16\] or be None, got 17$"):
-    options(fill_after=17)
+  # fill_after at or past pool_factor is the whole search
+  for at in (16, 17):
+    np.testing.assert_array_equal(
+        _discover_on_bank(bank, 16, options(fill_after=at), seed=1).candidate_index, whole.candidate_index
+    )
+  with pytest.raises(ValueError, match=r"^fill_after must be >= 1 or None, got 0$"):
+    options(fill_after=0)
 
 
 def test_when_the_pool_runs_out_the_set_aside_candidates_fill_in_rebuilt_from_their_index():
@@ -433,15 +445,18 @@ def test_the_config_chooses_how_selection_distances_are_scaled():
 def test_the_config_sets_the_balance_and_when_to_fill_in():
   config = configlib.load_config_file(os.path.join(helpers.REPO, "configs", "base.py"))
   options = settings.typical_options(config)
-  assert options.balance == "distance" and options.fill_after is None  # the default search
-  config.discovery.balance, config.discovery.fill_after = "fewshot", 4
+  assert options.balance == "fewshot" and options.fill_after == 4  # the default search
+  assert options == discovery.TypicalOptions()  # the library's defaults are the config's
+  config.discovery.balance, config.discovery.fill_after = "distance", None
   options = settings.typical_options(config)
-  assert options.balance == "fewshot" and options.fill_after == 4
-  config.discovery.fill_after = 9
-  with pytest.raises(
-      ValueError, match=r"^config.discovery: fill_after must lie in \[1, pool_factor = 8\] or be None, got 9$"
-  ):
+  assert options.balance == "distance" and options.fill_after is None  # None is a setting: search the whole pool
+  del config.discovery["fill_after"]
+  assert settings.typical_options(config).fill_after == 4  # an older config without the key gets the default
+  config.discovery.fill_after = 0
+  with pytest.raises(ValueError, match=r"^config.discovery: fill_after must be >= 1 or None, got 0$"):
     settings.typical_options(config)
+  config.discovery.fill_after = 9  # past pool_factor: the pool's end, where the search fills in anyway
+  assert settings.typical_options(config).fill_after == 9
   config.discovery.fill_after, config.discovery.balance = None, "sources"
   with pytest.raises(
       ValueError, match=r"^config.discovery: balance must be one of \('distance', 'fewshot'\), got 'sources'$"

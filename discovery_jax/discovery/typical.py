@@ -17,9 +17,12 @@ mean component, so only points next to the source pass: near-copies. Here:
   the domain is as far from the few-shot images as a few-shot image is from the
   others (leave-one-out), so a candidate is kept when its nearest few-shot distance
   lies in that band: closer is a copy, further is not the domain;
-* the band is cut into bins of equal few-shot mass, each filled with an equal share
-  of the accepted images, so their distances follow the few-shot images' own (first
-  come would favour the band's near end: candidates close to their source are easier);
+* the accepted images are shared out over the few-shot images: each belongs to the
+  few-shot image it is nearest to, and each of those cells holds an equal share, so
+  every neighbourhood of the target set is represented (first come would favour the
+  neighbourhoods whose candidates pass most easily); once enough candidates are held,
+  the cells still short are filled in with the set-aside ones. (Or the band is cut
+  into bins of equal few-shot mass, each holding an equal share: ``balance``.)
 * never two from nearly the same place: a candidate closer to an accepted one than
   the few-shot images ever are to each other is dropped;
 * mode interference: a linear discriminant between the few-shot images and the
@@ -69,8 +72,9 @@ class TypicalOptions:
   holding an equal share: every neighbourhood of the target set is represented, not
   only those whose candidates pass most easily); fill_after: after this many
   candidates per requested sample, stop as soon as the accepted and set-aside
-  candidates make up the number asked, and fill in with the set-aside ones (None:
-  search the whole pool for a balanced set; a cell no candidate lands in never fills);
+  candidates make up the number asked, and fill in with the set-aside ones (None or at
+  least pool_factor: search the whole pool for a balanced set; a cell no candidate lands
+  in never fills, so without it a balanced search always examines the whole pool);
   partner_weight:
   the step's share toward another few-shot latent rather than a prior draw (0: prior
   draws only, 1: mixes of two few-shot latents); partner_neighbours: draw that partner
@@ -93,8 +97,8 @@ class TypicalOptions:
   guard_quantile: float = 0.1
   guard_shrinkage: float = 1.0
   distance_bins: int = 4
-  balance: str = "distance"
-  fill_after: int | None = None
+  balance: str = "fewshot"
+  fill_after: int | None = 4
   partner_weight: float = 0.0
   partner_neighbours: int | None = None
   selection_shrinkage: float | None = None
@@ -125,10 +129,8 @@ class TypicalOptions:
       raise ValueError(f"selection_shrinkage must be >= 0 or None, got {self.selection_shrinkage}")
     if self.standardized_check is not None and not self.standardized_check >= 0.0:
       raise ValueError(f"standardized_check must be >= 0 or None, got {self.standardized_check}")
-    if self.fill_after is not None and not 1 <= self.fill_after <= self.pool_factor:
-      raise ValueError(
-          f"fill_after must lie in [1, pool_factor = {self.pool_factor}] or be None, got {self.fill_after}"
-      )
+    if self.fill_after is not None and not self.fill_after >= 1:
+      raise ValueError(f"fill_after must be >= 1 or None, got {self.fill_after}")
     if self.partner_neighbours is not None and self.partner_neighbours < 1:
       raise ValueError(f"partner_neighbours must be >= 1 or None, got {self.partner_neighbours}")
     if self.pool_factor < 1 or self.batch < 1 or self.distance_bins < 1:
@@ -610,7 +612,8 @@ def discover_typical(
     n_spill -= len(keep)
     spill = []  # the rest lie too near an accepted image, now and from now on
 
-  settle = budget if options.fill_after is None else options.fill_after * num_samples
+  # fill_after past pool_factor is the pool's end, where the search always fills in.
+  settle = budget if options.fill_after is None else min(options.fill_after * num_samples, budget)
   while examined < budget and n_acc < num_samples:
     g = np.arange(examined, min(budget, examined + options.batch))
     z, src, s = typical_candidates(
