@@ -90,7 +90,8 @@ def get_config():
   # typical, balance='distance': equal-mass bins of the band, each holding an equal share (1: first come)
   config.discovery.distance_bins = 4
   # typical: what the accepted images are shared out over: 'fewshot' (a cell per few-shot image, the accepted
-  # images nearest to it: every neighbourhood of the target set represented) or 'distance' (the bins above)
+  # images nearest to it: every neighbourhood of the target set represented), 'distance' (the bins above) or
+  # 'both' (each accepted image counts against its cell AND its distance bin)
   config.discovery.balance = "fewshot"
   # typical: after this many candidates per sample, stop once accepted + set-aside (full-cell) candidates make up
   # the number asked and fill in with the set-aside ones. None: search the whole pool for a balanced set

@@ -367,8 +367,33 @@ def test_fewshot_balance_gives_every_fewshot_image_an_equal_share():
   first_come = _discover_on_bank(bank, 24, dataclasses.replace(options("distance", 2), distance_bins=1), seed=1)
   assert short.summary()["fewshot_cells"]["max_per_cell"] > 1
   assert sorted(short.candidate_index) == sorted(first_come.candidate_index)
-  with pytest.raises(ValueError, match=r"balance must be one of \('distance', 'fewshot'\), got 'source'"):
+  with pytest.raises(ValueError, match=r"balance must be one of \('distance', 'fewshot', 'both'\), got 'source'"):
     discovery.TypicalOptions(balance="source")
+
+
+def test_both_balances_at_once_respect_the_cells_and_the_distance_bins():
+  feats = np.array([[0.0], [10.0], [20.0], [30.0], [40.0], [50.0]])
+  verdict = {k: np.zeros(6, bool) for k in ("too_close", "too_far", "own_side")}
+  # cells 0-1 (room 2 each), bins numbered 2-3 (room 2 each): candidate 2 finds its cell full, 3 its bin
+  quotas = np.array([[0, 2], [0, 2], [0, 3], [1, 2], [1, 3], [1, 3]])
+  room = np.array([2, 2, 2, 2])
+  kept, spilled = typical.select(feats, verdict, np.zeros((0, 1)), 1.0, 10, quotas, room)
+  assert kept.tolist() == [0, 1, 4, 5] and spilled.tolist() == [2, 3] and room.tolist() == [0, 0, 0, 0]
+  bank = _bank()
+  options = lambda balance: discovery.TypicalOptions(
+      strength_range=(0.8, 1.0),
+      band=(0.05, 0.95),
+      pool_factor=64,  # both quotas take more candidates to fill
+      partner_weight=0.0,
+      balance=balance,
+      fill_after=None,
+  )
+  both, cells = (_discover_on_bank(bank, 16, options(b), seed=1) for b in ("both", "fewshot"))
+  assert both.num_accepted == cells.num_accepted == 16
+  assert both.summary()["fewshot_cells"]["max_per_cell"] == 1  # ceil(16 / 32) per few-shot image
+  # the distance bins move the accepted median toward the few-shot images' own, as balance='distance' does
+  loo_median = both.criteria["loo_nn_median"]
+  assert abs(np.median(both.nn_fewshot) - loo_median) < abs(np.median(cells.nn_fewshot) - loo_median)
 
 
 def test_fill_after_ends_a_balanced_search_once_enough_is_held_whatever_the_batch():
@@ -459,6 +484,6 @@ def test_the_config_sets_the_balance_and_when_to_fill_in():
   assert settings.typical_options(config).fill_after == 9
   config.discovery.fill_after, config.discovery.balance = None, "sources"
   with pytest.raises(
-      ValueError, match=r"^config.discovery: balance must be one of \('distance', 'fewshot'\), got 'sources'$"
+      ValueError, match=r"^config.discovery: balance must be one of \('distance', 'fewshot', 'both'\), got 'sources'$"
   ):
     settings.typical_options(config)

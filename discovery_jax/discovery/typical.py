@@ -51,7 +51,7 @@ from discovery_jax.discovery.prior import GaussianPrior, fit_prior, standard_nor
 _KEY_SOURCE, _KEY_STRENGTH, _KEY_NOISE, _KEY_PARTNER = 0, 1, 2, 3
 LIVE_CHANNEL = 1e-6  # a selection channel whose few-shot spread is below this x the median one's is dead
 GUARD_KINDS = ("discriminant", "nearest")
-BALANCE_KINDS = ("distance", "fewshot")
+BALANCE_KINDS = ("distance", "fewshot", "both")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +70,8 @@ class TypicalOptions:
   the accepted images are shared out over, 'distance' (those distance bins) or
   'fewshot' (one cell per few-shot image, the accepted images nearest to it, each
   holding an equal share: every neighbourhood of the target set is represented, not
-  only those whose candidates pass most easily); fill_after: after this many
+  only those whose candidates pass most easily) or 'both' (an accepted image counts
+  against its cell and its distance bin, and needs room in each); fill_after: after this many
   candidates per requested sample, stop as soon as the accepted and set-aside
   candidates make up the number asked, and fill in with the set-aside ones (None or at
   least pool_factor: search the whole pool for a balanced set; a cell no candidate lands
@@ -454,7 +455,9 @@ def select(
   those accepted from this batch). ``accepted``: (A, F) features accepted so far.
   With ``bins`` (each candidate's bin) and ``room`` (free places per bin), a
   candidate whose bin is full is not kept but returned second ("spilled"), for later;
-  ``room`` is updated in place. Returns (kept positions, spilled positions)."""
+  ``room`` is updated in place. A row of ``bins`` holding several bins (quotas on
+  several partitions at once, their bins numbered into one ``room``) needs room in each.
+  Returns (kept positions, spilled positions)."""
   ok = ~(verdict["too_close"] | verdict["too_far"] | verdict["own_side"])
   kept: list[int] = []
   spilled: list[int] = []
@@ -466,7 +469,7 @@ def select(
     if kept_feats and _distances(x, np.concatenate(kept_feats)).min() < separation:
       continue
     if room is not None:
-      if room[bins[i]] <= 0:
+      if np.any(room[bins[i]] <= 0):
         spilled.append(int(i))
         continue
       room[bins[i]] -= 1
@@ -572,14 +575,18 @@ def discover_typical(
   lat, imgs, idx, srcs, strengths, nns, nearest, feats = [], [], [], [], [], [], [], []
   rejections = {"too_close": 0, "too_far": 0, "own_side": 0, "duplicate": 0, "bin_full": 0}
   accepted_feats = np.zeros((0, criteria.fewshot.shape[1]))
-  if options.balance == "fewshot":  # a cell per few-shot image: the candidate's nearest one
-    num_bins, bin_of = len(criteria.fewshot), lambda verdict: verdict["nn_index"]
-  else:
-    edges = distance_bins(criteria.loo_distances, options.band, options.distance_bins)
-    num_bins, bin_of = options.distance_bins, lambda verdict: np.searchsorted(
-        edges, verdict["nn_fewshot"], side="right"
-    )
-  room = np.full(num_bins, -(-num_samples // num_bins))
+  n_cells, n_bins = len(criteria.fewshot), options.distance_bins
+  edges = distance_bins(criteria.loo_distances, options.band, n_bins)
+  cell_of = lambda verdict: verdict["nn_index"]  # a cell per few-shot image: the candidate's nearest one
+  bin_of = lambda verdict: np.searchsorted(edges, verdict["nn_fewshot"], side="right")
+  share = lambda n: np.full(n, -(-num_samples // n))
+  if options.balance == "fewshot":
+    room, quota_of = share(n_cells), cell_of
+  elif options.balance == "distance":
+    room, quota_of = share(n_bins), bin_of
+  else:  # both quotas at once: the cells' and the distance bins' (numbered after the cells)
+    room = np.concatenate([share(n_cells), share(n_bins)])
+    quota_of = lambda verdict: np.stack([cell_of(verdict), n_cells + bin_of(verdict)], axis=1)
   # Candidates whose bin was full, used in order if the pool runs out: their index, distance
   # and features only (a latent is rebuilt from its index, so no image is held twice).
   spill: list[tuple] = []
@@ -623,8 +630,9 @@ def discover_typical(
     f = np.asarray(features(x), np.float64)
     verdict = criteria.judge(f, np.asarray(guard_features(x), np.float64) if separate_guard else None)
     f = verdict["embedded"]  # separation and the spill are measured where the band is
-    bins = bin_of(verdict)
-    keep, spilled = select(f, verdict, accepted_feats, criteria.separation, num_samples - n_acc, bins, room)
+    keep, spilled = select(
+        f, verdict, accepted_feats, criteria.separation, num_samples - n_acc, quota_of(verdict), room
+    )
     last = keep[-1] + 1 if n_acc + len(keep) >= num_samples else len(g)
     # Past fill_after x N candidates (at the pool's end without it), the search also stops at the first
     # candidate by which the accepted and set-aside ones make up N, and fills in: found candidate by
