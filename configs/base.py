@@ -87,12 +87,12 @@ def get_config():
   config.discovery.mode = "typical"
   config.discovery.strength_range = (0.1, 0.7)  # typical: step toward the prior, drawn per candidate
   config.discovery.band = (0.1, 0.7)  # typical: few-shot leave-one-out NN-distance quantiles kept
-  # typical, balance='distance': equal-mass bins of the band, each holding an equal share (1: first come)
+  # typical, balance='distance' or 'both': equal-mass bins of the band, each holding an equal share (1: first come)
   config.discovery.distance_bins = 4
-  # typical: what the accepted images are shared out over: 'fewshot' (a cell per few-shot image, the accepted
-  # images nearest to it: every neighbourhood of the target set represented), 'distance' (the bins above) or
-  # 'both' (each accepted image counts against its cell AND its distance bin)
-  config.discovery.balance = "fewshot"
+  # typical: what the accepted images are shared out over: 'both' (each counts against its few-shot cell AND its
+  # distance bin), 'fewshot' (a cell per few-shot image, the accepted images nearest to it: every neighbourhood of
+  # the target set represented) or 'distance' (the bins above)
+  config.discovery.balance = "both"
   # typical: after this many candidates per sample, stop once accepted + set-aside (full-cell) candidates make up
   # the number asked and fill in with the set-aside ones. None: search the whole pool for a balanced set
   config.discovery.fill_after = FieldReference(4, field_type=int)

@@ -470,7 +470,7 @@ def test_the_config_chooses_how_selection_distances_are_scaled():
 def test_the_config_sets_the_balance_and_when_to_fill_in():
   config = configlib.load_config_file(os.path.join(helpers.REPO, "configs", "base.py"))
   options = settings.typical_options(config)
-  assert options.balance == "fewshot" and options.fill_after == 4  # the default search
+  assert options.balance == "both" and options.fill_after == 4  # the default search
   assert options == discovery.TypicalOptions()  # the library's defaults are the config's
   config.discovery.balance, config.discovery.fill_after = "distance", None
   options = settings.typical_options(config)

@@ -17,12 +17,13 @@ mean component, so only points next to the source pass: near-copies. Here:
   the domain is as far from the few-shot images as a few-shot image is from the
   others (leave-one-out), so a candidate is kept when its nearest few-shot distance
   lies in that band: closer is a copy, further is not the domain;
-* the accepted images are shared out over the few-shot images: each belongs to the
-  few-shot image it is nearest to, and each of those cells holds an equal share, so
-  every neighbourhood of the target set is represented (first come would favour the
-  neighbourhoods whose candidates pass most easily); once enough candidates are held,
-  the cells still short are filled in with the set-aside ones. (Or the band is cut
-  into bins of equal few-shot mass, each holding an equal share: ``balance``.)
+* the accepted images are shared out twice over: over the few-shot images (each belongs
+  to the one it is nearest to, and each of those cells holds an equal share, so every
+  neighbourhood of the target set is represented) and over bins of the band of equal
+  few-shot mass (each holding an equal share, so their distances follow the few-shot
+  images' own); first come would favour the band's near end and the neighbourhoods
+  whose candidates pass most easily. Once enough candidates are held, the places still
+  open are filled with the set-aside ones (``balance``, ``fill_after``);
 * never two from nearly the same place: a candidate closer to an accepted one than
   the few-shot images ever are to each other is dropped;
 * mode interference: a linear discriminant between the few-shot images and the
@@ -98,7 +99,7 @@ class TypicalOptions:
   guard_quantile: float = 0.1
   guard_shrinkage: float = 1.0
   distance_bins: int = 4
-  balance: str = "fewshot"
+  balance: str = "both"
   fill_after: int | None = 4
   partner_weight: float = 0.0
   partner_neighbours: int | None = None
