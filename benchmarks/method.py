@@ -68,12 +68,16 @@ def knob_override(field: str, value) -> str:
   return f"--config.{field}={text}"
 
 
-def _run(args: list[str], log: str) -> float:
+def _run(args: list[str], log: str, required: bool = True) -> float | None:
+  """Seconds the command took; a failure stops the benchmark, or (``required=False``) is
+  reported and returns None."""
   start = time.time()
   with open(log, "a") as f:
     proc = subprocess.run([sys.executable, "-m"] + args, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
   if proc.returncode:
-    raise SystemExit(f"{' '.join(args[:2])} failed (exit {proc.returncode}); see {log}")
+    if required:
+      raise SystemExit(f"{' '.join(args[:2])} failed (exit {proc.returncode}); see {log}")
+    return None
   return time.time() - start
 
 
@@ -142,19 +146,26 @@ def run_domain(
       )
   }
   sets = {m: f"{root}/main/samples/{m}/samples.npy" for m in ("discovery", "gaussian", "renoise")}
+  skipped: dict[str, str] = {}
   for method, (field, values) in KNOBS.items():
     for value in values:
       tag = f"{method}@{knob_label(value)}"
       out = f"{root}/{method}_{knob_label(value)}"
       if not os.path.isdir(f"{out}/banks") and os.path.isdir(f"{root}/main/banks"):
         shutil.copytree(f"{root}/main/banks", f"{out}/banks")  # same banks: no second inversion.
-      seconds[tag] = _run(
+      took = _run(
           ["discovery_jax.sample"]
           + common
           + [f"--workdir={out}", f"--config.sample.methods={method}", knob_override(field, value)]
           + extra,
           log,
+          required=False,
       )
+      if took is None:  # e.g. discovery's pool running out at this setting: a knob point, not the verdict
+        print(f"{name}: {tag} failed and is left out of the table and the frontier; see {log}", flush=True)
+        skipped[tag] = log
+        continue
+      seconds[tag] = took
       sets[tag] = f"{out}/samples/{method}/samples.npy"
   evaluate = (
       ["discovery_jax.evaluate"]
@@ -168,7 +179,12 @@ def run_domain(
   seconds["evaluate"] = _run(evaluate, log)
   with open(f"{root}/main/evaluation/report.json") as f:
     report = json.load(f)
-  return {"rows": report["rows"], "seconds": {k: round(v, 1) for k, v in seconds.items()}, "setup": report["setup"]}
+  return {
+      "rows": report["rows"],
+      "seconds": {k: round(v, 1) for k, v in seconds.items()},
+      "setup": report["setup"],
+      "failed_knobs": sorted(skipped),
+  }
 
 
 MEANED = (
@@ -303,6 +319,7 @@ def main() -> None:
             "seconds": [r["seconds"] for r in runs],
             "setup": runs[0]["setup"],
             "seeds": seeds,
+            "failed_knobs": sorted({k for r in runs for k in r["failed_knobs"]}),
         }
     )
     print(f"\n## {name} ({time.time() - t:.0f} s{'' if len(runs) == 1 else f'; means over seeds {seeds}'})")
@@ -334,6 +351,7 @@ def main() -> None:
   summary = {
       name: {
           "verdict": r["verdict"],
+          "failed_knobs": r["failed_knobs"],
           "rows": {
               row["name"]: {
                   k: row.get(k)
