@@ -10,7 +10,8 @@ target domain (the demo's FIRST radio galaxies and the offline domains under
 
 * ``python -m discovery_jax.sample`` with methods discovery, gaussian, renoise;
 * renoise again at other strengths and discovery again at other strength ranges (each
-  method's own knob), for the fidelity/novelty frontier;
+  method's own knob), for the fidelity/novelty frontier (a knob run that fails, e.g.
+  discovery's pool running out at that setting, is reported and left out);
 * ``python -m discovery_jax.finetune`` (vanilla fine-tuning on the 32 images);
 * ``python -m discovery_jax.evaluate`` on all of them (the learned feature network,
   the k-NN domain judge, held-out ID silhouettes for mode interference),
