@@ -95,7 +95,7 @@ def get_config():
   config.discovery.balance = "both"
   # typical: after this many candidates per sample, stop once accepted + set-aside (full-cell) candidates make up
   # the number asked and fill in with the set-aside ones. None: search the whole pool for a balanced set
-  config.discovery.fill_after = FieldReference(4, field_type=int)
+  config.discovery.fill_after = FieldReference(4, field_type=object)
   # typical: the step's share toward ANOTHER few-shot latent instead of a prior draw (0: prior draws,
   # 1: mixes of two few-shot latents), and whether that partner is one of the source's k nearest latents
   config.discovery.partner_weight = 0.0

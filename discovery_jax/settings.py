@@ -129,6 +129,8 @@ def typical_options(config: Any) -> TypicalOptions:
   """The 'typical' discovery settings of ``config.discovery``."""
   d = config.discovery
   fill_after = d.fill_after if "fill_after" in d else 4  # None (off) is a setting, not a missing key
+  if fill_after is not None and (isinstance(fill_after, bool) or not isinstance(fill_after, int)):
+    raise ValueError(f"config.discovery.fill_after must be an integer >= 1 or None, got {fill_after!r}")
   try:
     return TypicalOptions(
         strength_range=tuple(float(v) for v in _get(d, "strength_range", (0.1, 0.7))),

@@ -200,6 +200,16 @@ def test_a_bad_typical_setting_fails_in_one_line_before_any_inversion(setup):
   assert proc.returncode == 1 and "Traceback" not in proc.stderr
   assert "config.discovery: band must be two quantiles 0 <= low < high <= 1, got (0.9, 0.1)" in proc.stderr
   assert not (wd / "banks").exists() and "invert" not in proc.stderr  # nothing was computed first
+  # fill_after's default is a number, and None (search the whole pool) must still be settable from the command line
+  proc = run(
+      "sample",
+      setup["config"],
+      wd,
+      "--config.discovery.fill_after=None",
+      "--config.discovery.band=(0.9,0.1)",
+      check=False,
+  )
+  assert "band must be two quantiles" in proc.stderr and "fill_after" not in proc.stderr
 
 
 def test_sigkill_during_synthesis_then_resume_gives_the_same_dataset(setup, sampled):

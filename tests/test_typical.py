@@ -475,6 +475,9 @@ def test_the_config_sets_the_balance_and_when_to_fill_in():
   config.discovery.balance, config.discovery.fill_after = "distance", None
   options = settings.typical_options(config)
   assert options.balance == "distance" and options.fill_after is None  # None is a setting: search the whole pool
+  config.discovery.fill_after = "4"
+  with pytest.raises(ValueError, match=r"^config.discovery.fill_after must be an integer >= 1 or None, got '4'$"):
+    settings.typical_options(config)  # e.g. a command-line typo
   del config.discovery["fill_after"]
   assert settings.typical_options(config).fill_after == 4  # an older config without the key gets the default
   config.discovery.fill_after = 0
