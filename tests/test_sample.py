@@ -205,6 +205,7 @@ def test_a_bad_typical_setting_fails_in_one_line_before_any_inversion(setup):
       "sample",
       setup["config"],
       wd,
+      "--config.discovery.mode=typical",
       "--config.discovery.fill_after=None",
       "--config.discovery.band=(0.9,0.1)",
       check=False,
