@@ -143,7 +143,7 @@ def typical_options(config: Any) -> TypicalOptions:
         guard_shrinkage=float(_get(d, "guard_shrinkage", 1.0)),
         distance_bins=int(_get(d, "distance_bins", 4)),
         balance=str(_get(d, "balance", "both")),
-        fill_after=None if fill_after is None else int(fill_after),
+        fill_after=fill_after,  # already checked: None or an integer
         partner_weight=float(_get(d, "partner_weight", 0.0)),
         partner_neighbours=None if _get(d, "partner_neighbours") is None else int(d.partner_neighbours),
         selection_shrinkage=None if _get(d, "selection_shrinkage") is None else float(d.selection_shrinkage),
