@@ -130,6 +130,7 @@ def run_domain(name: str, rules: dict, seeds: list[int], num_samples: int, workd
           "num_candidates": result.num_candidates,
           "mean_strength": float(np.mean(result.strength)) if result.num_accepted else None,
           "fewshot_cells_used": result.summary()["fewshot_cells"]["used"],
+          "num_near_misses": result.summary()["num_near_misses"],
           "seconds": round(time.time() - t, 1),
       }
       print(
@@ -142,10 +143,13 @@ def run_domain(name: str, rules: dict, seeds: list[int], num_samples: int, workd
     print(
         f"\n## {name} (t_0 = {runner.t_0}), seed {seed}: {sum(len(v) for v in denoise.cache.values())} images denoised for all rules"
     )
-    print("| rule | FD | target | novelty | near-dups | coverage | found | candidates |")
+    print("| rule | FD | target | novelty | near-dups | coverage | found (near misses) | candidates |")
     print("|---|---|---|---|---|---|---|---|")
     for rule, r in rows.items():
-      cells = [r.get(k) for k in COLUMNS] + [r.get("num_accepted", num_samples), r.get("num_candidates", "-")]
+      found = f"{r.get('num_accepted', num_samples)}" + (
+          f" ({r['num_near_misses']})" if r.get("num_near_misses") else ""
+      )
+      cells = [r.get(k) for k in COLUMNS] + [found, r.get("num_candidates", "-")]
       print(f"| {rule} | " + " | ".join(f"{c:.3f}" if isinstance(c, float) else str(c) for c in cells) + " |")
   return out
 

@@ -112,7 +112,10 @@ def get_config():
   )
   config.discovery.guard_quantile = 0.1
   config.discovery.guard_shrinkage = 1.0  # covariance shrinkage toward this x its mean eigenvalue
-  config.discovery.selection_features = "random_conv"  # typical: the feature space it judges in (not the evaluation's)
+  # typical: the feature space the band and separation are measured in: an extractor name or "model" (the base
+  # model's own h-space, as the guard; measured in docs/method.md); not the evaluation's network, or the
+  # evaluation would score what the search optimised
+  config.discovery.selection_features = "random_conv"
   # typical: measure band and separation distances in selection features z-scored per channel by the
   # few-shot images' variance + this x its mean (0: plain z-scores). None: the raw features (the default:
   # no setting of it won on every benchmark domain; docs/method.md)
@@ -120,6 +123,9 @@ def get_config():
   # typical: also measure the band in z-scores with this shrinkage (far in either view is far, a copy
   # only if a copy in both). None: off (the default: it trades novelty for FD; docs/method.md)
   config.discovery.standardized_check = placeholder(float)
+  # typical: a pool that runs out short fills the open places with the candidates that missed the band by the
+  # least (flagged 'near_miss' in latents_meta.npz). False: stop with a budget error instead
+  config.discovery.fill_near_misses = True
   config.discovery.num_interior = 20  # slerp points per (OOD latent, prior draw) pair (official: 20)
   config.discovery.num_refs = 10  # reference latents per criterion (official R = 10)
   config.discovery.max_per_path = placeholder(int)  # accepted points kept per slerp path (None: all, official)

@@ -98,18 +98,22 @@ def typical_judges(config: ml_collections.ConfigDict, banks: dict, runner: DDIMR
       config.data.ood_dir, settings.input_options(config), transform=banks["ood"].metadata.get("intensity_transform")
   )
   own = runner.generate(np.asarray(banks["id"].latents())) if options.guard else None
-  guard_name = config.discovery.get("guard_features") or "model"
+
+  def extractor(name: str):
+    # 'model': the base model's own h-space view; any other name is a fixed extractor.
+    return (
+        features_lib.model_extractor(runner.fn, runner.schedule)
+        if name == "model"
+        else features_lib.create_extractor(name)
+    )
+
   guard_features = None
   if options.guard and options.guard_kind == "discriminant":
-    guard_features = (
-        features_lib.model_extractor(runner.fn, runner.schedule)
-        if guard_name == "model"
-        else features_lib.create_extractor(guard_name)
-    )
+    guard_features = extractor(config.discovery.get("guard_features") or "model")
   return {
       "options": options,
       "fewshot_images": fewshot,
-      "features": features_lib.create_extractor(config.discovery.get("selection_features") or "random_conv"),
+      "features": extractor(config.discovery.get("selection_features") or "random_conv"),
       "own_images": own,
       "guard_features": guard_features,
   }
@@ -132,6 +136,7 @@ def _typical_latents(
   )
   guard_features = judges["guard_features"]
   record = result.summary()
+  record["selection_features"] = judges["features"].describe()
   record["guard_features"] = guard_features.describe() if guard_features is not None else None
   record["num_samples_requested"] = n
   record["_arrays"] = {
@@ -139,6 +144,7 @@ def _typical_latents(
       "source_index": result.source_index,
       "strength": result.strength,
       "nn_fewshot": result.nn_fewshot,
+      "near_miss": result.near_miss,
   }
   logging.info(
       "discovery (typical): %d/%d latents from %d candidates (acceptance %.3f)",
@@ -148,6 +154,13 @@ def _typical_latents(
       result.num_accepted / max(result.num_candidates, 1),
   )
   logging.debug("discovery (typical): rejections %s", result.rejections)
+  if record["num_near_misses"]:
+    logging.warning(
+        "discovery (typical): the pool ran out; %d of the %d samples missed the band (flagged 'near_miss' in "
+        "latents_meta.npz). Raise config.discovery.pool_factor for more within it",
+        record["num_near_misses"],
+        n,
+    )
   return result.latents, record
 
 

@@ -148,6 +148,7 @@ def typical_options(config: Any) -> TypicalOptions:
         partner_neighbours=None if _get(d, "partner_neighbours") is None else int(d.partner_neighbours),
         selection_shrinkage=None if _get(d, "selection_shrinkage") is None else float(d.selection_shrinkage),
         standardized_check=None if _get(d, "standardized_check") is None else float(d.standardized_check),
+        fill_near_misses=bool(_get(d, "fill_near_misses", True)),
     )
   except (TypeError, ValueError) as e:
     raise ValueError(f"config.discovery: {e}") from None

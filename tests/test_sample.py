@@ -192,6 +192,39 @@ def test_budget_exhaustion_saves_partial_result_and_names_the_criterion(setup):
   assert rec["complete"] is False and rec["most_rejecting"] in ("distance_id", "angle_origin", "angle_vertex")
 
 
+def test_a_typical_pool_that_runs_out_fills_in_with_near_misses_or_stops_when_told(setup):
+  typical = (
+      "--config.discovery.mode=typical",
+      "--config.sample.methods=('discovery',)",
+      "--config.discovery.pool_factor=1",
+      "--config.discovery.band=(0.0,0.01)",  # a band almost no candidate lands in
+      "--config.discovery.image_guard=False",  # (the tiny random model puts its candidates on its own side)
+  )
+  wd = setup["root"] / "near_misses"
+  # the band measured in the base model's own features (an option; the default is the random conv net)
+  proc = run(
+      "sample",
+      setup["config"],
+      wd,
+      *typical,
+      "--config.sample.evaluate=False",
+      "--config.discovery.selection_features=model",
+  )
+  out = wd / "samples" / "discovery"
+  rec = json.loads((out / "latents.json").read_text())
+  assert rec["selection_features"]["name"] == "model" and rec["guard_features"] is None
+  meta = np.load(out / "latents_meta.npz")
+  assert rec["complete"] is True and rec["num_near_misses"] >= 1
+  assert meta["near_miss"].shape == (6,) and int(meta["near_miss"].sum()) == rec["num_near_misses"]
+  assert "missed the band (flagged 'near_miss'" in proc.stderr
+  assert np.load(out / "samples.npy").shape[0] == 6
+  wd = setup["root"] / "near_misses_off"
+  proc = run("sample", setup["config"], wd, *typical, "--config.discovery.fill_near_misses=False", check=False)
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert "Raise config.discovery.pool_factor" in proc.stderr
+  assert json.loads((wd / "samples" / "discovery" / "latents.json").read_text())["complete"] is False
+
+
 def test_a_bad_typical_setting_fails_in_one_line_before_any_inversion(setup):
   wd = setup["root"] / "bad_typical"
   proc = run(

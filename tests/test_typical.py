@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from discovery_jax import configlib, discovery, settings
-from discovery_jax.discovery import typical
+from discovery_jax.discovery import image_criteria, typical
 from tests import helpers
 
 
@@ -129,7 +129,7 @@ def test_band_and_separation_come_from_the_fewshot_set(shrinkage):
   rng = np.random.default_rng(1)
   few = rng.standard_normal((32, 16)) * np.linspace(0.1, 5.0, 16)
   options = typical.TypicalOptions(selection_shrinkage=shrinkage)
-  crit = typical.ImageCriteria.fit(few, None, options)
+  crit = image_criteria.ImageCriteria.fit(few, None, options)
   if shrinkage is None:
     z = few
   else:  # z-scores by the few-shot variance plus shrinkage x its mean (every channel here varies)
@@ -156,8 +156,8 @@ def test_standardized_distances_see_a_departure_in_a_quiet_channel():
   few = np.concatenate([20.0 * rng.standard_normal((32, 4)), rng.standard_normal((32, 60)), np.zeros((32, 1))], 1)
   broken = few[:6].copy()
   broken[:, 4:64] += 3.0  # three standard deviations of every quiet channel, a sixth of a loud one's
-  raw = typical.ImageCriteria.fit(few, None, typical.TypicalOptions(selection_shrinkage=None))
-  std = typical.ImageCriteria.fit(few, None, typical.TypicalOptions(selection_shrinkage=1.0))
+  raw = image_criteria.ImageCriteria.fit(few, None, typical.TypicalOptions(selection_shrinkage=None))
+  std = image_criteria.ImageCriteria.fit(few, None, typical.TypicalOptions(selection_shrinkage=1.0))
   assert not raw.judge(broken)["too_far"].any()
   assert std.judge(broken)["too_far"].all()
   # Channel 64 never varies among the few-shot images: it has no scale, so it is dropped.
@@ -167,13 +167,13 @@ def test_standardized_distances_see_a_departure_in_a_quiet_channel():
   np.testing.assert_allclose(std.judge(dead)["nn_fewshot"], 0.0, atol=1e-9)
   assert raw.judge(dead)["nn_fewshot"].min() == pytest.approx(5.0)
   # Plain z-scores (shrinkage 0) weigh the quiet channels more still.
-  plain = typical.ImageCriteria.fit(few, None, typical.TypicalOptions(selection_shrinkage=0.0))
+  plain = image_criteria.ImageCriteria.fit(few, None, typical.TypicalOptions(selection_shrinkage=0.0))
   np.testing.assert_allclose(plain.embed(few).std(0), 1.0, atol=1e-9)
   assert plain.judge(broken)["too_far"].all()
   with pytest.raises(ValueError, match="selection_shrinkage"):
     typical.TypicalOptions(selection_shrinkage=-0.5)
   with pytest.raises(ValueError, match="none of the 3 channels varies"):
-    typical.ImageCriteria.fit(np.ones((8, 3)), None, typical.TypicalOptions(selection_shrinkage=0.0))
+    image_criteria.ImageCriteria.fit(np.ones((8, 3)), None, typical.TypicalOptions(selection_shrinkage=0.0))
 
 
 def test_the_standardized_check_rejects_what_either_view_calls_far_and_copies_only_in_both():
@@ -182,8 +182,8 @@ def test_the_standardized_check_rejects_what_either_view_calls_far_and_copies_on
   candidate that copies the loud channels but not the quiet ones is no longer a copy."""
   rng = np.random.default_rng(4)
   few = np.concatenate([20.0 * rng.standard_normal((32, 4)), rng.standard_normal((32, 60))], 1)
-  off = typical.ImageCriteria.fit(few, None, typical.TypicalOptions())
-  on = typical.ImageCriteria.fit(few, None, typical.TypicalOptions(standardized_check=0.0))
+  off = image_criteria.ImageCriteria.fit(few, None, typical.TypicalOptions())
+  on = image_criteria.ImageCriteria.fit(few, None, typical.TypicalOptions(standardized_check=0.0))
   # The primary (raw) view is untouched by the check.
   assert on.band == off.band and on.separation == off.separation
   z = (few - few.mean(0)) / few.std(0)
@@ -210,11 +210,11 @@ def test_the_standardized_check_rejects_what_either_view_calls_far_and_copies_on
 def test_select_never_keeps_two_from_the_same_place():
   feats = np.array([[0.0, 0.0], [0.01, 0.0], [5.0, 0.0], [5.0, 0.02], [10.0, 0.0]])
   verdict = {k: np.zeros(5, bool) for k in ("too_close", "too_far", "own_side")}
-  kept, _ = typical.select(feats, verdict, np.zeros((0, 2)), separation=1.0, needed=10)
+  kept, _ = image_criteria.select(feats, verdict, np.zeros((0, 2)), separation=1.0, needed=10)
   assert kept.tolist() == [0, 2, 4]
-  assert typical.select(feats, verdict, feats[:1], separation=1.0, needed=10)[0].tolist() == [2, 4]
+  assert image_criteria.select(feats, verdict, feats[:1], separation=1.0, needed=10)[0].tolist() == [2, 4]
   verdict["own_side"][2] = True
-  assert typical.select(feats, verdict, np.zeros((0, 2)), separation=1.0, needed=2)[0].tolist() == [0, 3]
+  assert image_criteria.select(feats, verdict, np.zeros((0, 2)), separation=1.0, needed=2)[0].tolist() == [0, 3]
 
 
 @pytest.mark.parametrize("shrinkage,check", [(None, None), (1.0, None), (None, 0.0)])
@@ -231,7 +231,7 @@ def test_discover_typical_accepts_only_what_meets_its_criteria(shrinkage, check)
   np.testing.assert_array_equal(res.latents, res.images)
   crit = res.criteria
   assert crit["standardized"] == (shrinkage is not None)
-  fitted = typical.ImageCriteria.fit(_flat(bank), None, options)
+  fitted = image_criteria.ImageCriteria.fit(_flat(bank), None, options)
   assert (res.nn_fewshot <= crit["band"][1]).all()
   not_a_copy = res.nn_fewshot >= crit["band"][0]
   if check is not None:  # inside the check's band's far edge too; a copy only if a copy in both views
@@ -249,8 +249,32 @@ def test_discover_typical_accepts_only_what_meets_its_criteria(shrinkage, check)
 
 def test_a_pool_that_runs_out_returns_fewer_and_says_why():
   bank = _bank()
-  res = _discover_on_bank(bank, 10, discovery.TypicalOptions(pool_factor=2), denoise=lambda z: z * 100.0)
+  options = discovery.TypicalOptions(pool_factor=2, fill_near_misses=False)
+  res = _discover_on_bank(bank, 10, options, denoise=lambda z: z * 100.0)
   assert res.num_accepted == 0 and res.num_candidates == 20 and res.rejections["too_far"] == 20
+
+
+def test_a_pool_that_runs_out_fills_in_with_the_nearest_misses_flagged():
+  """Few-shot sets of near-duplicate crops make a band too narrow for any candidate: the run
+  still ends with N samples, the ones that missed the band by the least, each flagged."""
+  bank = _bank()
+  options = discovery.TypicalOptions(pool_factor=2, batch=8)
+  res = _discover_on_bank(bank, 10, options, denoise=lambda z: z * 100.0)
+  assert res.num_accepted == 10 and res.near_miss.all() and res.summary()["num_near_misses"] == 10
+  assert res.rejections["too_far"] == 20
+  # every candidate examined, judged by hand: the ten nearest the band's far edge were taken
+  z, _, _ = typical.typical_candidates(bank, discovery.fit_prior(bank), jax.random.key(0), np.arange(20))
+  nn = image_criteria._distances(_flat(z * 100.0), _flat(bank)).min(axis=1)
+  assert set(res.candidate_index.tolist()) == set(np.argsort(nn)[:10].tolist())
+  np.testing.assert_allclose(np.sort(res.nn_fewshot), np.sort(nn)[:10])
+  np.testing.assert_array_equal(res.images, res.latents * 100.0)  # rebuilt from their index
+  # candidates on the model's side never fill in, however near the band they come
+  own = _bank(16, seed=5) * 100.0
+  guarded = _discover_on_bank(bank, 10, options, denoise=lambda z: z * 100.0, own_images=own)
+  assert guarded.num_accepted == 0 and guarded.rejections["too_far"] == 20
+  # a run that finds enough within the band has no near misses
+  fine = _discover_on_bank(bank, 6, discovery.TypicalOptions(strength_range=(0.95, 1.0)))
+  assert fine.num_accepted == 6 and not fine.near_miss.any()
 
 
 def test_bad_options_and_tiny_fewshot_sets_are_refused():
@@ -263,7 +287,7 @@ def test_bad_options_and_tiny_fewshot_sets_are_refused():
   with pytest.raises(ValueError, match="partner_neighbours"):
     discovery.TypicalOptions(partner_neighbours=0)
   with pytest.raises(ValueError, match="at least 4 few-shot"):
-    typical.ImageCriteria.fit(np.zeros((3, 4)), None, typical.TypicalOptions())
+    image_criteria.ImageCriteria.fit(np.zeros((3, 4)), None, typical.TypicalOptions())
 
 
 def test_the_published_head_prior_is_available_and_differs_as_documented():
@@ -287,11 +311,11 @@ def test_the_discriminant_guard_passes_fresh_target_images_and_stops_the_models_
   d, shift = 60, np.r_[np.full(6, 1.5), np.zeros(54)]
   few, own = rng.standard_normal((32, d)) + shift, rng.standard_normal((64, d))
   fresh, fresh_own = rng.standard_normal((2000, d)) + shift, rng.standard_normal((2000, d))
-  guard = typical.DiscriminantGuard.fit(few * 1e3, own * 1e3, quantile=0.1)
+  guard = image_criteria.DiscriminantGuard.fit(few * 1e3, own * 1e3, quantile=0.1)
   assert 0.8 <= np.mean(~guard.own_side(fresh * 1e3)) <= 0.97
   assert np.mean(~guard.own_side(fresh_own * 1e3)) < 0.05 and guard.own_pass_rate < 0.05
   # Without a difference between the sets it cannot tell them apart, and says so by passing both alike.
-  same = typical.DiscriminantGuard.fit(few - shift, own, quantile=0.1)
+  same = image_criteria.DiscriminantGuard.fit(few - shift, own, quantile=0.1)
   assert abs(np.mean(~same.own_side(fresh - shift)) - np.mean(~same.own_side(fresh_own))) < 0.1
 
 
@@ -299,28 +323,30 @@ def test_the_guard_runs_in_its_own_feature_space():
   rng = np.random.default_rng(3)
   few_sel, few_guard = rng.standard_normal((32, 8)), rng.standard_normal((32, 20)) + 2.0
   own_guard = rng.standard_normal((40, 20))
-  crit = typical.ImageCriteria.fit(
+  crit = image_criteria.ImageCriteria.fit(
       few_sel, rng.standard_normal((40, 8)), typical.TypicalOptions(), few_guard, own_guard
   )
   cand_sel = rng.standard_normal((10, 8))
   verdict = crit.judge(cand_sel, np.concatenate([rng.standard_normal((5, 20)) + 2.0, rng.standard_normal((5, 20))]))
   assert verdict["own_side"][5:].all() and verdict["own_side"][:5].sum() <= 1
   assert crit.summary()["guard"] == "discriminant"
-  nearest = typical.ImageCriteria.fit(few_sel, few_sel[:4] + 1e-3, typical.TypicalOptions(guard_kind="nearest"))
+  nearest = image_criteria.ImageCriteria.fit(few_sel, few_sel[:4] + 1e-3, typical.TypicalOptions(guard_kind="nearest"))
   assert nearest.discriminant is None and nearest.judge(few_sel[:4] + 2e-3)["own_side"].all()
   with pytest.raises(ValueError, match="guard_kind"):
     typical.TypicalOptions(guard_kind="svm")
   with pytest.raises(ValueError, match=r"own images \(discovery.num_id_latents\), got 1"):
-    typical.DiscriminantGuard.fit(few_guard, own_guard[:1])
+    image_criteria.DiscriminantGuard.fit(few_guard, own_guard[:1])
 
 
 def test_full_distance_bins_spill_and_the_accepted_distances_follow_the_fewshot_ones():
   feats = np.array([[0.0], [10.0], [20.0], [30.0], [40.0]])
   verdict = {k: np.zeros(5, bool) for k in ("too_close", "too_far", "own_side")}
-  kept, spilled = typical.select(feats, verdict, np.zeros((0, 1)), 1.0, 10, np.array([0, 0, 1, 0, 1]), np.array([1, 2]))
+  kept, spilled = image_criteria.select(
+      feats, verdict, np.zeros((0, 1)), 1.0, 10, np.array([0, 0, 1, 0, 1]), np.array([1, 2])
+  )
   assert kept.tolist() == [0, 2, 4] and spilled.tolist() == [1, 3]
   loo = np.arange(1.0, 101.0)
-  assert np.allclose(typical.distance_bins(loo, (0.0, 1.0), 4), np.quantile(loo, [0.25, 0.5, 0.75]))
+  assert np.allclose(image_criteria.distance_bins(loo, (0.0, 1.0), 4), np.quantile(loo, [0.25, 0.5, 0.75]))
   # Identity "denoising" of Gaussian latents: most candidates land near the band's low end; binning
   # moves the accepted median up to the few-shot images' own median.
   bank = _bank()
@@ -377,7 +403,7 @@ def test_both_balances_at_once_respect_the_cells_and_the_distance_bins():
   # cells 0-1 (room 2 each), bins numbered 2-3 (room 2 each): candidate 2 finds its cell full, 3 its bin
   quotas = np.array([[0, 2], [0, 2], [0, 3], [1, 2], [1, 3], [1, 3]])
   room = np.array([2, 2, 2, 2])
-  kept, spilled = typical.select(feats, verdict, np.zeros((0, 1)), 1.0, 10, quotas, room)
+  kept, spilled = image_criteria.select(feats, verdict, np.zeros((0, 1)), 1.0, 10, quotas, room)
   assert kept.tolist() == [0, 1, 4, 5] and spilled.tolist() == [2, 3] and room.tolist() == [0, 0, 0, 0]
   bank = _bank()
   options = lambda balance: discovery.TypicalOptions(
@@ -424,7 +450,12 @@ def test_fill_after_ends_a_balanced_search_once_enough_is_held_whatever_the_batc
 def test_when_the_pool_runs_out_the_set_aside_candidates_fill_in_rebuilt_from_their_index():
   bank = _bank()
   options = discovery.TypicalOptions(
-      strength_range=(0.95, 1.0), band=(0.05, 0.95), pool_factor=2, batch=8, partner_weight=0.0
+      strength_range=(0.95, 1.0),
+      band=(0.05, 0.95),
+      pool_factor=2,
+      batch=8,
+      partner_weight=0.0,
+      fill_near_misses=False,
   )
   res = _discover_on_bank(bank, 16, options, seed=1)
   assert 0 < res.num_accepted < 16 and res.rejections["bin_full"] == 0
@@ -485,6 +516,9 @@ def test_the_config_sets_the_balance_and_when_to_fill_in():
     settings.typical_options(config)
   config.discovery.fill_after = 9  # past pool_factor: the pool's end, where the search fills in anyway
   assert settings.typical_options(config).fill_after == 9
+  assert settings.typical_options(config).fill_near_misses  # a short pool fills in with its near misses
+  config.discovery.fill_near_misses = False
+  assert not settings.typical_options(config).fill_near_misses
   config.discovery.fill_after, config.discovery.balance = None, "sources"
   with pytest.raises(
       ValueError, match=r"^config.discovery: balance must be one of \('distance', 'fewshot', 'both'\), got 'sources'$"
