@@ -30,7 +30,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from method import ASSETS, DOMAINS, parse_domains, parse_seeds  # noqa: E402  (the same target domains)
+from method import ASSETS, DEFAULT_DOMAINS, DOMAINS, parse_domains, parse_seeds  # noqa: E402  (the same target domains)
 
 # Keys that change which candidates exist (not how they are judged).
 CANDIDATE_KEYS = ("strength_range", "partner_weight", "partner_neighbours", "mode")
@@ -176,7 +176,7 @@ def rule_config(config, overrides: dict):
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--domains", default=",".join(DOMAINS))
+  parser.add_argument("--domains", default=",".join(DEFAULT_DOMAINS), help=f"of {list(DOMAINS)}")
   parser.add_argument("--num_samples", type=int, default=64)
   parser.add_argument("--seeds", default="0")
   parser.add_argument(

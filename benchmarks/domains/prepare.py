@@ -20,6 +20,11 @@ Domains (``--domains`` picks a subset; all are seeded by ``--seed`` and determin
   ``ihc.png``, "no known copyright restrictions").
 * ``retina``: 56x56 tiles of a retinal fundus photograph (scikit-image ``retina.jpg``, CC0).
 * ``first_compact``: FIRST radio 'Compact' sources (the class the demo does not use).
+* ``faces``, ``china``, ``flower`` (added after discovery's defaults were chosen, to test them
+  where nobody tuned them): the 100 face crops of scikit-image's LFW subset (no explicit licence;
+  research use), and 32x32 tiles of scikit-learn's two bundled photographs (CC BY 2.0). None of
+  them was read to train the evaluation's feature network (the scikit-image photographs it saw,
+  e.g. ``coins.png`` and ``text.png``, are therefore not used here).
 * ``first_extended``: the demo's own FIRST target domain (FRI/FRII/Bent), re-selected with the
   demo's exact seeded logic, so it reproduces ``discovery_jax/assets/demo/ood_{fewshot,heldout}``.
 
@@ -495,6 +500,117 @@ def build_first_extended(seed: int, num_fewshot: int, num_heldout: int) -> Domai
   )
 
 
+# Domains added on 2026-11-28 AFTER discovery's defaults were chosen, to test them where nobody tuned
+# them (benchmarks/method.py: `--domains=faces,china,flower`). The evaluation's feature network was trained
+# on other scikit-image photographs (coins, text, moon, ...: assets/feature_net/TRAINING.md), so none of those.
+
+
+def capped_tile_domain(rng, key, img, tile, rows, guard, num_fewshot, num_heldout):
+  """``tile_domain`` for an image too small for the requested held-out count: all it has."""
+  _, h = banded_tiles(img, tile, rows, guard)
+  return tile_domain(rng, {key: img}, tile, rows, guard, num_fewshot, min(num_heldout, len(h)))
+
+
+def sklearn_image(filename: str) -> np.ndarray:
+  """Reads a photograph bundled in scikit-learn's wheel (``sklearn/datasets/images/``) as 8-bit
+  grayscale (Pillow's ITU-R 601-2 luma)."""
+  path = os.path.join(package_dir("sklearn"), "datasets", "images", filename)
+  if not os.path.exists(path):
+    raise SystemExit(f"{path} is missing: it must ship in the {PIP['sklearn']} wheel")
+  return np.asarray(Image.open(path).convert("L"), np.uint8)
+
+
+def lattice_tiles(img: np.ndarray, tile: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+  """Non-overlapping tiles on two interleaved lattices: (even row, even column) for the few-shot
+  set and (odd row, odd column) for the held-out set, so both sample the whole picture and no
+  tile of one set shares an edge with a tile of the other (only corners touch)."""
+  grid = [(r, c) for r in range(0, img.shape[0] - tile + 1, tile) for c in range(0, img.shape[1] - tile + 1, tile)]
+  parity = lambda p: ((p[0] // tile) % 2, (p[1] // tile) % 2)
+  return [p for p in grid if parity(p) == (0, 0)], [p for p in grid if parity(p) == (1, 1)]
+
+
+def photo_tiles(rng: np.random.Generator, name: str, num_fewshot: int, num_heldout: int, title: str, looks: str):
+  """Tiles of one of scikit-learn's two bundled CC BY 2.0 photographs. A photograph's top band is
+  its sky or background, so the sets come from interleaved lattices, not bands."""
+  photo = percentile_stretch(sklearn_image(f"{name}.jpg"), 0.5, 99.5)
+  tile = 24
+  f, h = lattice_tiles(photo, tile)
+  make = lambda p: (f"{name}_r{p[0]:04d}_c{p[1]:04d}.png", resize(crop(photo, p, tile)))
+  few = [make(f[i]) for i in pick(rng, len(f), num_fewshot, f"{name} few-shot lattice")]
+  held = [make(h[i]) for i in pick(rng, len(h), min(num_heldout, len(h)), f"{name} held-out lattice")]
+  author = {"china": "danielbuechele", "flower": "vultilion"}[name]
+  return Domain(
+      name=name,
+      title=title,
+      looks=looks,
+      module="sklearn",
+      source=f"`sklearn/datasets/images/{name}.jpg` (`sklearn.datasets.load_sample_image('{name}.jpg')`, "
+      "427x640 RGB)",
+      processing="RGB -> luma (Pillow 'L'); [0.5, 99.5] percentile stretch; non-overlapping "
+      f"{tile}x{tile} tiles; LANCZOS resize to 32x32",
+      licence=f"CC BY 2.0, flickr user {author} (scikit-learn's `datasets/images/README.txt`); attribution required",
+      split=f"the {tile}-px tile grid's (even row, even column) tiles are few-shot candidates, its (odd row, "
+      "odd column) tiles held-out candidates: no shared pixels, no shared edge (corners touch)",
+      fewshot=few,
+      heldout=held,
+      pool=len(f) + len(h),
+      caveat="one photograph: every held-out tile its lattice has (fewer than 256); neighbouring tiles "
+      "of the two sets touch at corners",
+  )
+
+
+def build_china(rng: np.random.Generator, num_fewshot: int, num_heldout: int) -> Domain:
+  """Tiles of a photograph of a Chinese temple among trees."""
+  return photo_tiles(
+      rng,
+      "china",
+      num_fewshot,
+      num_heldout,
+      "Temple photograph tiles",
+      "pieces of a temple photograph: sky, roof tiles and eaves, tree foliage",
+  )
+
+
+def build_flower(rng: np.random.Generator, num_fewshot: int, num_heldout: int) -> Domain:
+  """Tiles of a close-up photograph of a flower."""
+  return photo_tiles(
+      rng,
+      "flower",
+      num_fewshot,
+      num_heldout,
+      "Flower photograph tiles",
+      "pieces of a flower close-up: petals, the flower's centre, blurred leaves behind",
+  )
+
+
+def build_faces(rng: np.random.Generator, num_fewshot: int, num_heldout: int) -> Domain:
+  """The 100 face crops of scikit-image's LFW subset."""
+  path = os.path.join(package_dir("skimage"), "data", "lfw_subset.npy")
+  if not os.path.exists(path):
+    raise SystemExit(f"{path} is missing: it must ship in the {PIP['skimage']} wheel")
+  faces = np.load(path, allow_pickle=False)[:100]  # the first 100 are faces, the rest non-faces
+  images = np.stack([resize(to_uint8(f)) for f in faces])
+  order = rng.permutation(dedupe(images))
+  few, held = order[:num_fewshot], order[num_fewshot : num_fewshot + num_heldout]
+  label = lambda i: f"lfw_{i:03d}.png"
+  return Domain(
+      name="faces",
+      title="Faces (LFW crops)",
+      looks="tightly cropped frontal grey faces: eyes, nose and mouth filling the frame",
+      module="skimage",
+      source="`skimage/data/lfw_subset.npy` (`skimage.data.lfw_subset()`: 25x25 crops of Labeled Faces in "
+      "the Wild, Huang et al. 2007; its first 100 rows are faces)",
+      processing="[0, 1] floats to 8-bit; LANCZOS resize 25x25 -> 32x32",
+      licence="no explicit licence: LFW's photographs were collected from news sites for research use",
+      split="exact duplicates removed, then one seeded permutation: the first images are few-shot, "
+      "the rest (every remaining face) held out",
+      fewshot=[(label(i), images[i]) for i in np.sort(few)],
+      heldout=[(label(i), images[i]) for i in np.sort(held)],
+      pool=len(images),
+      caveat="only 100 faces: 68 held out; the same person may appear in both sets; research use only",
+  )
+
+
 SEEDED = {
     "digits": build_digits,
     "deep_field": build_deep_field,
@@ -502,6 +618,9 @@ SEEDED = {
     "histology": build_histology,
     "retina": build_retina,
     "first_compact": build_first_compact,
+    "china": build_china,
+    "flower": build_flower,
+    "faces": build_faces,
 }
 ALL = tuple(SEEDED) + ("first_extended",)
 
