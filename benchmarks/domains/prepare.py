@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import gzip
 import hashlib
 import importlib.metadata
@@ -529,7 +530,7 @@ def lattice_tiles(img: np.ndarray, tile: int) -> tuple[list[tuple[int, int]], li
   return [p for p in grid if parity(p) == (0, 0)], [p for p in grid if parity(p) == (1, 1)]
 
 
-def photo_tiles(rng: np.random.Generator, name: str, num_fewshot: int, num_heldout: int, title: str, looks: str):
+def photo_tiles(rng: np.random.Generator, num_fewshot: int, num_heldout: int, *, name: str, title: str, looks: str):
   """Tiles of one of scikit-learn's two bundled CC BY 2.0 photographs. A photograph's top band is
   its sky or background, so the sets come from interleaved lattices, not bands."""
   photo = percentile_stretch(sklearn_image(f"{name}.jpg"), 0.5, 99.5)
@@ -556,30 +557,6 @@ def photo_tiles(rng: np.random.Generator, name: str, num_fewshot: int, num_heldo
       pool=len(f) + len(h),
       caveat="one photograph: every held-out tile its lattice has (fewer than 256); neighbouring tiles "
       "of the two sets touch at corners",
-  )
-
-
-def build_china(rng: np.random.Generator, num_fewshot: int, num_heldout: int) -> Domain:
-  """Tiles of a photograph of a Chinese temple among trees."""
-  return photo_tiles(
-      rng,
-      "china",
-      num_fewshot,
-      num_heldout,
-      "Temple photograph tiles",
-      "pieces of a temple photograph: sky, roof tiles and eaves, tree foliage",
-  )
-
-
-def build_flower(rng: np.random.Generator, num_fewshot: int, num_heldout: int) -> Domain:
-  """Tiles of a close-up photograph of a flower."""
-  return photo_tiles(
-      rng,
-      "flower",
-      num_fewshot,
-      num_heldout,
-      "Flower photograph tiles",
-      "pieces of a flower close-up: petals, the flower's centre, blurred leaves behind",
   )
 
 
@@ -618,8 +595,18 @@ SEEDED = {
     "histology": build_histology,
     "retina": build_retina,
     "first_compact": build_first_compact,
-    "china": build_china,
-    "flower": build_flower,
+    "china": functools.partial(
+        photo_tiles,
+        name="china",
+        title="Temple photograph tiles",
+        looks="pieces of a temple photograph: sky, roof tiles and eaves, tree foliage",
+    ),
+    "flower": functools.partial(
+        photo_tiles,
+        name="flower",
+        title="Flower photograph tiles",
+        looks="pieces of a flower close-up: petals, the flower's centre, blurred leaves behind",
+    ),
     "faces": build_faces,
 }
 ALL = tuple(SEEDED) + ("first_extended",)
