@@ -13,8 +13,9 @@ the k-NN domain judge) beside renoise at its default strength. Banks and t_0 are
 every seed); seed s keys discovery and renoise as ``sample --config.seed=s`` does.
 Prints one table per domain and seed, then each rule's FD over the default's and over
 renoise's, and ends with one JSON line. It is how docs/method.md's selection tables
-were measured; a rule that changes the candidates themselves (strength_range,
-partner_weight) is refused: compare those with ``benchmarks/method.py``.
+were measured. A rule that changes the strengths (strength_range, strength_sweep) draws its
+own candidates from the same keys (more images to denoise, the same noise per candidate
+index); partner_weight and the mode are refused: compare those with ``benchmarks/method.py``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from method import ASSETS, DEFAULT_DOMAINS, DOMAINS, parse_domains, parse_seeds  # noqa: E402  (the same target domains)
 
 # Keys that change which candidates exist (not how they are judged).
-CANDIDATE_KEYS = ("strength_range", "partner_weight", "partner_neighbours", "mode")
+CANDIDATE_KEYS = ("partner_weight", "partner_neighbours", "mode")
 COLUMNS = ("frechet_distance", "ood_hit_rate", "nn_ratio", "near_duplicate_rate", "coverage")
 
 

@@ -126,6 +126,9 @@ def get_config():
   # typical: a pool that runs out short fills the open places with the candidates that missed the band by the
   # least (flagged 'near_miss' in latents_meta.npz). False: stop with a budget error instead
   config.discovery.fill_near_misses = True
+  # typical: candidate g of the pool takes its strength from the g-th equal slice of strength_range, so the
+  # search tries the gentlest steps first (False: drawn uniformly; measured in docs/method.md)
+  config.discovery.strength_sweep = False
   config.discovery.num_interior = 20  # slerp points per (OOD latent, prior draw) pair (official: 20)
   config.discovery.num_refs = 10  # reference latents per criterion (official R = 10)
   config.discovery.max_per_path = placeholder(int)  # accepted points kept per slerp path (None: all, official)

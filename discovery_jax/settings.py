@@ -149,6 +149,7 @@ def typical_options(config: Any) -> TypicalOptions:
         selection_shrinkage=None if _get(d, "selection_shrinkage") is None else float(d.selection_shrinkage),
         standardized_check=None if _get(d, "standardized_check") is None else float(d.standardized_check),
         fill_near_misses=bool(_get(d, "fill_near_misses", True)),
+        strength_sweep=bool(_get(d, "strength_sweep", False)),
     )
   except (TypeError, ValueError) as e:
     raise ValueError(f"config.discovery: {e}") from None

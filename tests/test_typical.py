@@ -118,6 +118,23 @@ def test_candidates_depend_on_their_index_only():
   np.testing.assert_array_equal(whole[17:], part)
 
 
+def test_a_strength_sweep_tries_the_smallest_steps_first():
+  """strength_sweep: candidate g of a pool of P gets a strength in the g-th of P equal slices of
+  the range, so a search that stops early has only tried the gentlest steps."""
+  bank = _bank()
+  prior, key = discovery.fit_prior(bank), jax.random.key(3)
+  _, _, s = typical.typical_candidates(bank, prior, key, np.arange(40), (0.1, 0.7), sweep=40)
+  edges = 0.1 + 0.6 * np.arange(41) / 40
+  assert np.all((s >= edges[:-1] - 1e-6) & (s <= edges[1:] + 1e-6))
+  _, _, part = typical.typical_candidates(bank, prior, key, np.arange(17, 40), (0.1, 0.7), sweep=40)
+  np.testing.assert_array_equal(s[17:], part)  # still a function of the index alone
+  _, _, drawn = typical.typical_candidates(bank, prior, key, np.arange(40), (0.1, 0.7))
+  assert not np.all(np.diff(drawn) > 0)  # without it, strengths are drawn in no order
+  res = _discover_on_bank(bank, 8, discovery.TypicalOptions(strength_sweep=True, pool_factor=4))
+  order = np.argsort(res.candidate_index)
+  assert res.num_accepted >= 2 and np.all(np.diff(res.strength[order]) > 0)  # the search walked up the range
+
+
 def _loo(f):
   d = np.sqrt(((f[:, None] - f[None]) ** 2).sum(-1))
   np.fill_diagonal(d, np.inf)
@@ -519,6 +536,9 @@ def test_the_config_sets_the_balance_and_when_to_fill_in():
   assert settings.typical_options(config).fill_near_misses  # a short pool fills in with its near misses
   config.discovery.fill_near_misses = False
   assert not settings.typical_options(config).fill_near_misses
+  assert not settings.typical_options(config).strength_sweep  # off by default
+  config.discovery.strength_sweep = True
+  assert settings.typical_options(config).strength_sweep
   config.discovery.fill_after, config.discovery.balance = None, "sources"
   with pytest.raises(
       ValueError, match=r"^config.discovery: balance must be one of \('distance', 'fewshot', 'both'\), got 'sources'$"

@@ -91,7 +91,10 @@ class TypicalOptions:
   edges; fill_near_misses: when the pool runs out short, fill the open places with the
   candidates that missed the band by the least (never those on the model's side, always
   apart from what is accepted), flagged as such (False: return short, and ``sample``
-  stops with a budget error)."""
+  stops with a budget error); strength_sweep: candidate g of the pool takes its strength
+  from the g-th of pool_factor x N equal slices of strength_range, so the search tries the
+  gentlest steps first and goes further only where the quotas are not yet met (False: drawn
+  uniformly per candidate)."""
 
   strength_range: tuple[float, float] = (0.1, 0.7)
   band: tuple[float, float] = (0.1, 0.7)
@@ -109,6 +112,7 @@ class TypicalOptions:
   selection_shrinkage: float | None = None
   standardized_check: float | None = None
   fill_near_misses: bool = True
+  strength_sweep: bool = False
   batch: int = 64
 
   def __post_init__(self):
@@ -161,6 +165,7 @@ def _candidates(
     s_hi: jax.Array,
     partner_weight: jax.Array,
     neighbours: jax.Array,
+    sweep: jax.Array,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   n = rows.shape[0]
   k_strength, k_noise = jax.random.fold_in(key, _KEY_STRENGTH), jax.random.fold_in(key, _KEY_NOISE)
@@ -168,7 +173,9 @@ def _candidates(
 
   def one(g):
     src = order[g % n]
-    s = s_lo + (s_hi - s_lo) * jax.random.uniform(jax.random.fold_in(k_strength, g))
+    u = jax.random.uniform(jax.random.fold_in(k_strength, g))
+    u = jnp.where(sweep > 0, jnp.minimum((g + u) / jnp.maximum(sweep, 1.0), 1.0), u)
+    s = s_lo + (s_hi - s_lo) * u
     eps = standard_normal(jax.random.fold_in(k_noise, g), rows.shape[1])
     partner = neighbours[src, jax.random.randint(jax.random.fold_in(k_partner, g), (), 0, neighbours.shape[1])]
     r_src, r_partner = rows[src] - prior.mean, rows[partner] - prior.mean
@@ -193,6 +200,7 @@ def typical_candidates(
     strength_range: tuple[float, float] = (0.1, 0.7),
     partner_weight: float = 0.0,
     partner_neighbours: int | None = None,
+    sweep: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Candidates g of ``candidate_index``: (latents (n, *shape), source index, strength).
 
@@ -220,6 +228,7 @@ def typical_candidates(
       jnp.float32(strength_range[1]),
       jnp.float32(partner_weight),
       neighbours.astype(jnp.int32),
+      jnp.float32(sweep),
   )
   return np.asarray(z).reshape((-1,) + latent_shape(ood_bank)), np.asarray(src), np.asarray(s)
 
@@ -313,6 +322,7 @@ def discover_typical(
       guard_features(own_images) if separate_guard else None,
   )
   budget = options.pool_factor * num_samples
+  sweep = budget if options.strength_sweep else 0
   lat, imgs, idx, srcs, strengths, nns, nearest, feats, missed = [], [], [], [], [], [], [], [], []
   rejections = {"too_close": 0, "too_far": 0, "own_side": 0, "duplicate": 0, "bin_full": 0}
   accepted_feats = np.zeros((0, criteria.fewshot.shape[1]))
@@ -354,7 +364,14 @@ def discover_typical(
       part = keep[b0 : b0 + options.batch]
       g = np.asarray([held[i][0] for i in part])
       z, src, s = typical_candidates(
-          ood_bank, prior, key, g, options.strength_range, options.partner_weight, options.partner_neighbours
+          ood_bank,
+          prior,
+          key,
+          g,
+          options.strength_range,
+          options.partner_weight,
+          options.partner_neighbours,
+          sweep,
       )
       nn, near = (np.asarray([held[i][k] for i in part]) for k in (1, 2))
       accept((z, denoise(z), g, src, s, nn, near, fs[part]), near_miss)
@@ -375,7 +392,14 @@ def discover_typical(
   while examined < budget and n_acc < num_samples:
     g = np.arange(examined, min(budget, examined + options.batch))
     z, src, s = typical_candidates(
-        ood_bank, prior, key, g, options.strength_range, options.partner_weight, options.partner_neighbours
+        ood_bank,
+        prior,
+        key,
+        g,
+        options.strength_range,
+        options.partner_weight,
+        options.partner_neighbours,
+        sweep,
     )
     x = denoise(z)
     f = np.asarray(features(x), np.float64)
