@@ -354,6 +354,12 @@ def discover_typical(
 
   n_acc = examined = 0
 
+  def candidates(g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidates g under these options (a set-aside one is rebuilt from its index alone)."""
+    return typical_candidates(
+        ood_bank, prior, key, g, options.strength_range, options.partner_weight, options.partner_neighbours, sweep
+    )
+
   def fill_from(held: list[tuple], near_miss: bool = False) -> int:
     """``held`` candidates (index, distance, nearest few-shot image, features), in order, as far
     as they keep apart from what is accepted; returns how many were taken."""
@@ -363,16 +369,7 @@ def discover_typical(
     for b0 in range(0, len(keep), options.batch):
       part = keep[b0 : b0 + options.batch]
       g = np.asarray([held[i][0] for i in part])
-      z, src, s = typical_candidates(
-          ood_bank,
-          prior,
-          key,
-          g,
-          options.strength_range,
-          options.partner_weight,
-          options.partner_neighbours,
-          sweep,
-      )
+      z, src, s = candidates(g)
       nn, near = (np.asarray([held[i][k] for i in part]) for k in (1, 2))
       accept((z, denoise(z), g, src, s, nn, near, fs[part]), near_miss)
     return len(keep)
@@ -391,16 +388,7 @@ def discover_typical(
   settle = budget if options.fill_after is None else min(options.fill_after * num_samples, budget)
   while examined < budget and n_acc < num_samples:
     g = np.arange(examined, min(budget, examined + options.batch))
-    z, src, s = typical_candidates(
-        ood_bank,
-        prior,
-        key,
-        g,
-        options.strength_range,
-        options.partner_weight,
-        options.partner_neighbours,
-        sweep,
-    )
+    z, src, s = candidates(g)
     x = denoise(z)
     f = np.asarray(features(x), np.float64)
     verdict = criteria.judge(f, np.asarray(guard_features(x), np.float64) if separate_guard else None)
