@@ -501,6 +501,17 @@ def finish_method(config: ml_collections.ConfigDict, workdir: str, method: str, 
 OUTPUT_FORMATS = ("png", "fits")
 
 
+def check_typical_features(config: ml_collections.ConfigDict) -> None:
+  """The feature spaces typical discovery judges in are names ``typical_judges`` can build."""
+  from discovery_jax.metrics.features import EXTRACTORS
+
+  known = ("model",) + tuple(e for e in EXTRACTORS if e != "inception")  # inception needs a weights path
+  for key, default in (("selection_features", "random_conv"), ("guard_features", "model")):
+    name = config.discovery.get(key) or default
+    if name not in known:
+      raise ValueError(f"config.discovery.{key}: unknown feature space {name!r}; choose from {known}")
+
+
 def check_output_options(config: ml_collections.ConfigDict) -> None:
   o = config.output
   unknown = [f for f in configlib.name_list(o.formats) if f not in OUTPUT_FORMATS]
@@ -535,6 +546,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
   # Bad discovery, output and evaluation settings fail before any work (inversion takes minutes).
   if settings.discovery_options(config).mode == "typical" and "discovery" in methods:
     settings.typical_options(config)
+    check_typical_features(config)
   check_output_options(config)
   if config.sample.evaluate and settings.path_or_none(config.data.get("eval_dir")):
     from discovery_jax import evaluate

@@ -233,6 +233,17 @@ def test_a_bad_typical_setting_fails_in_one_line_before_any_inversion(setup):
   assert proc.returncode == 1 and "Traceback" not in proc.stderr
   assert "config.discovery: band must be two quantiles 0 <= low < high <= 1, got (0.9, 0.1)" in proc.stderr
   assert not (wd / "banks").exists() and "invert" not in proc.stderr  # nothing was computed first
+  proc = run(
+      "sample",
+      setup["config"],
+      wd,
+      "--config.discovery.mode=typical",
+      "--config.discovery.selection_features=conv",
+      check=False,
+  )
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert "config.discovery.selection_features: unknown feature space 'conv'; choose from ('model'," in proc.stderr
+  assert not (wd / "banks").exists()
   # fill_after's default is a number, and None (search the whole pool) must still be settable from the command line
   proc = run(
       "sample",
