@@ -129,6 +129,8 @@ def get_config():
   # typical: candidate g of the pool takes its strength from the g-th equal slice of strength_range, so the
   # search tries the gentlest steps first (False: drawn uniformly; measured in docs/method.md)
   config.discovery.strength_sweep = False
+  # typical, balance "both": the fill-in gives up few-shot cells before distance bins (False: in order)
+  config.discovery.fill_keeps_bins = False
   config.discovery.num_interior = 20  # slerp points per (OOD latent, prior draw) pair (official: 20)
   config.discovery.num_refs = 10  # reference latents per criterion (official R = 10)
   config.discovery.max_per_path = placeholder(int)  # accepted points kept per slerp path (None: all, official)

@@ -150,6 +150,7 @@ def typical_options(config: Any) -> TypicalOptions:
         standardized_check=None if _get(d, "standardized_check") is None else float(d.standardized_check),
         fill_near_misses=bool(_get(d, "fill_near_misses", True)),
         strength_sweep=bool(_get(d, "strength_sweep", False)),
+        fill_keeps_bins=bool(_get(d, "fill_keeps_bins", False)),
     )
   except (TypeError, ValueError) as e:
     raise ValueError(f"config.discovery: {e}") from None

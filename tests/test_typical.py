@@ -464,6 +464,33 @@ def test_fill_after_ends_a_balanced_search_once_enough_is_held_whatever_the_batc
     options(fill_after=0)
 
 
+def test_fill_keeps_bins_gives_up_the_cells_before_the_distance_bins():
+  """A sweep meets the near bins first, so a fill-in in order crowds them (accepted images then
+  sit closer to the few-shot set than new real ones); fill_keeps_bins searches on until the set-aside
+  candidates can fill every distance bin to its share, whatever the batch."""
+  bank = _bank()
+  edges = image_criteria.distance_bins(_loo(_flat(bank)), (0.05, 0.95), 4)
+  options = lambda **kw: discovery.TypicalOptions(
+      strength_range=(0.9, 1.0),
+      band=(0.05, 0.95),
+      pool_factor=16,
+      partner_weight=0.0,
+      balance="both",
+      fill_after=2,
+      strength_sweep=True,
+      **kw,
+  )
+  per_bin = lambda r: np.bincount(np.searchsorted(edges, r.nn_fewshot, side="right"), minlength=4).tolist()
+  in_order = _discover_on_bank(bank, 16, options(), seed=1)
+  kept = [_discover_on_bank(bank, 16, options(fill_keeps_bins=True, batch=b), seed=1) for b in (8, 64)]
+  np.testing.assert_array_equal(kept[0].candidate_index, kept[1].candidate_index)
+  assert in_order.num_accepted == kept[0].num_accepted == 16
+  assert per_bin(in_order)[0] > 8  # the nearest bin holds most
+  assert per_bin(kept[0]) == [4, 4, 4, 4]
+  assert kept[0].num_candidates > in_order.num_candidates  # it searched further up the sweep for them
+  assert kept[0].summary()["fewshot_cells"]["max_per_cell"] <= 2
+
+
 def test_when_the_pool_runs_out_the_set_aside_candidates_fill_in_rebuilt_from_their_index():
   bank = _bank()
   options = discovery.TypicalOptions(

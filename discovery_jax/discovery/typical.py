@@ -94,7 +94,10 @@ class TypicalOptions:
   stops with a budget error); strength_sweep: candidate g of the pool takes its strength
   from the g-th of pool_factor x N equal slices of strength_range, so the search tries the
   gentlest steps first and goes further only where the quotas are not yet met (False: drawn
-  uniformly per candidate)."""
+  uniformly per candidate); fill_keeps_bins (balance 'both' only): the fill-in gives up the
+  few-shot cells before the distance bins: set-aside candidates whose distance bin still has
+  room go first, and the search settles only once the bins can be met that way (False: the
+  set-aside candidates in order, whatever their bin: first come, they crowd the near bins)."""
 
   strength_range: tuple[float, float] = (0.1, 0.7)
   band: tuple[float, float] = (0.1, 0.7)
@@ -113,6 +116,7 @@ class TypicalOptions:
   standardized_check: float | None = None
   fill_near_misses: bool = True
   strength_sweep: bool = False
+  fill_keeps_bins: bool = False
   batch: int = 64
 
   def __post_init__(self):
@@ -284,6 +288,23 @@ class TypicalResult:
     }
 
 
+def _fillable_by_bins(keep, spilled, bins, last, n_acc, accepted_bins, spill_bins, bin_share) -> np.ndarray:
+  """For each of the batch's first ``last`` candidates: how many places the accepted images so far
+  and the set-aside ones could fill if every distance bin takes at most its share."""
+  acc = accepted_bins.copy()
+  held = np.bincount(np.asarray(spill_bins, np.int64), minlength=len(bin_share))
+  kept, set_aside, n = set(keep.tolist()), set(spilled.tolist()), n_acc
+  out = np.empty(last, np.int64)
+  for p in range(last):
+    if p in kept:
+      acc[bins[p]] += 1
+      n += 1
+    elif p in set_aside:
+      held[bins[p]] += 1
+    out[p] = n + np.minimum(held, np.maximum(bin_share - acc, 0)).sum()
+  return out
+
+
 def discover_typical(
     ood_bank: Any,
     *,
@@ -331,6 +352,8 @@ def discover_typical(
   cell_of = lambda verdict: verdict["nn_index"]  # a cell per few-shot image: the candidate's nearest one
   bin_of = lambda verdict: np.searchsorted(edges, verdict["nn_fewshot"], side="right")
   share = lambda n: np.full(n, -(-num_samples // n))
+  keeps_bins = options.fill_keeps_bins and options.balance == "both"
+  bin_share, accepted_bins = share(n_bins), np.zeros(n_bins, np.int64)  # fill_keeps_bins' bookkeeping
   if options.balance == "fewshot":
     room, quota_of = share(n_cells), cell_of
   elif options.balance == "distance":
@@ -343,9 +366,11 @@ def discover_typical(
   spill: list[tuple] = []
   n_spill = 0
 
-  def accept(parts, near_miss=False):
+  def accept(parts, near_miss=False, bins=None):
     nonlocal accepted_feats, n_acc
     zk, xk, gk, sk_src, sk, nk, ik, fk = parts
+    if bins is not None:
+      np.add.at(accepted_bins, bins, 1)
     lat.append(zk), imgs.append(xk), idx.append(gk), srcs.append(sk_src)
     strengths.append(sk), nns.append(nk), nearest.append(ik), feats.append(fk)
     missed.append(np.full(len(fk), near_miss))
@@ -360,23 +385,32 @@ def discover_typical(
         ood_bank, prior, key, g, options.strength_range, options.partner_weight, options.partner_neighbours, sweep
     )
 
-  def fill_from(held: list[tuple], near_miss: bool = False) -> int:
-    """``held`` candidates (index, distance, nearest few-shot image, features), in order, as far
-    as they keep apart from what is accepted; returns how many were taken."""
+  def fill_from(held: list[tuple], near_miss: bool = False, bin_room: np.ndarray | None = None) -> np.ndarray:
+    """``held`` candidates (index, distance, nearest few-shot image, features[, distance bin]), in
+    order, as far as they keep apart from what is accepted (and, with ``bin_room``, only into
+    distance bins with room); returns the positions taken."""
     fs = np.stack([c[3] for c in held])
     none = {k: np.zeros(len(held), bool) for k in ("too_close", "too_far", "own_side")}
-    keep, _ = select(fs, none, accepted_feats, criteria.separation, num_samples - n_acc)
+    bins = np.asarray([c[4] for c in held]) if len(held[0]) > 4 else None
+    quota = (bins, bin_room.copy()) if bin_room is not None else ()
+    keep, _ = select(fs, none, accepted_feats, criteria.separation, num_samples - n_acc, *quota)
     for b0 in range(0, len(keep), options.batch):
       part = keep[b0 : b0 + options.batch]
       g = np.asarray([held[i][0] for i in part])
       z, src, s = candidates(g)
       nn, near = (np.asarray([held[i][k] for i in part]) for k in (1, 2))
-      accept((z, denoise(z), g, src, s, nn, near, fs[part]), near_miss)
-    return len(keep)
+      accept((z, denoise(z), g, src, s, nn, near, fs[part]), near_miss, None if bins is None else bins[part])
+    return keep
 
-  def fill_in():
+  def fill_in(final: bool = True):
     nonlocal spill, n_spill
-    n_spill -= fill_from(spill)
+    if keeps_bins:  # the cells give way first: set-aside candidates into distance bins with room
+      used = fill_from(spill, bin_room=np.maximum(bin_share - accepted_bins, 0))
+      n_spill -= len(used)
+      spill = [c for i, c in enumerate(spill) if i not in set(used.tolist())]
+      if not final or not spill or n_acc >= num_samples:
+        return
+    n_spill -= len(fill_from(spill))
     spill = []  # the rest lie too near an accepted image, now and from now on
 
   # The candidates that missed the band by the least (never those on the model's side): the
@@ -400,9 +434,13 @@ def discover_typical(
     # Past fill_after x N candidates (at the pool's end without it), the search also stops at the first
     # candidate by which the accepted and set-aside ones make up N, and fills in: found candidate by
     # candidate, so it never depends on the batch size.
-    pos = np.arange(last)
-    held = n_acc + np.searchsorted(keep, pos, side="right")
-    held += np.minimum(num_samples, len(spill) + np.searchsorted(spilled, pos, side="right"))
+    bins = bin_of(verdict)
+    if keeps_bins:  # what the set-aside candidates can fill without overfilling a distance bin
+      held = _fillable_by_bins(keep, spilled, bins, last, n_acc, accepted_bins, [c[4] for c in spill], bin_share)
+    else:
+      pos = np.arange(last)
+      held = n_acc + np.searchsorted(keep, pos, side="right")
+      held += np.minimum(num_samples, len(spill) + np.searchsorted(spilled, pos, side="right"))
     settled = np.flatnonzero((g[:last] + 1 >= settle) & (held >= num_samples))
     if len(settled):
       last = int(settled[0]) + 1
@@ -421,22 +459,23 @@ def discover_typical(
       misses = sorted(misses, key=lambda m: (m[0], m[1]))[: 2 * num_samples]
     rejections["duplicate"] += eligible - len(keep) - len(spilled)
     n_spill += len(spilled)
-    if len(spilled) and len(spill) < num_samples:
-      sp = spilled[: num_samples - len(spill)]
-      spill += list(zip(g[sp], verdict["nn_fewshot"][sp], verdict["nn_index"][sp], f[sp]))
+    spill_cap = budget if keeps_bins else num_samples  # kept per bin, all are needed
+    if len(spilled) and len(spill) < spill_cap:
+      sp = spilled[: spill_cap - len(spill)]
+      spill += list(zip(g[sp], verdict["nn_fewshot"][sp], verdict["nn_index"][sp], f[sp], bins[sp]))
     if len(keep):
       nn, near = verdict["nn_fewshot"][keep], verdict["nn_index"][keep]
-      accept((z[keep], x[keep], g[keep], src[keep], s[keep], nn, near, f[keep]))
+      accept((z[keep], x[keep], g[keep], src[keep], s[keep], nn, near, f[keep]), bins=bins[keep])
     if log:
       log(f"typical discovery: {n_acc}/{num_samples} accepted after {examined} candidates")
     if len(settled) and n_acc < num_samples:
-      fill_in()
+      fill_in(final=False)
       settle = budget  # set-aside ones too near each other to make up N: search on, and fill in again at the end
   if n_acc < num_samples and spill:  # the pool ran out before every bin filled
     fill_in()
   num_near_misses = 0
   if n_acc < num_samples and misses:  # still short: the near misses, nearest the band first
-    num_near_misses = fill_from([m[1:] for m in misses], near_miss=True)
+    num_near_misses = len(fill_from([m[1:] for m in misses], near_miss=True))
     if log:
       log(
           f"typical discovery: the pool ran out at {n_acc - num_near_misses}/{num_samples}; filled "
