@@ -292,7 +292,7 @@ def _fillable_by_bins(keep, spilled, bins, last, n_acc, accepted_bins, spill_bin
   """For each of the batch's first ``last`` candidates: how many places the accepted images so far
   and the set-aside ones could fill if every distance bin takes at most its share."""
   acc = accepted_bins.copy()
-  held = np.bincount(np.asarray(spill_bins, np.int64), minlength=len(bin_share))
+  held = np.bincount(spill_bins, minlength=len(bin_share))
   kept, set_aside, n = set(keep.tolist()), set(spilled.tolist()), n_acc
   out = np.empty(last, np.int64)
   for p in range(last):
@@ -350,10 +350,12 @@ def discover_typical(
   n_cells, n_bins = len(criteria.fewshot), options.distance_bins
   edges = distance_bins(criteria.loo_distances, options.band, n_bins)
   cell_of = lambda verdict: verdict["nn_index"]  # a cell per few-shot image: the candidate's nearest one
-  bin_of = lambda verdict: np.searchsorted(edges, verdict["nn_fewshot"], side="right")
+  bin_of_distance = lambda d: np.searchsorted(edges, np.asarray(d, np.float64), side="right")
+  bin_of = lambda verdict: bin_of_distance(verdict["nn_fewshot"])
   share = lambda n: np.full(n, -(-num_samples // n))
   keeps_bins = options.fill_keeps_bins and options.balance == "both"
-  bin_share, accepted_bins = share(n_bins), np.zeros(n_bins, np.int64)  # fill_keeps_bins' bookkeeping
+  bin_share = share(n_bins)  # fill_keeps_bins: each distance bin's share, counted over everything accepted
+  accepted_per_bin = lambda: np.bincount(bin_of_distance(np.concatenate(nns)) if nns else [], minlength=n_bins)
   if options.balance == "fewshot":
     room, quota_of = share(n_cells), cell_of
   elif options.balance == "distance":
@@ -366,11 +368,9 @@ def discover_typical(
   spill: list[tuple] = []
   n_spill = 0
 
-  def accept(parts, near_miss=False, bins=None):
+  def accept(parts, near_miss=False):
     nonlocal accepted_feats, n_acc
     zk, xk, gk, sk_src, sk, nk, ik, fk = parts
-    if bins is not None:
-      np.add.at(accepted_bins, bins, 1)
     lat.append(zk), imgs.append(xk), idx.append(gk), srcs.append(sk_src)
     strengths.append(sk), nns.append(nk), nearest.append(ik), feats.append(fk)
     missed.append(np.full(len(fk), near_miss))
@@ -386,28 +386,27 @@ def discover_typical(
     )
 
   def fill_from(held: list[tuple], near_miss: bool = False, bin_room: np.ndarray | None = None) -> np.ndarray:
-    """``held`` candidates (index, distance, nearest few-shot image, features[, distance bin]), in
-    order, as far as they keep apart from what is accepted (and, with ``bin_room``, only into
-    distance bins with room); returns the positions taken."""
+    """``held`` candidates (index, distance, nearest few-shot image, features), in order, as far as
+    they keep apart from what is accepted (and, with ``bin_room``, only into distance bins with
+    room); returns the positions taken."""
     fs = np.stack([c[3] for c in held])
     none = {k: np.zeros(len(held), bool) for k in ("too_close", "too_far", "own_side")}
-    bins = np.asarray([c[4] for c in held]) if len(held[0]) > 4 else None
-    quota = (bins, bin_room.copy()) if bin_room is not None else ()
+    quota = () if bin_room is None else (bin_of_distance([c[1] for c in held]), bin_room.copy())
     keep, _ = select(fs, none, accepted_feats, criteria.separation, num_samples - n_acc, *quota)
     for b0 in range(0, len(keep), options.batch):
       part = keep[b0 : b0 + options.batch]
       g = np.asarray([held[i][0] for i in part])
       z, src, s = candidates(g)
       nn, near = (np.asarray([held[i][k] for i in part]) for k in (1, 2))
-      accept((z, denoise(z), g, src, s, nn, near, fs[part]), near_miss, None if bins is None else bins[part])
+      accept((z, denoise(z), g, src, s, nn, near, fs[part]), near_miss)
     return keep
 
   def fill_in(final: bool = True):
     nonlocal spill, n_spill
     if keeps_bins:  # the cells give way first: set-aside candidates into distance bins with room
-      used = fill_from(spill, bin_room=np.maximum(bin_share - accepted_bins, 0))
+      used = set(fill_from(spill, bin_room=np.maximum(bin_share - accepted_per_bin(), 0)).tolist())
       n_spill -= len(used)
-      spill = [c for i, c in enumerate(spill) if i not in set(used.tolist())]
+      spill = [c for i, c in enumerate(spill) if i not in used]
       if not final or not spill or n_acc >= num_samples:
         return
     n_spill -= len(fill_from(spill))
@@ -434,9 +433,9 @@ def discover_typical(
     # Past fill_after x N candidates (at the pool's end without it), the search also stops at the first
     # candidate by which the accepted and set-aside ones make up N, and fills in: found candidate by
     # candidate, so it never depends on the batch size.
-    bins = bin_of(verdict)
     if keeps_bins:  # what the set-aside candidates can fill without overfilling a distance bin
-      held = _fillable_by_bins(keep, spilled, bins, last, n_acc, accepted_bins, [c[4] for c in spill], bin_share)
+      spill_bins = bin_of_distance([c[1] for c in spill])
+      held = _fillable_by_bins(keep, spilled, bin_of(verdict), last, n_acc, accepted_per_bin(), spill_bins, bin_share)
     else:
       pos = np.arange(last)
       held = n_acc + np.searchsorted(keep, pos, side="right")
@@ -459,13 +458,13 @@ def discover_typical(
       misses = sorted(misses, key=lambda m: (m[0], m[1]))[: 2 * num_samples]
     rejections["duplicate"] += eligible - len(keep) - len(spilled)
     n_spill += len(spilled)
-    spill_cap = budget if keeps_bins else num_samples  # kept per bin, all are needed
+    spill_cap = budget if keeps_bins else num_samples  # keeping the bins, any set-aside one may fill a far bin
     if len(spilled) and len(spill) < spill_cap:
       sp = spilled[: spill_cap - len(spill)]
-      spill += list(zip(g[sp], verdict["nn_fewshot"][sp], verdict["nn_index"][sp], f[sp], bins[sp]))
+      spill += list(zip(g[sp], verdict["nn_fewshot"][sp], verdict["nn_index"][sp], f[sp]))
     if len(keep):
       nn, near = verdict["nn_fewshot"][keep], verdict["nn_index"][keep]
-      accept((z[keep], x[keep], g[keep], src[keep], s[keep], nn, near, f[keep]), bins=bins[keep])
+      accept((z[keep], x[keep], g[keep], src[keep], s[keep], nn, near, f[keep]))
     if log:
       log(f"typical discovery: {n_acc}/{num_samples} accepted after {examined} candidates")
     if len(settled) and n_acc < num_samples:
