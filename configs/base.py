@@ -131,6 +131,9 @@ def get_config():
   config.discovery.strength_sweep = False
   # typical, balance "both": the fill-in gives up few-shot cells before distance bins (False: in order)
   config.discovery.fill_keeps_bins = False
+  # typical: the step's power per spatial frequency follows the few-shot residuals' own raised to this
+  # (0: white noise; -1: mostly fine detail, the layout stays the source's; discovery/step_spectrum.py)
+  config.discovery.step_spectrum = 0.0
   config.discovery.num_interior = 20  # slerp points per (OOD latent, prior draw) pair (official: 20)
   config.discovery.num_refs = 10  # reference latents per criterion (official R = 10)
   config.discovery.max_per_path = placeholder(int)  # accepted points kept per slerp path (None: all, official)

@@ -151,6 +151,7 @@ def typical_options(config: Any) -> TypicalOptions:
         fill_near_misses=bool(_get(d, "fill_near_misses", True)),
         strength_sweep=bool(_get(d, "strength_sweep", False)),
         fill_keeps_bins=bool(_get(d, "fill_keeps_bins", False)),
+        step_spectrum=float(_get(d, "step_spectrum", 0.0)),
     )
   except (TypeError, ValueError) as e:
     raise ValueError(f"config.discovery: {e}") from None

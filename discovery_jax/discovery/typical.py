@@ -49,6 +49,7 @@ import numpy as np
 from discovery_jax.discovery.image_criteria import ImageCriteria, distance_bins, select
 from discovery_jax.discovery.linalg import as_rows, latent_shape
 from discovery_jax.discovery.prior import GaussianPrior, fit_prior, standard_normal
+from discovery_jax.discovery.step_spectrum import POWER_LIMIT, StepSpectrum, fit_step_spectrum, shape_step
 
 _KEY_SOURCE, _KEY_STRENGTH, _KEY_NOISE, _KEY_PARTNER = 0, 1, 2, 3
 GUARD_KINDS = ("discriminant", "nearest")
@@ -97,7 +98,12 @@ class TypicalOptions:
   uniformly per candidate); fill_keeps_bins (balance 'both' only): the fill-in gives up the
   few-shot cells before the distance bins: set-aside candidates whose distance bin still has
   room go first, and the search settles only once the bins can be met that way (False: the
-  set-aside candidates in order, whatever their bin: first come, they crowd the near bins)."""
+  set-aside candidates in order, whatever their bin: first come, they crowd the near bins);
+  step_spectrum: the step's power per spatial frequency and channel component follows the
+  few-shot residuals' own raised to this power (0: white, the prior's isotropic draws; -1: the
+  inverse, most of the step in the fine detail the few-shot images vary least in, so the
+  layout stays the source's and the model re-draws the detail; 1: a stationary Gaussian fit
+  of the bank; ``discovery/step_spectrum.py``)."""
 
   strength_range: tuple[float, float] = (0.1, 0.7)
   band: tuple[float, float] = (0.1, 0.7)
@@ -117,6 +123,7 @@ class TypicalOptions:
   fill_near_misses: bool = True
   strength_sweep: bool = False
   fill_keeps_bins: bool = False
+  step_spectrum: float = 0.0
   batch: int = 64
 
   def __post_init__(self):
@@ -145,6 +152,8 @@ class TypicalOptions:
       raise ValueError(f"standardized_check must be >= 0 or None, got {self.standardized_check}")
     if self.fill_after is not None and not self.fill_after >= 1:
       raise ValueError(f"fill_after must be >= 1 or None, got {self.fill_after}")
+    if not -POWER_LIMIT <= self.step_spectrum <= POWER_LIMIT:
+      raise ValueError(f"step_spectrum must lie in [-{POWER_LIMIT}, {POWER_LIMIT}], got {self.step_spectrum}")
     if self.partner_neighbours is not None and self.partner_neighbours < 1:
       raise ValueError(f"partner_neighbours must be >= 1 or None, got {self.partner_neighbours}")
     if self.pool_factor < 1 or self.batch < 1 or self.distance_bins < 1:
@@ -170,6 +179,7 @@ def _candidates(
     partner_weight: jax.Array,
     neighbours: jax.Array,
     sweep: jax.Array,
+    spectrum: StepSpectrum | None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   n = rows.shape[0]
   k_strength, k_noise = jax.random.fold_in(key, _KEY_STRENGTH), jax.random.fold_in(key, _KEY_NOISE)
@@ -181,6 +191,8 @@ def _candidates(
     u = jnp.where(sweep > 0, jnp.minimum((g + u) / jnp.maximum(sweep, 1.0), 1.0), u)
     s = s_lo + (s_hi - s_lo) * u
     eps = standard_normal(jax.random.fold_in(k_noise, g), rows.shape[1])
+    if spectrum is not None:
+      eps = shape_step(spectrum, eps)
     partner = neighbours[src, jax.random.randint(jax.random.fold_in(k_partner, g), (), 0, neighbours.shape[1])]
     r_src, r_partner = rows[src] - prior.mean, rows[partner] - prior.mean
     step = jnp.sqrt(1.0 - partner_weight) * jnp.sqrt(prior.var) * eps + jnp.sqrt(partner_weight) * r_partner
@@ -205,12 +217,14 @@ def typical_candidates(
     partner_weight: float = 0.0,
     partner_neighbours: int | None = None,
     sweep: int = 0,
+    spectrum: StepSpectrum | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Candidates g of ``candidate_index``: (latents (n, *shape), source index, strength).
 
   Sources cycle through a key-seeded permutation of the bank, so every few-shot latent
   seeds the same number of candidates; a candidate's partner (``partner_weight`` > 0) is
-  drawn from its own key, so it too depends on g alone."""
+  drawn from its own key, so it too depends on g alone. ``spectrum``: the step's noise is
+  filtered by it (None: white)."""
   rows = jnp.asarray(as_rows(ood_bank))
   order = jax.random.permutation(jax.random.fold_in(key, _KEY_SOURCE), rows.shape[0]).astype(jnp.int32)
   index = jnp.atleast_1d(jnp.asarray(candidate_index, jnp.uint32))
@@ -233,6 +247,7 @@ def typical_candidates(
       jnp.float32(partner_weight),
       neighbours.astype(jnp.int32),
       jnp.float32(sweep),
+      spectrum,
   )
   return np.asarray(z).reshape((-1,) + latent_shape(ood_bank)), np.asarray(src), np.asarray(s)
 
@@ -333,6 +348,7 @@ def discover_typical(
     raise ValueError(f"num_samples must be >= 1, got {num_samples}")
   start = time.perf_counter()
   prior = prior or fit_prior(ood_bank)
+  spectrum = fit_step_spectrum(ood_bank, prior.mean, options.step_spectrum) if options.step_spectrum else None
   guarded = own_images is not None and options.guard
   separate_guard = guarded and guard_features is not None and options.guard_kind == "discriminant"
   criteria = ImageCriteria.fit(
@@ -382,7 +398,15 @@ def discover_typical(
   def candidates(g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Candidates g under these options (a set-aside one is rebuilt from its index alone)."""
     return typical_candidates(
-        ood_bank, prior, key, g, options.strength_range, options.partner_weight, options.partner_neighbours, sweep
+        ood_bank,
+        prior,
+        key,
+        g,
+        options.strength_range,
+        options.partner_weight,
+        options.partner_neighbours,
+        sweep,
+        spectrum,
     )
 
   def fill_from(held: list[tuple], near_miss: bool = False, bin_room: np.ndarray | None = None) -> np.ndarray:
@@ -495,7 +519,7 @@ def discover_typical(
       num_candidates=examined,
       rejections=rejections,
       criteria=criteria.summary(),
-      prior=prior.summary(),
+      prior=prior.summary() | ({"step_spectrum": spectrum.summary()} if spectrum is not None else {}),
       seconds=time.perf_counter() - start,
       options=dataclasses.asdict(options),
   )
