@@ -7,7 +7,7 @@ own images grows with the step's low-frequency power. With a negative power most
 step goes to the frequencies the few-shot images vary least in (fine detail), so a
 candidate keeps its source's layout and the model re-draws the rest in the target's
 style; a positive power is a stationary Gaussian fit of the bank (the most drift).
-Measured in docs/method.md ("The step's spectrum").
+Measured in docs/method.md (the `discovery.step_spectrum` bullet).
 """
 
 from __future__ import annotations
@@ -50,6 +50,12 @@ class StepSpectrum:
     }
 
 
+def check_power(power: float) -> None:
+  """The one range check of ``step_spectrum`` (the options and the fit both call it)."""
+  if not -POWER_LIMIT <= power <= POWER_LIMIT:
+    raise ValueError(f"step_spectrum must lie in [-{POWER_LIMIT}, {POWER_LIMIT}], got {power}")
+
+
 def _frequency_radius(h: int, w: int) -> np.ndarray:
   return np.sqrt(np.fft.fftfreq(h)[:, None] ** 2 + np.fft.fftfreq(w)[None, :] ** 2)
 
@@ -59,8 +65,7 @@ def fit_step_spectrum(latents: Any, mean: Any, power: float) -> StepSpectrum:
   ``power`` and normalized to mean 1. ``power`` 0 would be white noise (callers skip the
   filter then); the residuals' own power is floored at 1e-6 of its mean, so a negative
   power never divides by zero."""
-  if not -POWER_LIMIT <= power <= POWER_LIMIT:
-    raise ValueError(f"step_spectrum must lie in [-{POWER_LIMIT}, {POWER_LIMIT}], got {power}")
+  check_power(power)
   shape = latent_shape(latents)
   if len(shape) != 3:
     raise ValueError(f"step_spectrum needs image latents of shape (H, W, C), got latents of shape {shape}")
@@ -80,8 +85,8 @@ def fit_step_spectrum(latents: Any, mean: Any, power: float) -> StepSpectrum:
 
 def shape_step(spectrum: StepSpectrum, eps: jax.Array) -> jax.Array:
   """White noise ``eps`` (d,) through the filter, (d,): unit variance per entry on average
-  (a gain of 1 everywhere gives ``eps`` back). Real up to rounding: the gain is symmetric in frequency because it comes from power spectra
-  of real residuals."""
+  (a gain of 1 everywhere gives ``eps`` back). Real up to rounding: the gain is symmetric in
+  frequency because it comes from power spectra of real residuals."""
   h, w, c = spectrum.gain.shape
   components = eps.reshape(h, w, c) @ spectrum.rotation
   x = jnp.fft.ifft2(jnp.fft.fft2(components, axes=(0, 1)) * spectrum.gain, axes=(0, 1)).real

@@ -49,7 +49,7 @@ import numpy as np
 from discovery_jax.discovery.image_criteria import ImageCriteria, distance_bins, select
 from discovery_jax.discovery.linalg import as_rows, latent_shape
 from discovery_jax.discovery.prior import GaussianPrior, fit_prior, standard_normal
-from discovery_jax.discovery.step_spectrum import POWER_LIMIT, StepSpectrum, fit_step_spectrum, shape_step
+from discovery_jax.discovery.step_spectrum import StepSpectrum, check_power, fit_step_spectrum, shape_step
 
 _KEY_SOURCE, _KEY_STRENGTH, _KEY_NOISE, _KEY_PARTNER = 0, 1, 2, 3
 GUARD_KINDS = ("discriminant", "nearest")
@@ -152,8 +152,7 @@ class TypicalOptions:
       raise ValueError(f"standardized_check must be >= 0 or None, got {self.standardized_check}")
     if self.fill_after is not None and not self.fill_after >= 1:
       raise ValueError(f"fill_after must be >= 1 or None, got {self.fill_after}")
-    if not -POWER_LIMIT <= self.step_spectrum <= POWER_LIMIT:
-      raise ValueError(f"step_spectrum must lie in [-{POWER_LIMIT}, {POWER_LIMIT}], got {self.step_spectrum}")
+    check_power(self.step_spectrum)
     if self.partner_neighbours is not None and self.partner_neighbours < 1:
       raise ValueError(f"partner_neighbours must be >= 1 or None, got {self.partner_neighbours}")
     if self.pool_factor < 1 or self.batch < 1 or self.distance_bins < 1:
