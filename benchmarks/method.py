@@ -55,10 +55,10 @@ for _name in ("digits", "deep_field", "textures", "histology", "retina") + UNTUN
 DEFAULT_DOMAINS = tuple(d for d in DOMAINS if d not in UNTUNED_DOMAINS)
 METHODS = ("discovery", "gaussian", "renoise", "vanilla fine-tuning")
 # Each method's knob for the frontier: (config override, value) runs beside the default. Discovery's is
-# the range its candidates' step toward the prior is drawn from (the default: (0.1, 0.7)).
+# the range its candidates' step toward the prior is drawn from (the default: (0.2, 0.9)).
 KNOBS = {
     "renoise": ("discovery.renoise_strength", (0.3, 0.7)),
-    "discovery": ("discovery.strength_range", ((0.1, 0.5), (0.1, 0.9))),
+    "discovery": ("discovery.strength_range", ((0.2, 0.7), (0.3, 1.0))),
 }
 
 

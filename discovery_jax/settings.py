@@ -133,7 +133,7 @@ def typical_options(config: Any) -> TypicalOptions:
     raise ValueError(f"config.discovery.fill_after must be an integer >= 1 or None, got {fill_after!r}")
   try:
     return TypicalOptions(
-        strength_range=tuple(float(v) for v in _get(d, "strength_range", (0.1, 0.7))),
+        strength_range=tuple(float(v) for v in _get(d, "strength_range", (0.2, 0.9))),
         band=tuple(float(v) for v in _get(d, "band", (0.1, 0.7))),
         separation_quantile=float(_get(d, "separation_quantile", 0.05)),
         pool_factor=int(_get(d, "pool_factor", 8)),
@@ -151,7 +151,7 @@ def typical_options(config: Any) -> TypicalOptions:
         fill_near_misses=bool(_get(d, "fill_near_misses", True)),
         strength_sweep=bool(_get(d, "strength_sweep", False)),
         fill_keeps_bins=bool(_get(d, "fill_keeps_bins", False)),
-        step_spectrum=float(_get(d, "step_spectrum", 0.0)),
+        step_spectrum=float(_get(d, "step_spectrum", -1.0)),
     )
   except (TypeError, ValueError) as e:
     raise ValueError(f"config.discovery: {e}") from None

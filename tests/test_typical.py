@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from discovery_jax import configlib, discovery, settings
-from discovery_jax.discovery import image_criteria, typical
+from discovery_jax.discovery import image_criteria, step_spectrum, typical
 from tests import helpers
 
 
@@ -280,7 +280,11 @@ def test_a_pool_that_runs_out_fills_in_with_the_nearest_misses_flagged():
   assert res.num_accepted == 10 and res.near_miss.all() and res.summary()["num_near_misses"] == 10
   assert res.rejections["too_far"] == 20
   # every candidate examined, judged by hand: the ten nearest the band's far edge were taken
-  z, _, _ = typical.typical_candidates(bank, discovery.fit_prior(bank), jax.random.key(0), np.arange(20))
+  prior = discovery.fit_prior(bank)
+  spectrum = step_spectrum.fit_step_spectrum(bank, prior.mean, options.step_spectrum)  # as discovery draws them
+  z, _, _ = typical.typical_candidates(
+      bank, prior, jax.random.key(0), np.arange(20), strength_range=options.strength_range, spectrum=spectrum
+  )
   nn = image_criteria._distances(_flat(z * 100.0), _flat(bank)).min(axis=1)
   assert set(res.candidate_index.tolist()) == set(np.argsort(nn)[:10].tolist())
   np.testing.assert_allclose(np.sort(res.nn_fewshot), np.sort(nn)[:10])
@@ -428,6 +432,7 @@ def test_both_balances_at_once_respect_the_cells_and_the_distance_bins():
       band=(0.05, 0.95),
       pool_factor=64,  # both quotas take more candidates to fill
       partner_weight=0.0,
+      step_spectrum=0.0,  # the quotas' mechanics, on the white steps these white banks call for
       balance=balance,
       fill_after=None,
   )
@@ -478,6 +483,7 @@ def test_fill_keeps_bins_gives_up_the_cells_before_the_distance_bins():
       balance="both",
       fill_after=2,
       strength_sweep=True,
+      step_spectrum=0.0,  # the sweep's mechanics, on the white steps these white banks call for
       **kw,
   )
   per_bin = lambda r: np.bincount(np.searchsorted(edges, r.nn_fewshot, side="right"), minlength=4).tolist()
@@ -504,8 +510,15 @@ def test_when_the_pool_runs_out_the_set_aside_candidates_fill_in_rebuilt_from_th
   res = _discover_on_bank(bank, 16, options, seed=1)
   assert 0 < res.num_accepted < 16 and res.rejections["bin_full"] == 0
   assert np.any(np.diff(res.candidate_index) < 0)  # set-aside candidates came last
+  prior = discovery.fit_prior(bank)
   rebuilt, _, _ = typical.typical_candidates(
-      bank, discovery.fit_prior(bank), jax.random.key(1), res.candidate_index, options.strength_range, 0.0
+      bank,
+      prior,
+      jax.random.key(1),
+      res.candidate_index,
+      options.strength_range,
+      0.0,
+      spectrum=step_spectrum.fit_step_spectrum(bank, prior.mean, options.step_spectrum),
   )
   np.testing.assert_array_equal(res.latents, rebuilt)
   np.testing.assert_array_equal(res.images, res.latents)

@@ -100,12 +100,12 @@ class TypicalOptions:
   room go first, and the search settles only once the bins can be met that way (False: the
   set-aside candidates in order, whatever their bin: first come, they crowd the near bins);
   step_spectrum: the step's power per spatial frequency and channel component follows the
-  few-shot residuals' own raised to this power (0: white, the prior's isotropic draws; -1: the
-  inverse, most of the step in the fine detail the few-shot images vary least in, so the
-  layout stays the source's and the model re-draws the detail; 1: a stationary Gaussian fit
-  of the bank; ``discovery/step_spectrum.py``)."""
+  few-shot residuals' own raised to this power (-1, the default: the inverse, most of the
+  step in the fine detail the few-shot images vary least in, so the layout stays the
+  source's and the model re-draws the detail; 0: white, the prior's isotropic draws; 1: a
+  stationary Gaussian fit of the bank; ``discovery/step_spectrum.py``); needs image latents."""
 
-  strength_range: tuple[float, float] = (0.1, 0.7)
+  strength_range: tuple[float, float] = (0.2, 0.9)
   band: tuple[float, float] = (0.1, 0.7)
   separation_quantile: float = 0.05
   pool_factor: int = 8
@@ -123,7 +123,7 @@ class TypicalOptions:
   fill_near_misses: bool = True
   strength_sweep: bool = False
   fill_keeps_bins: bool = False
-  step_spectrum: float = 0.0
+  step_spectrum: float = -1.0
   batch: int = 64
 
   def __post_init__(self):
@@ -212,7 +212,7 @@ def typical_candidates(
     prior: GaussianPrior,
     key: jax.Array,
     candidate_index: Any,
-    strength_range: tuple[float, float] = (0.1, 0.7),
+    strength_range: tuple[float, float] = TypicalOptions.strength_range,
     partner_weight: float = 0.0,
     partner_neighbours: int | None = None,
     sweep: int = 0,
