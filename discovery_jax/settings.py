@@ -128,30 +128,31 @@ def discovery_options(config: Any) -> DiscoveryOptions:
 def typical_options(config: Any) -> TypicalOptions:
   """The 'typical' discovery settings of ``config.discovery``."""
   d = config.discovery
-  fill_after = d.fill_after if "fill_after" in d else 4  # None (off) is a setting, not a missing key
+  fill_after = d.fill_after if "fill_after" in d else TypicalOptions.fill_after  # None (off) is a setting
   if fill_after is not None and (isinstance(fill_after, bool) or not isinstance(fill_after, int)):
     raise ValueError(f"config.discovery.fill_after must be an integer >= 1 or None, got {fill_after!r}")
   try:
+    default = TypicalOptions  # a missing key takes the library's default
     return TypicalOptions(
-        strength_range=tuple(float(v) for v in _get(d, "strength_range", (0.2, 0.9))),
-        band=tuple(float(v) for v in _get(d, "band", (0.1, 0.7))),
-        separation_quantile=float(_get(d, "separation_quantile", 0.05)),
-        pool_factor=int(_get(d, "pool_factor", 8)),
-        guard=bool(_get(d, "image_guard", True)),
-        guard_kind=str(_get(d, "guard_kind", "discriminant")),
-        guard_quantile=float(_get(d, "guard_quantile", 0.1)),
-        guard_shrinkage=float(_get(d, "guard_shrinkage", 1.0)),
-        distance_bins=int(_get(d, "distance_bins", 4)),
-        balance=str(_get(d, "balance", "both")),
+        strength_range=tuple(float(v) for v in _get(d, "strength_range", default.strength_range)),
+        band=tuple(float(v) for v in _get(d, "band", default.band)),
+        separation_quantile=float(_get(d, "separation_quantile", default.separation_quantile)),
+        pool_factor=int(_get(d, "pool_factor", default.pool_factor)),
+        guard=bool(_get(d, "image_guard", default.guard)),
+        guard_kind=str(_get(d, "guard_kind", default.guard_kind)),
+        guard_quantile=float(_get(d, "guard_quantile", default.guard_quantile)),
+        guard_shrinkage=float(_get(d, "guard_shrinkage", default.guard_shrinkage)),
+        distance_bins=int(_get(d, "distance_bins", default.distance_bins)),
+        balance=str(_get(d, "balance", default.balance)),
         fill_after=fill_after,  # already checked: None or an integer
-        partner_weight=float(_get(d, "partner_weight", 0.0)),
+        partner_weight=float(_get(d, "partner_weight", default.partner_weight)),
         partner_neighbours=None if _get(d, "partner_neighbours") is None else int(d.partner_neighbours),
         selection_shrinkage=None if _get(d, "selection_shrinkage") is None else float(d.selection_shrinkage),
         standardized_check=None if _get(d, "standardized_check") is None else float(d.standardized_check),
-        fill_near_misses=bool(_get(d, "fill_near_misses", True)),
-        strength_sweep=bool(_get(d, "strength_sweep", False)),
-        fill_keeps_bins=bool(_get(d, "fill_keeps_bins", False)),
-        step_spectrum=float(_get(d, "step_spectrum", -1.0)),
+        fill_near_misses=bool(_get(d, "fill_near_misses", default.fill_near_misses)),
+        strength_sweep=bool(_get(d, "strength_sweep", default.strength_sweep)),
+        fill_keeps_bins=bool(_get(d, "fill_keeps_bins", default.fill_keeps_bins)),
+        step_spectrum=float(_get(d, "step_spectrum", default.step_spectrum)),
     )
   except (TypeError, ValueError) as e:
     raise ValueError(f"config.discovery: {e}") from None
