@@ -18,6 +18,16 @@ def _bank(n=32, d=192, seed=0, offset=0.5):
   return (offset + rng.standard_normal((n, 8, 8, 3))).astype(np.float32)
 
 
+def _candidates_as_discovered(bank, options, key, index):
+  """Candidates ``index`` drawn as ``discover_typical`` draws them (its prior, strengths and step filter)."""
+  prior = discovery.fit_prior(bank)
+  spectrum = step_spectrum.fit_step_spectrum(bank, prior.mean, options.step_spectrum)
+  z, _, _ = typical.typical_candidates(
+      bank, prior, key, index, options.strength_range, options.partner_weight, spectrum=spectrum
+  )
+  return z
+
+
 def _flat(x):
   return np.asarray(x, np.float64).reshape(len(x), -1)
 
@@ -280,11 +290,7 @@ def test_a_pool_that_runs_out_fills_in_with_the_nearest_misses_flagged():
   assert res.num_accepted == 10 and res.near_miss.all() and res.summary()["num_near_misses"] == 10
   assert res.rejections["too_far"] == 20
   # every candidate examined, judged by hand: the ten nearest the band's far edge were taken
-  prior = discovery.fit_prior(bank)
-  spectrum = step_spectrum.fit_step_spectrum(bank, prior.mean, options.step_spectrum)  # as discovery draws them
-  z, _, _ = typical.typical_candidates(
-      bank, prior, jax.random.key(0), np.arange(20), strength_range=options.strength_range, spectrum=spectrum
-  )
+  z = _candidates_as_discovered(bank, options, jax.random.key(0), np.arange(20))
   nn = image_criteria._distances(_flat(z * 100.0), _flat(bank)).min(axis=1)
   assert set(res.candidate_index.tolist()) == set(np.argsort(nn)[:10].tolist())
   np.testing.assert_allclose(np.sort(res.nn_fewshot), np.sort(nn)[:10])
@@ -510,16 +516,7 @@ def test_when_the_pool_runs_out_the_set_aside_candidates_fill_in_rebuilt_from_th
   res = _discover_on_bank(bank, 16, options, seed=1)
   assert 0 < res.num_accepted < 16 and res.rejections["bin_full"] == 0
   assert np.any(np.diff(res.candidate_index) < 0)  # set-aside candidates came last
-  prior = discovery.fit_prior(bank)
-  rebuilt, _, _ = typical.typical_candidates(
-      bank,
-      prior,
-      jax.random.key(1),
-      res.candidate_index,
-      options.strength_range,
-      0.0,
-      spectrum=step_spectrum.fit_step_spectrum(bank, prior.mean, options.step_spectrum),
-  )
+  rebuilt = _candidates_as_discovered(bank, options, jax.random.key(1), res.candidate_index)
   np.testing.assert_array_equal(res.latents, rebuilt)
   np.testing.assert_array_equal(res.images, res.latents)
 
