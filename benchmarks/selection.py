@@ -35,7 +35,15 @@ from method import ASSETS, DEFAULT_DOMAINS, DOMAINS, parse_domains, parse_seeds 
 
 # Keys that change which candidates exist (not how they are judged).
 CANDIDATE_KEYS = ("partner_weight", "partner_neighbours", "mode")
-COLUMNS = ("frechet_distance", "ood_hit_rate", "id_fallback_rate", "neither_rate", "nn_ratio", "near_duplicate_rate", "coverage")
+COLUMNS = (
+    "frechet_distance",
+    "ood_hit_rate",
+    "id_fallback_rate",
+    "neither_rate",
+    "nn_ratio",
+    "near_duplicate_rate",
+    "coverage",
+)
 
 
 def _memoised(fn, cache: dict | None = None, prefix: str = ""):
@@ -144,7 +152,9 @@ def run_domain(name: str, rules: dict, seeds: list[int], num_samples: int, workd
     print(
         f"\n## {name} (t_0 = {runner.t_0}), seed {seed}: {sum(len(v) for v in denoise.cache.values())} images denoised for all rules"
     )
-    print("| rule | FD | target | in-domain | neither | novelty | near-dups | coverage | found (near misses) | candidates |")
+    print(
+        "| rule | FD | target | in-domain | neither | novelty | near-dups | coverage | found (near misses) | candidates |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for rule, r in rows.items():
       found = f"{r.get('num_accepted', num_samples)}" + (

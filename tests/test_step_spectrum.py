@@ -83,6 +83,10 @@ def test_candidates_with_a_shaped_step_keep_the_shell_and_depend_on_their_index_
   power = _power_per_frequency(change)
   assert power[0, 0] < 0.05 * power.mean()
   white_z = typical.typical_candidates(bank, prior, key, np.arange(64), (0.5, 0.5))[0]
+  # The options' filter is the one fitted here, and none at all for white steps (power 0).
+  assert typical.step_filter(bank, prior, typical.TypicalOptions(step_spectrum=0.0)) is None
+  same = typical.step_filter(bank, prior, typical.TypicalOptions(step_spectrum=-1.0))
+  np.testing.assert_allclose(np.asarray(same.gain), np.asarray(spectrum.gain), rtol=1e-6)
   white_change = white_z.astype(np.float64) - np.sqrt(0.75) * (bank[src] - m.reshape(H, W, C)) - m.reshape(H, W, C)
   assert _power_per_frequency(white_change)[0, 0] > 0.3 * _power_per_frequency(white_change).mean()
 

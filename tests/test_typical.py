@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from discovery_jax import configlib, discovery, settings
-from discovery_jax.discovery import image_criteria, step_spectrum, typical
+from discovery_jax.discovery import image_criteria, typical
 from tests import helpers
 
 
@@ -21,7 +21,7 @@ def _bank(n=32, d=192, seed=0, offset=0.5):
 def _candidates_as_discovered(bank, options, key, index):
   """Candidates ``index`` drawn as ``discover_typical`` draws them (its prior, strengths and step filter)."""
   prior = discovery.fit_prior(bank)
-  spectrum = step_spectrum.fit_step_spectrum(bank, prior.mean, options.step_spectrum)
+  spectrum = typical.step_filter(bank, prior, options)
   z, _, _ = typical.typical_candidates(
       bank, prior, key, index, options.strength_range, options.partner_weight, spectrum=spectrum
   )

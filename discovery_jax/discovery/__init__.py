@@ -31,7 +31,13 @@ from discovery_jax.discovery.prior import (
     sample_prior,
     standard_normal,
 )
-from discovery_jax.discovery.typical import TypicalOptions, TypicalResult, discover_typical, typical_candidates
+from discovery_jax.discovery.typical import (
+    TypicalOptions,
+    TypicalResult,
+    discover_typical,
+    step_filter,
+    typical_candidates,
+)
 from discovery_jax.discovery.statistics import (
     angles_at_origin,
     angles_at_vertex,

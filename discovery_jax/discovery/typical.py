@@ -207,6 +207,11 @@ def _candidates(
   return jax.vmap(one)(index)
 
 
+def step_filter(ood_bank: Any, prior: GaussianPrior, options: TypicalOptions) -> StepSpectrum | None:
+  """The filter ``options.step_spectrum`` asks for, fitted on the bank (None: white steps, nothing to fit)."""
+  return fit_step_spectrum(ood_bank, prior.mean, options.step_spectrum) if options.step_spectrum else None
+
+
 def typical_candidates(
     ood_bank: Any,
     prior: GaussianPrior,
@@ -347,7 +352,7 @@ def discover_typical(
     raise ValueError(f"num_samples must be >= 1, got {num_samples}")
   start = time.perf_counter()
   prior = prior or fit_prior(ood_bank)
-  spectrum = fit_step_spectrum(ood_bank, prior.mean, options.step_spectrum) if options.step_spectrum else None
+  spectrum = step_filter(ood_bank, prior, options)
   guarded = own_images is not None and options.guard
   separate_guard = guarded and guard_features is not None and options.guard_kind == "discriminant"
   criteria = ImageCriteria.fit(
