@@ -85,9 +85,9 @@ def get_config():
   # demo" for what it wins and loses). 'rejection': the paper's procedure (slerp + latent criteria),
   # unchanged; 'optimize': the paper's criteria met by Adam.
   config.discovery.mode = "typical"
-  # typical: the step toward the prior, drawn per candidate (0: the source latent, 1: all the step; the
-  # default with step_spectrum -1, chosen on nine domains at five seeds: docs/method.md)
-  config.discovery.strength_range = (0.2, 0.9)
+  # typical: the step toward the prior, drawn per candidate (0: the source latent, 1: all the step). None: from
+  # the step's power, (0.1, 0.7) for white steps to (0.2, 0.9) for the inverse filter (docs/method.md)
+  config.discovery.strength_range = placeholder(tuple)
   config.discovery.band = (0.1, 0.7)  # typical: few-shot leave-one-out NN-distance quantiles kept
   # typical, balance='distance' or 'both': equal-mass bins of the band, each holding an equal share (1: first come)
   config.discovery.distance_bins = 4
@@ -134,9 +134,10 @@ def get_config():
   # typical, balance "both": the fill-in gives up few-shot cells before distance bins (False: in order)
   config.discovery.fill_keeps_bins = False
   # typical: the step's power per spatial frequency follows the few-shot residuals' own raised to this
-  # (-1, the default: mostly fine detail, the layout stays the source's and the model re-draws the detail;
-  # 0: white noise, the default before 2026-12-07; discovery/step_spectrum.py). Needs image latents (H, W, C)
-  config.discovery.step_spectrum = -1.0
+  # (-1: mostly fine detail, the layout stays the source's and the model re-draws the detail; 0: white noise;
+  # 'auto', the default: the residuals' spectral slope between -1 and 0, white where no layout dominates;
+  # discovery/step_spectrum.py). A nonzero number needs image latents (H, W, C)
+  config.discovery.step_spectrum = FieldReference("auto", field_type=object)  # a number or 'auto'
   config.discovery.num_interior = 20  # slerp points per (OOD latent, prior draw) pair (official: 20)
   config.discovery.num_refs = 10  # reference latents per criterion (official R = 10)
   config.discovery.max_per_path = placeholder(int)  # accepted points kept per slerp path (None: all, official)

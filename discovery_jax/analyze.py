@@ -112,6 +112,13 @@ def analyze_banks(
       {"alpha": 0.05},
   )
   report["plots"] = plots
+  # What typical discovery's default ('auto') step reads off this bank: the residuals' spectral slope.
+  step, info = discovery.resolve_step(discovery.TypicalOptions(), ood, prior_o)
+  report["ood_step_spectrum"] = {
+      "residual_slope": info["residual_slope"],
+      "auto_power": step.step_spectrum,
+      "auto_strength_range": list(step.strength_range),
+  }
   sep = report["separability"]
   report["claims"] = {
       "ood_gaussian": {
@@ -162,6 +169,12 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
       f"Separable from ID: held-out linear accuracy {sep['heldout_accuracy']:.3f}; centre distance "
       f"{sep['centre_distance']:.2f} = {sep['d_quarter_ratio']:.2f} x sigma d^(1/4)"
   )
+  step = report["ood_step_spectrum"]
+  if step["residual_slope"] is not None:
+    print(
+        f"Discovery's step ('auto'): residual spectral slope {step['residual_slope']:.2f} -> power "
+        f"{step['auto_power']:.2f}, strengths {tuple(step['auto_strength_range'])}"
+    )
   print(f"-> {os.path.join(workdir, 'analysis')}")
 
 

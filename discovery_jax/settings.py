@@ -125,6 +125,16 @@ def discovery_options(config: Any) -> DiscoveryOptions:
     raise ValueError(f"config.discovery: {e}") from None
 
 
+def _step_power(value: Any) -> float | str:
+  """'auto' stays a word (resolved on the bank); anything else must be a number."""
+  if isinstance(value, str) and value == "auto":
+    return value
+  try:
+    return float(value)
+  except (TypeError, ValueError):
+    raise ValueError(f"step_spectrum must be 'auto' or a number in [-2.0, 2.0], got {value!r}") from None
+
+
 def typical_options(config: Any) -> TypicalOptions:
   """The 'typical' discovery settings of ``config.discovery``."""
   d = config.discovery
@@ -134,7 +144,7 @@ def typical_options(config: Any) -> TypicalOptions:
   try:
     default = TypicalOptions  # a missing key takes the library's default
     return TypicalOptions(
-        strength_range=tuple(float(v) for v in _get(d, "strength_range", default.strength_range)),
+        strength_range=None if _get(d, "strength_range") is None else tuple(float(v) for v in d.strength_range),
         band=tuple(float(v) for v in _get(d, "band", default.band)),
         separation_quantile=float(_get(d, "separation_quantile", default.separation_quantile)),
         pool_factor=int(_get(d, "pool_factor", default.pool_factor)),
@@ -152,7 +162,7 @@ def typical_options(config: Any) -> TypicalOptions:
         fill_near_misses=bool(_get(d, "fill_near_misses", default.fill_near_misses)),
         strength_sweep=bool(_get(d, "strength_sweep", default.strength_sweep)),
         fill_keeps_bins=bool(_get(d, "fill_keeps_bins", default.fill_keeps_bins)),
-        step_spectrum=float(_get(d, "step_spectrum", default.step_spectrum)),
+        step_spectrum=_step_power(_get(d, "step_spectrum", default.step_spectrum)),
     )
   except (TypeError, ValueError) as e:
     raise ValueError(f"config.discovery: {e}") from None

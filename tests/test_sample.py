@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from convert.writer import convert_checkpoint
+from discovery_jax.discovery import typical
 from tests import helpers
 from tests.test_invert_reconstruct import write_images
 
@@ -299,6 +300,11 @@ def test_analyze_reports_both_claims(setup, sampled):
   for name in ("norms", "distances", "angles_origin", "angles_vertex", "normality_pvalues"):
     assert Image.open(workdir / "analysis" / f"{name}.png").size[0] > 100
   assert "Gaussian OOD prior" in proc.stdout and "Separable from ID" in proc.stdout
+  # What discovery's 'auto' step reads off the bank: the slope, clipped to [-1, 0], and the strengths it takes.
+  step = report["ood_step_spectrum"]
+  assert step["auto_power"] == pytest.approx(min(max(step["residual_slope"], -1.0), 0.0), abs=0.006)
+  assert tuple(step["auto_strength_range"]) == typical.strengths_for_power(step["auto_power"])
+  assert "Discovery's step ('auto'): residual spectral slope" in proc.stdout
 
 
 def test_finetune_then_evaluate_compares_all_methods(setup, sampled):

@@ -9,7 +9,7 @@ import pytest
 from discovery_jax import configlib, discovery, settings
 from discovery_jax.discovery import typical
 from discovery_jax.discovery.prior import standard_normal
-from discovery_jax.discovery.step_spectrum import fit_step_spectrum, shape_step
+from discovery_jax.discovery.step_spectrum import auto_power, fit_step_spectrum, residual_slope, shape_step
 
 H, W, C = 16, 16, 3
 MIXING = np.array([[1.0, 0.8, 0.5], [0.0, 0.6, 0.3], [0.0, 0.0, 0.4]])
@@ -106,11 +106,85 @@ def test_discovery_records_the_spectrum_and_bad_settings_are_refused_in_one_line
   assert result.num_accepted == 8
   assert result.summary()["prior"]["step_spectrum"]["power"] == -1.0
   assert result.summary()["config"]["step_spectrum"] == -1.0
-  with pytest.raises(ValueError, match=r"step_spectrum must lie in \[-2.0, 2.0\], got 3.0"):
+  with pytest.raises(ValueError, match=r"step_spectrum must be 'auto' or a number in \[-2.0, 2.0\], got 3.0"):
     typical.TypicalOptions(step_spectrum=3.0)
+  with pytest.raises(ValueError, match=r"step_spectrum must be 'auto' or a number in \[-2.0, 2.0\], got 'fine'"):
+    typical.TypicalOptions(step_spectrum="fine")
   with pytest.raises(ValueError, match=r"needs image latents of shape \(H, W, C\), got latents of shape \(12,\)"):
     fit_step_spectrum(np.zeros((4, 12), np.float32), np.zeros(12), -1.0)
   config = configlib.load_config_file("configs/demo.py")
   config.discovery.step_spectrum = -5.0
-  with pytest.raises(ValueError, match=r"^config.discovery: step_spectrum must lie in .*got -5.0$"):
+  with pytest.raises(ValueError, match=r"^config.discovery: step_spectrum must be 'auto' or a number in .*got -5.0$"):
     settings.typical_options(config)
+  config.discovery.step_spectrum = "steep"
+  with pytest.raises(
+      ValueError, match=r"^config.discovery: step_spectrum must be 'auto' or a number in .*got 'steep'$"
+  ):
+    settings.typical_options(config)
+
+
+def _power_law_bank(n, slope, seed=0):
+  """Residual fields whose power falls off as frequency ** slope (0: white)."""
+  rng = np.random.default_rng(seed)
+  radius = np.sqrt(np.fft.fftfreq(H)[:, None] ** 2 + np.fft.fftfreq(W)[None, :] ** 2)
+  amplitude = np.where(radius > 0, np.maximum(radius, 1e-9) ** (slope / 2), 0.0)[None, :, :, None]
+  x = np.real(np.fft.ifft2(np.fft.fft2(rng.standard_normal((n, H, W, C)), axes=(1, 2)) * amplitude, axes=(1, 2)))
+  return (0.3 + x / x.std()).astype(np.float32)
+
+
+@pytest.mark.parametrize("slope", [0.0, -0.5, -1.5])
+def test_the_residual_slope_is_read_off_the_bank_and_auto_keeps_it_between_minus_one_and_zero(slope):
+  bank = _power_law_bank(200, slope)
+  measured = residual_slope(bank, bank.mean(0).reshape(-1))
+  assert measured == pytest.approx(slope, abs=0.12)
+  assert auto_power(measured) == pytest.approx(min(max(slope, -1.0), 0.0), abs=0.12)
+  assert -1.0 <= auto_power(measured) <= 0.0
+
+
+def test_strengths_follow_the_power_and_auto_is_resolved_on_the_bank():
+  assert typical.strengths_for_power(0.0) == typical.WHITE_STRENGTHS == (0.1, 0.7)
+  assert typical.strengths_for_power(-1.0) == typical.FILTERED_STRENGTHS == (0.2, 0.9)
+  assert typical.strengths_for_power(-2.0) == (0.2, 0.9) and typical.strengths_for_power(1.0) == (0.1, 0.7)
+  assert typical.strengths_for_power(-0.5) == pytest.approx((0.15, 0.8))
+  options = typical.TypicalOptions()  # the library's default: 'auto', strengths from the power
+  assert options.step_spectrum == "auto" and options.strength_range is None
+  smooth, white = _smooth_bank(64, seed=3), _power_law_bank(64, 0.0, seed=3)
+  for bank, power in ((smooth, -1.0), (white, 0.0)):
+    prior = discovery.fit_prior(bank)
+    resolved, info = typical.resolve_step(options, bank, prior)
+    assert info["requested"] == "auto" and info["residual_slope"] == pytest.approx(
+        residual_slope(bank, prior.mean), abs=1e-4
+    )
+    assert resolved.step_spectrum == pytest.approx(power, abs=0.15)
+    assert resolved.strength_range == typical.strengths_for_power(resolved.step_spectrum)
+    assert (typical.step_filter(bank, prior, options) is None) == (resolved.step_spectrum == 0.0)
+  # A range set by hand is kept; a number is taken as it is; flat latents have no spectrum: white.
+  prior = discovery.fit_prior(smooth)
+  kept, info = typical.resolve_step(typical.TypicalOptions(strength_range=(0.3, 0.4)), smooth, prior)
+  assert kept.strength_range == (0.3, 0.4) and kept.step_spectrum == -1.0
+  assert typical.resolve_step(typical.TypicalOptions(step_spectrum=-0.5), smooth, prior) == (
+      typical.TypicalOptions(step_spectrum=-0.5, strength_range=(0.15, 0.8)),
+      {},
+  )
+  flat = smooth.reshape(64, -1)
+  resolved, info = typical.resolve_step(options, flat, discovery.fit_prior(flat))
+  assert resolved.step_spectrum == 0.0 and resolved.strength_range == (0.1, 0.7) and info["residual_slope"] is None
+
+
+def test_discovery_on_auto_records_what_it_read_off_the_bank():
+  bank = _smooth_bank(32, seed=4)
+  flat = lambda x: np.asarray(x, np.float64).reshape(len(x), -1)
+  result = discovery.discover_typical(
+      bank,
+      num_samples=4,
+      key=jax.random.key(0),
+      denoise=lambda z: z,
+      features=flat,
+      fewshot_images=bank,
+      options=typical.TypicalOptions(distance_bins=1, balance="distance", fill_after=None),
+  )
+  step = result.summary()["prior"]["step_spectrum"]
+  assert step["requested"] == "auto" and step["residual_slope"] < -1.0 and step["power"] == -1.0
+  assert result.summary()["config"]["step_spectrum"] == -1.0
+  assert tuple(result.summary()["config"]["strength_range"]) == (0.2, 0.9)
+  assert np.all((result.strength >= 0.2) & (result.strength <= 0.9))

@@ -19,8 +19,9 @@ def _bank(n=32, d=192, seed=0, offset=0.5):
 
 
 def _candidates_as_discovered(bank, options, key, index):
-  """Candidates ``index`` drawn as ``discover_typical`` draws them (its prior, strengths and step filter)."""
+  """Candidates ``index`` drawn as ``discover_typical`` draws them (its prior, resolved step, strengths and filter)."""
   prior = discovery.fit_prior(bank)
+  options, _ = typical.resolve_step(options, bank, prior)  # 'auto' and the strengths, read off the bank
   spectrum = typical.step_filter(bank, prior, options)
   z, _, _ = typical.typical_candidates(
       bank, prior, key, index, options.strength_range, options.partner_weight, spectrum=spectrum

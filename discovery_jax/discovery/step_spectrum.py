@@ -7,6 +7,8 @@ own images grows with the step's low-frequency power. With a negative power most
 step goes to the frequencies the few-shot images vary least in (fine detail), so a
 candidate keeps its source's layout and the model re-draws the rest in the target's
 style; a positive power is a stationary Gaussian fit of the bank (the most drift).
+'auto' reads the power off the residuals' spectral slope: where it is flat there is no
+dominant layout to leave alone, and white steps do better.
 Measured in docs/method.md (the `discovery.step_spectrum` bullet).
 """
 
@@ -23,6 +25,7 @@ import numpy as np
 from discovery_jax.discovery.linalg import as_rows, latent_shape
 
 POWER_LIMIT = 2.0  # |power| beyond this puts nearly all of the step into one frequency
+AUTO = "auto"  # the power read off the few-shot residuals' own spectrum (``auto_power``)
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["gain", "rotation"], meta_fields=["power"])
@@ -50,14 +53,50 @@ class StepSpectrum:
     }
 
 
-def check_power(power: float) -> None:
+def check_power(power: float | str) -> None:
   """The one range check of ``step_spectrum`` (the options and the fit both call it)."""
-  if not -POWER_LIMIT <= power <= POWER_LIMIT:
-    raise ValueError(f"step_spectrum must lie in [-{POWER_LIMIT}, {POWER_LIMIT}], got {power}")
+  if isinstance(power, str) and power == AUTO:
+    return
+  if isinstance(power, (str, bool)) or not -POWER_LIMIT <= power <= POWER_LIMIT:
+    raise ValueError(f"step_spectrum must be {AUTO!r} or a number in [-{POWER_LIMIT}, {POWER_LIMIT}], got {power!r}")
 
 
 def _frequency_radius(h: int, w: int) -> np.ndarray:
   return np.sqrt(np.fft.fftfreq(h)[:, None] ** 2 + np.fft.fftfreq(w)[None, :] ** 2)
+
+
+def _residuals(latents: Any, mean: Any) -> np.ndarray:
+  """(n, H, W, C) residuals latents - mean, refusing what has no spatial spectrum."""
+  shape = latent_shape(latents)
+  if len(shape) != 3:
+    raise ValueError(f"step_spectrum needs image latents of shape (H, W, C), got latents of shape {shape}")
+  rows = np.asarray(as_rows(latents), np.float64)
+  n = rows.shape[0]
+  if n < 2:
+    raise ValueError(f"fitting the step's spectrum needs at least 2 latents, got {n}")
+  return (rows - np.asarray(mean, np.float64).reshape(1, -1)).reshape(n, *shape)
+
+
+def residual_slope(latents: Any, mean: Any) -> float:
+  """The slope of log power against log spatial frequency of the residuals (summed over channels,
+  least squares over every nonzero frequency): about 0 for white residuals (point sources in noise),
+  -1 and steeper where a smooth layout dominates the images' variation."""
+  res = _residuals(latents, mean)
+  h, w = res.shape[1:3]
+  power = np.mean(np.abs(np.fft.fft2(res, axes=(1, 2))) ** 2, axis=(0, 3)).ravel()
+  radius = _frequency_radius(h, w).ravel()
+  live = (radius > 0) & (power > 0)
+  if live.sum() < 2:
+    return 0.0
+  return float(np.polyfit(np.log(radius[live]), np.log(power[live]), 1)[0])
+
+
+def auto_power(slope: float) -> float:
+  """The filter's power for residuals of this spectral ``slope``: the slope itself, between -1 and 0.
+  The filter exists to leave the layout alone; residuals with no dominant layout (a flat spectrum)
+  get white steps, residuals whose layout dominates (slope -1 or steeper) the full inverse filter.
+  Rounded to two decimals, so that the slope's estimation noise does not change the candidates."""
+  return round(float(np.clip(slope, -1.0, 0.0)), 2) + 0.0  # + 0.0: never -0.0
 
 
 def fit_step_spectrum(latents: Any, mean: Any, power: float) -> StepSpectrum:
@@ -66,15 +105,10 @@ def fit_step_spectrum(latents: Any, mean: Any, power: float) -> StepSpectrum:
   filter then); the residuals' own power is floored at 1e-6 of its mean, so a negative
   power never divides by zero."""
   check_power(power)
-  shape = latent_shape(latents)
-  if len(shape) != 3:
-    raise ValueError(f"step_spectrum needs image latents of shape (H, W, C), got latents of shape {shape}")
-  rows = np.asarray(as_rows(latents), np.float64)
-  n = rows.shape[0]
-  if n < 2:
-    raise ValueError(f"fitting the step's spectrum needs at least 2 latents, got {n}")
-  h, w, c = shape
-  res = (rows - np.asarray(mean, np.float64).reshape(1, -1)).reshape(n, h, w, c)
+  if isinstance(power, str):
+    raise ValueError(f"fit_step_spectrum needs a number, got {power!r}: resolve {AUTO!r} with auto_power first")
+  res = _residuals(latents, mean)
+  n, h, w, c = res.shape
   _, rotation = np.linalg.eigh(np.einsum("nhwc,nhwd->cd", res, res) / (n * h * w))
   spectrum = np.mean(np.abs(np.fft.fft2(res @ rotation, axes=(1, 2))) ** 2, axis=0) / (h * w)
   spectrum = np.maximum(spectrum, 1e-6 * spectrum.mean())

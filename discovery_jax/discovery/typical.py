@@ -49,7 +49,15 @@ import numpy as np
 from discovery_jax.discovery.image_criteria import ImageCriteria, distance_bins, select
 from discovery_jax.discovery.linalg import as_rows, latent_shape
 from discovery_jax.discovery.prior import GaussianPrior, fit_prior, standard_normal
-from discovery_jax.discovery.step_spectrum import StepSpectrum, check_power, fit_step_spectrum, shape_step
+from discovery_jax.discovery.step_spectrum import (
+    AUTO,
+    StepSpectrum,
+    auto_power,
+    check_power,
+    fit_step_spectrum,
+    residual_slope,
+    shape_step,
+)
 
 _KEY_SOURCE, _KEY_STRENGTH, _KEY_NOISE, _KEY_PARTNER = 0, 1, 2, 3
 GUARD_KINDS = ("discriminant", "nearest")
@@ -59,7 +67,7 @@ BALANCE_KINDS = ("distance", "fewshot", "both")
 @dataclasses.dataclass(frozen=True)
 class TypicalOptions:
   """strength_range: the candidates' step toward the prior, drawn uniformly per
-  candidate; band: leave-one-out quantiles of few-shot nearest-neighbour distances
+  candidate (None: from the step's power, ``strengths_for_power``); band: leave-one-out quantiles of few-shot nearest-neighbour distances
   that bound an accepted image's nearest few-shot distance; separation_quantile: the
   few-shot quantile below which two accepted images count as the same; pool_factor:
   at most this many candidates per requested sample; guard: drop candidates closer to
@@ -100,12 +108,13 @@ class TypicalOptions:
   room go first, and the search settles only once the bins can be met that way (False: the
   set-aside candidates in order, whatever their bin: first come, they crowd the near bins);
   step_spectrum: the step's power per spatial frequency and channel component follows the
-  few-shot residuals' own raised to this power (-1, the default: the inverse, most of the
-  step in the fine detail the few-shot images vary least in, so the layout stays the
-  source's and the model re-draws the detail; 0: white, the prior's isotropic draws; 1: a
-  stationary Gaussian fit of the bank; ``discovery/step_spectrum.py``); needs image latents."""
+  few-shot residuals' own raised to this power (-1: the inverse, most of the step in the
+  fine detail the few-shot images vary least in, so the layout stays the source's and the
+  model re-draws the detail; 0: white, the prior's isotropic draws; 1: a stationary
+  Gaussian fit of the bank; 'auto', the default: the residuals' own spectral slope between
+  -1 and 0, ``step_spectrum.auto_power``); needs image latents unless 0."""
 
-  strength_range: tuple[float, float] = (0.2, 0.9)
+  strength_range: tuple[float, float] | None = None
   band: tuple[float, float] = (0.1, 0.7)
   separation_quantile: float = 0.05
   pool_factor: int = 8
@@ -123,11 +132,11 @@ class TypicalOptions:
   fill_near_misses: bool = True
   strength_sweep: bool = False
   fill_keeps_bins: bool = False
-  step_spectrum: float = -1.0
+  step_spectrum: float | str = AUTO
   batch: int = 64
 
   def __post_init__(self):
-    lo, hi = self.strength_range
+    lo, hi = (0.0, 0.0) if self.strength_range is None else self.strength_range
     if not 0.0 <= lo <= hi <= 1.0:
       raise ValueError(f"strength_range must satisfy 0 <= low <= high <= 1, got {self.strength_range}")
     qlo, qhi = self.band
@@ -207,9 +216,36 @@ def _candidates(
   return jax.vmap(one)(index)
 
 
+WHITE_STRENGTHS, FILTERED_STRENGTHS = (0.1, 0.7), (0.2, 0.9)  # each measured best with its step (docs/method.md)
+
+
+def strengths_for_power(power: float) -> tuple[float, float]:
+  """The strength range that goes with a step of this power: white steps (0) take the range
+  measured best for them, the inverse filter (-1 and below) the wider one it needs to move a
+  source's layout at all; between, the ends are interpolated (a positive power: white's)."""
+  a = float(np.clip(-power, 0.0, 1.0))
+  return tuple(round(w + a * (f - w), 4) for w, f in zip(WHITE_STRENGTHS, FILTERED_STRENGTHS))
+
+
+def resolve_step(options: TypicalOptions, ood_bank: Any, prior: GaussianPrior) -> tuple[TypicalOptions, dict]:
+  """``options`` with ``step_spectrum`` a number ('auto': from the bank's residual slope) and
+  ``strength_range`` set (None: ``strengths_for_power``); and what was read off the bank."""
+  power, info = options.step_spectrum, {}
+  if power == AUTO:
+    image_latents = len(latent_shape(ood_bank)) == 3  # flat latents have no spatial spectrum: white steps
+    slope = residual_slope(ood_bank, prior.mean) if image_latents else None
+    power = auto_power(slope) if image_latents else 0.0
+    info = {"requested": AUTO, "residual_slope": None if slope is None else round(slope, 4)}
+  power = float(power)
+  strengths = options.strength_range if options.strength_range is not None else strengths_for_power(power)
+  return dataclasses.replace(options, step_spectrum=power, strength_range=tuple(strengths)), info
+
+
 def step_filter(ood_bank: Any, prior: GaussianPrior, options: TypicalOptions) -> StepSpectrum | None:
-  """The filter ``options.step_spectrum`` asks for, fitted on the bank (None: white steps, nothing to fit)."""
-  return fit_step_spectrum(ood_bank, prior.mean, options.step_spectrum) if options.step_spectrum else None
+  """The filter ``options.step_spectrum`` asks for, fitted on the bank (None: white steps, nothing
+  to fit); 'auto' is resolved first (``resolve_step``)."""
+  power = resolve_step(options, ood_bank, prior)[0].step_spectrum
+  return fit_step_spectrum(ood_bank, prior.mean, power) if power else None
 
 
 def typical_candidates(
@@ -217,7 +253,7 @@ def typical_candidates(
     prior: GaussianPrior,
     key: jax.Array,
     candidate_index: Any,
-    strength_range: tuple[float, float] = TypicalOptions.strength_range,
+    strength_range: tuple[float, float] = WHITE_STRENGTHS,
     partner_weight: float = 0.0,
     partner_neighbours: int | None = None,
     sweep: int = 0,
@@ -352,6 +388,7 @@ def discover_typical(
     raise ValueError(f"num_samples must be >= 1, got {num_samples}")
   start = time.perf_counter()
   prior = prior or fit_prior(ood_bank)
+  options, step_info = resolve_step(options, ood_bank, prior)
   spectrum = step_filter(ood_bank, prior, options)
   guarded = own_images is not None and options.guard
   separate_guard = guarded and guard_features is not None and options.guard_kind == "discriminant"
@@ -523,7 +560,8 @@ def discover_typical(
       num_candidates=examined,
       rejections=rejections,
       criteria=criteria.summary(),
-      prior=prior.summary() | ({"step_spectrum": spectrum.summary()} if spectrum is not None else {}),
+      prior=prior.summary()
+      | {"step_spectrum": (spectrum.summary() if spectrum is not None else {"power": 0.0}) | step_info},
       seconds=time.perf_counter() - start,
       options=dataclasses.asdict(options),
   )
