@@ -91,18 +91,23 @@ def test_candidates_with_a_shaped_step_keep_the_shell_and_depend_on_their_index_
   assert _power_per_frequency(white_change)[0, 0] > 0.3 * _power_per_frequency(white_change).mean()
 
 
-def test_discovery_records_the_spectrum_and_bad_settings_are_refused_in_one_line():
-  bank = _smooth_bank(32, seed=2)
+def _discover_on_images(bank, num_samples, **options):
+  """Typical discovery with the identity as the denoiser and the pixels as features, first come."""
   flat = lambda x: np.asarray(x, np.float64).reshape(len(x), -1)
-  result = discovery.discover_typical(
+  return discovery.discover_typical(
       bank,
-      num_samples=8,
+      num_samples=num_samples,
       key=jax.random.key(0),
       denoise=lambda z: z,
       features=flat,
       fewshot_images=bank,
-      options=typical.TypicalOptions(step_spectrum=-1.0, distance_bins=1, balance="distance", fill_after=None),
+      options=typical.TypicalOptions(distance_bins=1, balance="distance", fill_after=None, **options),
   )
+
+
+def test_discovery_records_the_spectrum_and_bad_settings_are_refused_in_one_line():
+  bank = _smooth_bank(32, seed=2)
+  result = _discover_on_images(bank, 8, step_spectrum=-1.0)
   assert result.num_accepted == 8
   assert result.summary()["prior"]["step_spectrum"]["power"] == -1.0
   assert result.summary()["config"]["step_spectrum"] == -1.0
@@ -172,17 +177,7 @@ def test_strengths_follow_the_power_and_auto_is_resolved_on_the_bank():
 
 
 def test_discovery_on_auto_records_what_it_read_off_the_bank():
-  bank = _smooth_bank(32, seed=4)
-  flat = lambda x: np.asarray(x, np.float64).reshape(len(x), -1)
-  result = discovery.discover_typical(
-      bank,
-      num_samples=4,
-      key=jax.random.key(0),
-      denoise=lambda z: z,
-      features=flat,
-      fewshot_images=bank,
-      options=typical.TypicalOptions(distance_bins=1, balance="distance", fill_after=None),
-  )
+  result = _discover_on_images(_smooth_bank(32, seed=4), 4)  # the library's default step: 'auto'
   step = result.summary()["prior"]["step_spectrum"]
   assert step["requested"] == "auto" and step["residual_slope"] < -1.0 and step["power"] == -1.0
   assert result.summary()["config"]["step_spectrum"] == -1.0
