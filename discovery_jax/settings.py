@@ -14,7 +14,7 @@ from discovery_jax import diffusion
 from discovery_jax.data import images, scientific
 from discovery_jax.data.bank import BankSources
 from discovery_jax.data.inputs import InputOptions
-from discovery_jax.discovery import DiscoveryOptions, TypicalOptions
+from discovery_jax.discovery import DiscoveryOptions, TypicalOptions, step_spectrum
 from discovery_jax.discovery.bandwidth import BandwidthOptions
 
 
@@ -127,12 +127,12 @@ def discovery_options(config: Any) -> DiscoveryOptions:
 
 def _step_power(value: Any) -> float | str:
   """'auto' stays a word (resolved on the bank); anything else must be a number."""
-  if isinstance(value, str) and value == "auto":
+  if isinstance(value, str) and value == step_spectrum.AUTO:
     return value
   try:
     return float(value)
   except (TypeError, ValueError):
-    raise ValueError(f"step_spectrum must be 'auto' or a number in [-2.0, 2.0], got {value!r}") from None
+    raise step_spectrum.power_error(value) from None
 
 
 def typical_options(config: Any) -> TypicalOptions:

@@ -53,12 +53,17 @@ class StepSpectrum:
     }
 
 
+def power_error(power: Any) -> ValueError:
+  """The one message for a ``step_spectrum`` that is neither 'auto' nor a number in range."""
+  return ValueError(f"step_spectrum must be {AUTO!r} or a number in [-{POWER_LIMIT}, {POWER_LIMIT}], got {power!r}")
+
+
 def check_power(power: float | str) -> None:
   """The one range check of ``step_spectrum`` (the options and the fit both call it)."""
   if isinstance(power, str) and power == AUTO:
     return
   if isinstance(power, (str, bool)) or not -POWER_LIMIT <= power <= POWER_LIMIT:
-    raise ValueError(f"step_spectrum must be {AUTO!r} or a number in [-{POWER_LIMIT}, {POWER_LIMIT}], got {power!r}")
+    raise power_error(power)
 
 
 def _frequency_radius(h: int, w: int) -> np.ndarray:

@@ -136,9 +136,8 @@ class TypicalOptions:
   batch: int = 64
 
   def __post_init__(self):
-    lo, hi = (0.0, 0.0) if self.strength_range is None else self.strength_range
-    if not 0.0 <= lo <= hi <= 1.0:
-      raise ValueError(f"strength_range must satisfy 0 <= low <= high <= 1, got {self.strength_range}")
+    if self.strength_range is not None and not 0.0 <= self.strength_range[0] <= self.strength_range[1] <= 1.0:
+      raise ValueError(f"strength_range must satisfy 0 <= low <= high <= 1 (or be None), got {self.strength_range}")
     qlo, qhi = self.band
     if not 0.0 <= qlo < qhi <= 1.0:
       raise ValueError(f"band must be two quantiles 0 <= low < high <= 1, got {self.band}")
@@ -232,9 +231,9 @@ def resolve_step(options: TypicalOptions, ood_bank: Any, prior: GaussianPrior) -
   ``strength_range`` set (None: ``strengths_for_power``); and what was read off the bank."""
   power, info = options.step_spectrum, {}
   if power == AUTO:
-    image_latents = len(latent_shape(ood_bank)) == 3  # flat latents have no spatial spectrum: white steps
-    slope = residual_slope(ood_bank, prior.mean) if image_latents else None
-    power = auto_power(slope) if image_latents else 0.0
+    # Flat latents have no spatial spectrum: white steps.
+    slope = residual_slope(ood_bank, prior.mean) if len(latent_shape(ood_bank)) == 3 else None
+    power = 0.0 if slope is None else auto_power(slope)
     info = {"requested": AUTO, "residual_slope": None if slope is None else round(slope, 4)}
   power = float(power)
   strengths = options.strength_range if options.strength_range is not None else strengths_for_power(power)
