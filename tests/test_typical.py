@@ -305,6 +305,31 @@ def test_a_pool_that_runs_out_fills_in_with_the_nearest_misses_flagged():
   assert fine.num_accepted == 6 and not fine.near_miss.any()
 
 
+@pytest.mark.parametrize("spread, halvings", [(0.3, 2), (0.01, None)])
+def test_near_misses_too_near_each_other_fill_at_a_halved_separation_at_most_three_times(spread, halvings):
+  """A few mutually distant few-shot images set a separation that N samples never keep: every candidate
+  below lands next to one few-shot image (a copy by the band) and next to the others. The fill halves
+  the separation until they fit, never more than three times, and says how far apart they are."""
+  bank = _bank()
+  options = discovery.TypicalOptions(pool_factor=4, batch=16)
+  mean = bank.mean(axis=0)
+  res = _discover_on_bank(bank, 10, options, denoise=lambda z: bank[0] + spread * (z - mean))
+  crit = res.summary()["criteria"]
+  assert res.rejections["too_close"] == 40 and res.near_miss.all()
+  f = _flat(res.images)
+  d = np.sqrt(((f[:, None] - f[None]) ** 2).sum(-1))
+  np.fill_diagonal(d, np.inf)
+  if halvings is None:  # closer than an eighth of the separation: the search gives up short
+    assert res.num_accepted < 10 and d.min() >= crit["separation"] / 8
+    return
+  assert res.num_accepted == 10
+  assert crit["near_miss_separation"] == pytest.approx(crit["separation"] / 2**halvings)
+  assert crit["separation"] / 2 > d.min() >= crit["near_miss_separation"]
+  # a run whose near misses keep the separation reports none halved
+  fine = _discover_on_bank(bank, 10, options, denoise=lambda z: z * 100.0)
+  assert fine.summary()["criteria"]["near_miss_separation"] == pytest.approx(fine.summary()["criteria"]["separation"])
+
+
 def test_bad_options_and_tiny_fewshot_sets_are_refused():
   with pytest.raises(ValueError, match="band"):
     discovery.TypicalOptions(band=(0.9, 0.2))

@@ -62,6 +62,7 @@ from discovery_jax.discovery.step_spectrum import (
 _KEY_SOURCE, _KEY_STRENGTH, _KEY_NOISE, _KEY_PARTNER = 0, 1, 2, 3
 GUARD_KINDS = ("discriminant", "nearest")
 BALANCE_KINDS = ("distance", "fewshot", "both")
+NEAR_MISS_RELAXATIONS = 3  # the near-miss fill may halve the separation this many times
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,8 +100,9 @@ class TypicalOptions:
   too far when beyond either view's upper edge, a copy only when inside both lower
   edges; fill_near_misses: when the pool runs out short, fill the open places with the
   candidates that missed the band by the least (never those on the model's side, always
-  apart from what is accepted), flagged as such (False: return short, and ``sample``
-  stops with a budget error); strength_sweep: candidate g of the pool takes its strength
+  apart from what is accepted, at a separation halved up to three times where they lie too
+  near each other), flagged as such (False: return short, and ``sample`` stops with a budget
+  error); strength_sweep: candidate g of the pool takes its strength
   from the g-th of pool_factor x N equal slices of strength_range, so the search tries the
   gentlest steps first and goes further only where the quotas are not yet met (False: drawn
   uniformly per candidate); fill_keeps_bins (balance 'both' only): the fill-in gives up the
@@ -449,14 +451,17 @@ def discover_typical(
         spectrum,
     )
 
-  def fill_from(held: list[tuple], near_miss: bool = False, bin_room: np.ndarray | None = None) -> np.ndarray:
+  def fill_from(
+      held: list[tuple], near_miss: bool = False, bin_room: np.ndarray | None = None, separation: float | None = None
+  ) -> np.ndarray:
     """``held`` candidates (index, distance, nearest few-shot image, features), in order, as far as
-    they keep apart from what is accepted (and, with ``bin_room``, only into distance bins with
-    room); returns the positions taken."""
+    they keep ``separation`` (default the criteria's) apart from what is accepted (and, with
+    ``bin_room``, only into distance bins with room); returns the positions taken."""
     fs = np.stack([c[3] for c in held])
     none = {k: np.zeros(len(held), bool) for k in ("too_close", "too_far", "own_side")}
     quota = () if bin_room is None else (bin_of_distance([c[1] for c in held]), bin_room.copy())
-    keep, _ = select(fs, none, accepted_feats, criteria.separation, num_samples - n_acc, *quota)
+    apart = criteria.separation if separation is None else separation
+    keep, _ = select(fs, none, accepted_feats, apart, num_samples - n_acc, *quota)
     for b0 in range(0, len(keep), options.batch):
       part = keep[b0 : b0 + options.batch]
       g = np.asarray([held[i][0] for i in part])
@@ -476,9 +481,9 @@ def discover_typical(
     n_spill -= len(fill_from(spill))
     spill = []  # the rest lie too near an accepted image, now and from now on
 
-  # The candidates that missed the band by the least (never those on the model's side): the
-  # 2 x num_samples best (some may lie too near each other), (miss, index, distance, nearest few-shot
-  # image, features), for a pool that runs out short.
+  # The candidates that missed the band by the least (never those on the model's side), best first
+  # (some may lie too near each other), (miss, index, distance, nearest few-shot image, features),
+  # for a pool that runs out short.
   misses: list[tuple] = []
 
   # fill_after past pool_factor is the pool's end, where the search always fills in.
@@ -519,7 +524,7 @@ def discover_typical(
     if options.fill_near_misses:
       off = np.flatnonzero(~in_band[seen] & ~verdict["own_side"][seen])
       misses += [(verdict["band_miss"][i], g[i], verdict["nn_fewshot"][i], verdict["nn_index"][i], f[i]) for i in off]
-      misses = sorted(misses, key=lambda m: (m[0], m[1]))[: 2 * num_samples]
+      misses = sorted(misses, key=lambda m: (m[0], m[1]))[:budget]
     rejections["duplicate"] += eligible - len(keep) - len(spilled)
     n_spill += len(spilled)
     spill_cap = budget if keeps_bins else num_samples  # keeping the bins, any set-aside one may fill a far bin
@@ -536,13 +541,24 @@ def discover_typical(
       settle = budget  # set-aside ones too near each other to make up N: search on, and fill in again at the end
   if n_acc < num_samples and spill:  # the pool ran out before every bin filled
     fill_in()
-  num_near_misses = 0
+  num_near_misses, fill_separation = 0, criteria.separation
   if n_acc < num_samples and misses:  # still short: the near misses, nearest the band first
-    num_near_misses = len(fill_from([m[1:] for m in misses], near_miss=True))
+    # Where even they lie too near each other (a few-shot set of a few, mutually distant images sets
+    # a separation that nearest neighbours among N samples never keep), the separation is halved,
+    # at most NEAR_MISS_RELAXATIONS times, before the search gives up.
+    held = [m[1:] for m in misses]
+    for relaxation in range(NEAR_MISS_RELAXATIONS + 1):
+      fill_separation = criteria.separation / 2**relaxation
+      taken = set(fill_from(held, near_miss=True, separation=fill_separation).tolist())
+      num_near_misses += len(taken)
+      held = [c for i, c in enumerate(held) if i not in taken]
+      if n_acc >= num_samples or not held:
+        break
     if log:
       log(
           f"typical discovery: the pool ran out at {n_acc - num_near_misses}/{num_samples}; filled "
           f"{num_near_misses} with the candidates nearest the band (flagged 'near_miss')"
+          + (f", {fill_separation:.3g} apart (the separation halved)" if fill_separation < criteria.separation else "")
       )
   rejections["bin_full"] = n_spill
   cat = lambda xs, tail, dt: np.concatenate(xs).astype(dt) if xs else np.zeros((0,) + tail, dt)
@@ -558,7 +574,7 @@ def discover_typical(
       near_miss=cat(missed, (), bool),
       num_candidates=examined,
       rejections=rejections,
-      criteria=criteria.summary(),
+      criteria=criteria.summary() | {"near_miss_separation": fill_separation if num_near_misses else None},
       prior=prior.summary()
       | {"step_spectrum": (spectrum.summary() if spectrum is not None else {"power": 0.0}) | step_info},
       seconds=time.perf_counter() - start,
