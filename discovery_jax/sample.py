@@ -512,6 +512,25 @@ def check_typical_features(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.discovery.{key}: unknown feature space {name!r}; choose from {known}")
 
 
+def check_typical_fewshot(config: ml_collections.ConfigDict) -> None:
+  """Typical discovery needs ``MIN_FEWSHOT`` few-shot images: counted from the file names, so a
+  folder of three fails before minutes of inversion (a scientific file may hold many planes: the
+  bank counts those)."""
+  from discovery_jax.data import images, scientific
+  from discovery_jax.discovery.image_criteria import MIN_FEWSHOT
+
+  folder = settings.path_or_none(config.data.get("ood_dir"))
+  if folder is None or not os.path.isdir(folder):
+    return  # the inputs report a missing folder themselves
+  files = images.list_files(folder, images.IMAGE_EXTENSIONS + scientific.SCIENTIFIC_EXTENSIONS)
+  if len(files) < MIN_FEWSHOT and not any(scientific.is_scientific_file(f) for f in files):
+    raise ValueError(
+        f"config.data.ood_dir: {folder} holds {len(files)} images; discovery (discovery.mode='typical') needs at "
+        f"least {MIN_FEWSHOT} (its criteria are leave-one-out distances among them): add images or leave "
+        "discovery out of config.sample.methods"
+    )
+
+
 def check_output_options(config: ml_collections.ConfigDict) -> None:
   o = config.output
   unknown = [f for f in configlib.name_list(o.formats) if f not in OUTPUT_FORMATS]
@@ -547,6 +566,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
   if settings.discovery_options(config).mode == "typical" and "discovery" in methods:
     settings.typical_options(config)
     check_typical_features(config)
+    check_typical_fewshot(config)
   check_output_options(config)
   if config.sample.evaluate and settings.path_or_none(config.data.get("eval_dir")):
     from discovery_jax import evaluate

@@ -256,6 +256,16 @@ def test_a_bad_typical_setting_fails_in_one_line_before_any_inversion(setup):
       check=False,
   )
   assert "band must be two quantiles" in proc.stderr and "fill_after" not in proc.stderr
+  # a few-shot folder too small for the leave-one-out criteria: named before any inversion
+  three = write_images(str(setup["root"] / "three"), 3, seed=3)
+  proc = run(
+      "sample", setup["config"], wd, "--config.discovery.mode=typical", f"--config.data.ood_dir={three}", check=False
+  )
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert f"config.data.ood_dir: {three} holds 3 images; discovery (discovery.mode='typical') needs at least 4" in (
+      proc.stderr
+  )
+  assert not (wd / "banks").exists()
 
 
 def test_sigkill_during_synthesis_then_resume_gives_the_same_dataset(setup, sampled):

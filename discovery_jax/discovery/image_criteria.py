@@ -14,6 +14,7 @@ import numpy as np
 if TYPE_CHECKING:
   from discovery_jax.discovery.typical import TypicalOptions
 
+MIN_FEWSHOT = 4  # leave-one-out quantiles of fewer images say nothing
 LIVE_CHANNEL = 1e-6  # a selection channel whose few-shot spread is below this x the median one's is dead
 
 
@@ -167,9 +168,10 @@ class ImageCriteria:
     """``*_guard_features``: the two sets in the guard's feature space (default: the
     selection features)."""
     f = np.asarray(fewshot_features, np.float64)
-    if f.shape[0] < 4:
+    if f.shape[0] < MIN_FEWSHOT:
       raise ValueError(
-          f"image-space discovery needs at least 4 few-shot images (leave-one-out distances), " f"got {f.shape[0]}"
+          f"image-space discovery needs at least {MIN_FEWSHOT} few-shot images (leave-one-out distances), "
+          f"got {f.shape[0]}"
       )
     check = None if options.standardized_check is None else CheckView.fit(f, options.standardized_check, options.band)
     center = scale = live = None
