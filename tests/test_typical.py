@@ -201,6 +201,8 @@ def test_standardized_distances_see_a_departure_in_a_quiet_channel():
   with pytest.raises(ValueError, match="selection_shrinkage"):
     typical.TypicalOptions(selection_shrinkage=-0.5)
   with pytest.raises(ValueError, match="none of the 3 channels varies"):
+    image_criteria._zscore_params(np.ones((8, 3)), 0.0)
+  with pytest.raises(ValueError, match=r"got 8 \(1 distinct\)"):  # eight copies of one image are one image
     image_criteria.ImageCriteria.fit(np.ones((8, 3)), None, typical.TypicalOptions(selection_shrinkage=0.0))
 
 
@@ -328,6 +330,23 @@ def test_near_misses_too_near_each_other_fill_at_a_halved_separation_at_most_thr
   # a run whose near misses keep the separation reports none halved
   fine = _discover_on_bank(bank, 10, options, denoise=lambda z: z * 100.0)
   assert fine.summary()["criteria"]["near_miss_separation"] == pytest.approx(fine.summary()["criteria"]["separation"])
+
+
+def test_a_fewshot_image_given_twice_counts_once():
+  """A file repeated in the few-shot folder has a leave-one-out distance of zero: counted, it would
+  pull the copy edge and the separation down to nothing. The criteria are those of the distinct set."""
+  few = _flat(_bank(16, seed=2))
+  repeated = np.concatenate([few, few[[3, 7]], few[[3]] + 1e-9])
+  base = image_criteria.ImageCriteria.fit(few, None, typical.TypicalOptions())
+  crit = image_criteria.ImageCriteria.fit(repeated, None, typical.TypicalOptions())
+  assert crit.band == base.band and crit.separation == base.separation and crit.separation > 0
+  np.testing.assert_array_equal(crit.fewshot, few)
+  assert crit.summary()["fewshot_duplicates"] == 3 and base.summary()["fewshot_duplicates"] == 0
+  # counted as they come, the repeats would have made the separation zero and a copy no copy
+  assert np.quantile(_loo(repeated), 0.05) == 0.0 and np.quantile(_loo(repeated), 0.1) < base.band[0] / 2
+  assert crit.judge(few[:4] + 1e-3)["too_close"].all()
+  with pytest.raises(ValueError, match=r"at least 4 few-shot images .*got 6 \(3 distinct\)"):
+    image_criteria.ImageCriteria.fit(np.concatenate([few[:3], few[:3]]), None, typical.TypicalOptions())
 
 
 def test_bad_options_and_tiny_fewshot_sets_are_refused():

@@ -42,6 +42,19 @@ def _leave_one_out(f: np.ndarray) -> np.ndarray:
   return d.min(axis=1)
 
 
+DUPLICATE = 1e-4  # two few-shot images nearer than this x the median distance among them are one image
+
+
+def distinct_rows(f: np.ndarray) -> np.ndarray:
+  """True for each row unless an earlier row is the same image (within ``DUPLICATE``): a file given
+  twice is not a second example, and its zero leave-one-out distance would set the copy edge and the
+  separation to nothing."""
+  d = _distances(f, f)
+  off = d[~np.eye(len(f), dtype=bool)]
+  tol = DUPLICATE * (float(np.median(off)) if off.size else 0.0)
+  return ~np.any(np.tril(d <= tol, k=-1), axis=1)
+
+
 def _log_excess(a: Any, b: Any) -> np.ndarray:
   """log(a / b) where a > b, else 0 (an edge at 0 is never missed from above)."""
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
@@ -151,6 +164,7 @@ class ImageCriteria:
   scale: np.ndarray | None = None  # (L,) divided by before distances
   live: np.ndarray | None = None  # (F,) bool: the channels kept (those the few-shot images vary in)
   check: CheckView | None = None  # the band measured again in z-scores (``standardized_check``)
+  duplicates: int = 0  # few-shot images left out as repeats of an earlier one (``distinct_rows``)
 
   def embed(self, features: Any) -> np.ndarray:
     """Selection features -> the space the band and the separation are measured in."""
@@ -168,11 +182,16 @@ class ImageCriteria:
     """``*_guard_features``: the two sets in the guard's feature space (default: the
     selection features)."""
     f = np.asarray(fewshot_features, np.float64)
-    if f.shape[0] < MIN_FEWSHOT:
+    distinct = distinct_rows(f)
+    if distinct.sum() < MIN_FEWSHOT:
+      repeated = f" ({int(distinct.sum())} distinct)" if not distinct.all() else ""
       raise ValueError(
           f"image-space discovery needs at least {MIN_FEWSHOT} few-shot images (leave-one-out distances), "
-          f"got {f.shape[0]}"
+          f"got {f.shape[0]}{repeated}"
       )
+    f = raw = f[distinct]
+    if fewshot_guard_features is not None:
+      fewshot_guard_features = np.asarray(fewshot_guard_features)[distinct]
     check = None if options.standardized_check is None else CheckView.fit(f, options.standardized_check, options.band)
     center = scale = live = None
     if options.selection_shrinkage is not None:
@@ -186,13 +205,14 @@ class ImageCriteria:
       own = _standardize(np.asarray(own_features, np.float64), center, scale, live)
     elif guarded:
       discriminant = DiscriminantGuard.fit(
-          fewshot_features if fewshot_guard_features is None else fewshot_guard_features,
+          raw if fewshot_guard_features is None else fewshot_guard_features,
           own_features if own_guard_features is None else own_guard_features,
           quantile=options.guard_quantile,
           shrinkage=options.guard_shrinkage,
       )
     separation = float(np.quantile(loo, options.separation_quantile))
-    return cls(f, band, separation, own, loo, discriminant, center, scale, live, check)
+    duplicates = int((~distinct).sum())
+    return cls(f, band, separation, own, loo, discriminant, center, scale, live, check, duplicates)
 
   def judge(self, features: np.ndarray, guard_features: np.ndarray | None = None) -> dict:
     """Per candidate (raw selection ``features``): nearest few-shot distance and index,
@@ -232,6 +252,7 @@ class ImageCriteria:
         "band": list(self.band),
         "separation": self.separation,
         "num_fewshot": int(len(self.fewshot)),
+        "fewshot_duplicates": self.duplicates,
         "loo_nn_median": float(np.median(self.loo_distances)),
         "standardized": self.center is not None,
         "live_channels": None if self.live is None else int(self.live.sum()),

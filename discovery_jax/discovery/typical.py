@@ -305,7 +305,7 @@ class TypicalResult:
   source_index: np.ndarray
   strength: np.ndarray
   nn_fewshot: np.ndarray
-  nearest_fewshot: np.ndarray  # the few-shot image each accepted image is nearest to
+  nearest_fewshot: np.ndarray  # the few-shot image each accepted image is nearest to (among the distinct ones)
   near_miss: np.ndarray  # True where a sample missed the band (filled in when the pool ran out short)
   num_candidates: int
   rejections: dict
