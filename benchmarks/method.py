@@ -32,6 +32,10 @@ at every seed.
 ``--override=discovery.KEY=VALUE`` (repeatable; ``sampling.`` keys too) runs every
 ``sample`` with that setting, so a candidate default is measured against the same rivals;
 a workdir remembers its overrides and refuses to resume under others.
+
+``--fewshot_size=K`` runs every domain on K of its few-shot images, evenly spaced over the
+sorted file names (``fewshot_subset``; e.g. 10, the paper's lower end), held-out set unchanged:
+how the methods fare with fewer examples. A workdir remembers it like an override.
 """
 
 from __future__ import annotations
@@ -125,15 +129,48 @@ def _check_overrides(root: str, overrides: list[str]) -> None:
   os.replace(path + ".tmp", path)
 
 
+def fewshot_subset(folder: str, size: int, dest: str) -> str:
+  """``size`` of ``folder``'s images, evenly spaced over the sorted names (first and last
+  included), copied into ``dest`` (made once; a later call checks it holds the same files)."""
+  import numpy as np
+
+  from discovery_jax.data.images import list_files
+
+  files = list_files(folder)
+  if not 1 <= size <= len(files):
+    raise SystemExit(f"--fewshot_size: {folder} holds {len(files)} images; expected 1..{len(files)}, got {size}")
+  chosen = [files[i] for i in np.round(np.linspace(0, len(files) - 1, size)).astype(int)]
+  names = [os.path.relpath(f, folder).replace(os.sep, "__") for f in chosen]
+  if os.path.isdir(dest):
+    if sorted(os.listdir(dest)) != sorted(names):
+      raise SystemExit(f"--fewshot_size: {dest} holds another subset; use another --workdir")
+    return dest
+  tmp = dest + ".tmp"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  for src, name in zip(chosen, names):
+    shutil.copyfile(src, os.path.join(tmp, name))
+  os.replace(tmp, dest)
+  return dest
+
+
 def run_domain(
-    name: str, work: str, num_samples: int, finetune: bool, seed: int = 0, overrides: list[str] | None = None
+    name: str,
+    work: str,
+    num_samples: int,
+    finetune: bool,
+    seed: int = 0,
+    overrides: list[str] | None = None,
+    fewshot_size: int | None = None,
 ) -> dict:
   fewshot, heldout = DOMAINS[name]
   first = os.path.join(work, name)
   root = first if seed == 0 else os.path.join(first, f"seed{seed}")
   os.makedirs(root, exist_ok=True)
   extra = list(overrides or [])
-  _check_overrides(root, extra)
+  _check_overrides(root, extra + ([f"fewshot_size={fewshot_size}"] if fewshot_size else []))
+  if fewshot_size:
+    fewshot = fewshot_subset(fewshot, fewshot_size, os.path.join(first, f"fewshot_{fewshot_size}"))
   log = os.path.join(root, "log.txt")
   common = _common(fewshot, heldout, num_samples)
   if seed:
@@ -305,6 +342,9 @@ def main() -> None:
       default=[],
       help="discovery.KEY=VALUE or sampling.KEY=VALUE for every sample run (repeatable; use a fresh --workdir)",
   )
+  parser.add_argument(
+      "--fewshot_size", type=int, default=None, help="use this many of each domain's few-shot images, evenly spaced"
+  )
   args = parser.parse_args()
   names, seeds = parse_domains(args.domains), parse_seeds(args.seeds)
   overrides = sampler_overrides(args.override)
@@ -313,7 +353,7 @@ def main() -> None:
     t = time.time()
     # Seed 0 always runs first: the other seeds copy its banks (and use its fine-tuning).
     by_seed = {
-        s: run_domain(name, args.workdir, args.num_samples, not args.skip_finetune, s, overrides)
+        s: run_domain(name, args.workdir, args.num_samples, not args.skip_finetune, s, overrides, args.fewshot_size)
         for s in dict.fromkeys([0] + seeds)
     }
     runs = [by_seed[s] for s in seeds]
@@ -388,6 +428,7 @@ def main() -> None:
               "num_samples": args.num_samples,
               "seeds": seeds,
               "overrides": args.override,
+              "fewshot_size": args.fewshot_size,
               "domains": summary,
           }
       )

@@ -49,3 +49,22 @@ def test_overrides_are_checked_and_remembered_per_workdir(method, tmp_path):
   method._check_overrides(root, ["--config.discovery.balance=fewshot"])  # the same setting resumes
   with pytest.raises(SystemExit, match="overrides.json: this workdir was run with overrides"):
     method._check_overrides(root, [])
+
+
+def test_a_fewshot_subset_is_evenly_spaced_and_never_mixed(method, tmp_path):
+  from PIL import Image
+
+  src = tmp_path / "few"
+  os.makedirs(src / "sub")
+  for i in range(12):
+    Image.new("L", (4, 4), i * 20).save(src / ("sub" if i == 11 else ".") / f"im{i:02d}.png")
+  dest = method.fewshot_subset(str(src), 4, str(tmp_path / "fewshot_4"))
+  # first and last included, evenly spaced over the sorted names (recursively, as the inputs list them)
+  assert sorted(os.listdir(dest)) == ["im00.png", "im04.png", "im07.png", "sub__im11.png"]
+  with Image.open(os.path.join(dest, "im07.png")) as im:
+    assert im.getpixel((0, 0)) == 140  # a copy of the file, not a renamed other
+  assert method.fewshot_subset(str(src), 4, dest) == dest  # made once, reused
+  with pytest.raises(SystemExit, match="holds another subset"):
+    method.fewshot_subset(str(src), 5, dest)
+  with pytest.raises(SystemExit, match=r"holds 12 images; expected 1..12, got 13"):
+    method.fewshot_subset(str(src), 13, str(tmp_path / "fewshot_13"))
