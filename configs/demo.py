@@ -36,7 +36,7 @@ def get_config():
   config.sample.methods = ("discovery",)
   config.discovery.num_id_latents = 64
   config.output.shard_size = 64
-  config.finetune.data = os.path.join(ASSETS, "ood_fewshot")
+  # config.finetune.data stays None: fine-tuning trains on data.ood_dir, whatever folder that is given
   config.finetune.steps = 300
   config.finetune.batch_size = 16
   config.finetune.learning_rate = 1e-4

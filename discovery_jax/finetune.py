@@ -48,9 +48,7 @@ def write_samples(config: ml_collections.ConfigDict, workdir: str, base: cli.Loa
 def main(config: ml_collections.ConfigDict, workdir: str) -> None:
   cli.prepare_workdir(workdir, config, "finetune")
   model = cli.load_model(config)
-  data = settings.path_or_none(config.finetune.get("data")) or settings.path_or_none(config.data.ood_dir)
-  if not data:
-    raise ValueError("nothing to fine-tune on: set config.finetune.data or config.data.ood_dir")
+  data = settings.finetune_data(config)
   kind = model.model_config.get("prediction_type", "epsilon") or "epsilon"
   if kind != "epsilon":
     # The trainer's loss is the eps loss; training a v/x0 network on it would silently change what it predicts.

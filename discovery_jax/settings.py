@@ -30,6 +30,14 @@ def path_or_none(value: Any) -> str | None:
   return None if value in (None, "") else str(value)
 
 
+def finetune_data(config: Any) -> str:
+  """The folder ``finetune`` trains on: ``finetune.data``, else the few-shot set ``data.ood_dir``."""
+  data = path_or_none(config.finetune.get("data")) or path_or_none(config.data.get("ood_dir"))
+  if not data:
+    raise ValueError("nothing to fine-tune on: set config.finetune.data or config.data.ood_dir")
+  return data
+
+
 def _opt(value: Any) -> Any:
   """None for the "not set" spellings of a field that may be a string or a tuple."""
   return None if value in (None, "", (), []) else value

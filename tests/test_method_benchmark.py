@@ -68,3 +68,25 @@ def test_a_fewshot_subset_is_evenly_spaced_and_never_mixed(method, tmp_path):
     method.fewshot_subset(str(src), 5, dest)
   with pytest.raises(SystemExit, match=r"holds 12 images; expected 1..12, got 13"):
     method.fewshot_subset(str(src), 13, str(tmp_path / "fewshot_13"))
+
+
+def test_the_finetuning_rival_trains_on_the_domains_own_fewshot_set(method, tmp_path):
+  """The demo config once fixed finetune.data to the galaxies, so the benchmark's fine-tuning rival of
+  every other domain (and a user's `finetune --config.data.ood_dir=...`) trained on galaxies."""
+  from discovery_jax import configlib, settings
+
+  config = configlib.load_config_file(os.path.join(REPO, "configs", "demo.py"))
+  assert settings.finetune_data(config) == os.path.join(method.ASSETS, "ood_fewshot")
+  for name, (fewshot, _) in method.DOMAINS.items():
+    c = config.copy_and_resolve_references()
+    # the overrides the benchmark's finetune run passes
+    for arg in method._common(fewshot, "held", 64):
+      key, _, value = arg.partition("=")
+      if key == "--config.data.ood_dir":
+        c.data.ood_dir = value
+    assert settings.finetune_data(c) == fewshot, name
+  config.finetune.data = str(tmp_path)  # an explicit folder still wins
+  assert settings.finetune_data(config) == str(tmp_path)
+  config.finetune.data, config.data.ood_dir = None, None
+  with pytest.raises(ValueError, match="nothing to fine-tune on: set config.finetune.data or config.data.ood_dir"):
+    settings.finetune_data(config)
