@@ -147,3 +147,28 @@ def test_the_evaluation_cannot_be_fooled(fooling_sets):
   assert rows["copies"]["near_duplicate_rate"] >= 0.9  # every image appears twice
   assert rows["unseen_real"]["ood_hit_rate"] >= 0.9, rows["unseen_real"]["domain_rates"]
   assert rows["unseen_real"]["frac_near_copies"] <= 0.2
+
+
+def test_evaluate_warns_when_the_fewshot_and_heldout_folders_are_two_domains(tmp_path):
+  """The demo config points data.eval_dir at the galaxies: a user who changes only data.ood_dir would have
+  every method judged against galaxies. The evaluation says so, and records how much the sets overlap."""
+  blank = tmp_path / "blank.npy"
+  np.save(blank, np.full((16, 32, 32, 1), -1.0, np.float32))
+  digits = os.path.join(helpers.REPO, "benchmarks", "domains", "digits", "fewshot")
+  overlap = {}
+  for name, extra in (("same", []), ("mixed", [f"--config.data.ood_dir={digits}"])):
+    workdir = tmp_path / name
+    proc = subprocess.run(
+        [sys.executable, "-m", "discovery_jax.evaluate", "--config=configs/demo.py", f"--workdir={workdir}"]
+        + [f"--config.evaluate.generated=blank={blank}"]
+        + extra,
+        capture_output=True,
+        text=True,
+        cwd=helpers.REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads((workdir / "evaluation" / "report.json").read_text())
+    overlap[name] = report["setup"]["fewshot_inside_heldout"]
+    warned = "are data.ood_dir" in proc.stderr and "the same domain?" in proc.stderr
+    assert warned == (name == "mixed"), (name, proc.stderr[-2000:])
+  assert overlap["same"] >= 0.9 and overlap["mixed"] <= 0.1, overlap

@@ -66,6 +66,7 @@ class EvaluationOptions:
   duplicate_quantile: float = 0.05
 
 
+SAME_DOMAIN = 0.5  # fewer few-shot images inside the held-out manifold than this: warn, two domains
 MIN_HELDOUT = 8  # the judge's reference, calibration and test splits each need a few images.
 
 
@@ -80,6 +81,8 @@ class RealData:
   fewshot_physical: np.ndarray | None = None
   heldout_physical: np.ndarray | None = None
   physical_channels: int | None = None
+  fewshot_dir: str | None = None  # where they were read from, for messages
+  eval_dir: str | None = None
 
 
 def load_real_data(fewshot_dir: str | None, eval_dir: str | None, id_dir: str | None, inputs: InputOptions) -> RealData:
@@ -92,7 +95,15 @@ def load_real_data(fewshot_dir: str | None, eval_dir: str | None, id_dir: str | 
   held, held_inputs = load_all(eval_dir, inputs, transform=few_inputs.transform)
   check_heldout_size(eval_dir, held_inputs, few_inputs, inputs.image.image_size)
   heldout_id = load_all(id_dir, inputs)[0] if id_dir else None
-  real = RealData(fewshot, held, heldout_id, few_inputs.transform, physical_channels=few_inputs.physical_channels)
+  real = RealData(
+      fewshot,
+      held,
+      heldout_id,
+      few_inputs.transform,
+      physical_channels=few_inputs.physical_channels,
+      fewshot_dir=fewshot_dir,
+      eval_dir=eval_dir,
+  )
   if few_inputs.transform is not None:
     real.fewshot_physical = to_physical(fewshot, real)
     real.heldout_physical = to_physical(held, real)
@@ -183,6 +194,17 @@ class Evaluator:
         target_contrast=contrast,
     )
     self.kid_subset = options.kid_subset_size
+    # Are the two folders one domain? A config whose data.ood_dir was changed but not data.eval_dir
+    # (the demo's points at the galaxies) would judge every method against another domain's images.
+    self.fewshot_in_heldout = float(np.mean(judge_lib.Manifold.fit(self.held, None).score(self.few) <= 1.0))
+    if self.fewshot_in_heldout < SAME_DOMAIN:
+      logging.warning(
+          "evaluation: only %.0f%% of the few-shot images lie inside the held-out images' manifold (real images of "
+          "one domain: 91-100%% in the benchmark); are data.ood_dir (%s) and data.eval_dir (%s) the same domain?",
+          100 * self.fewshot_in_heldout,
+          real.fewshot_dir,
+          real.eval_dir,
+      )
 
   def describe(self) -> dict:
     return {
@@ -192,6 +214,7 @@ class Evaluator:
         "num_heldout_id": 0 if self.id is None else len(self.id),
         "domain_judge": self.judge.describe(),
         "heldout_split": {k: int(len(v)) for k, v in self.split.items()},
+        "fewshot_inside_heldout": self.fewshot_in_heldout,
     }
 
   def reference(self) -> dict:
