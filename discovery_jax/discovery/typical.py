@@ -481,9 +481,9 @@ def discover_typical(
     n_spill -= len(fill_from(spill))
     spill = []  # the rest lie too near an accepted image, now and from now on
 
-  # The candidates that missed the band by the least (never those on the model's side), best first
-  # (some may lie too near each other), (miss, index, distance, nearest few-shot image, features),
-  # for a pool that runs out short.
+  # The candidates that missed the band (never those on the model's side), (miss, index, distance,
+  # nearest few-shot image, features), for a pool that runs out short: sorted, least miss first, only
+  # when it does (some may lie too near each other).
   misses: list[tuple] = []
 
   # fill_after past pool_factor is the pool's end, where the search always fills in.
@@ -524,7 +524,6 @@ def discover_typical(
     if options.fill_near_misses:
       off = np.flatnonzero(~in_band[seen] & ~verdict["own_side"][seen])
       misses += [(verdict["band_miss"][i], g[i], verdict["nn_fewshot"][i], verdict["nn_index"][i], f[i]) for i in off]
-      misses = sorted(misses, key=lambda m: (m[0], m[1]))[:budget]
     rejections["duplicate"] += eligible - len(keep) - len(spilled)
     n_spill += len(spilled)
     spill_cap = budget if keeps_bins else num_samples  # keeping the bins, any set-aside one may fill a far bin
@@ -546,7 +545,7 @@ def discover_typical(
     # Where even they lie too near each other (a few-shot set of a few, mutually distant images sets
     # a separation that nearest neighbours among N samples never keep), the separation is halved,
     # at most NEAR_MISS_RELAXATIONS times, before the search gives up.
-    held = [m[1:] for m in misses]
+    held = [m[1:] for m in sorted(misses, key=lambda m: (m[0], m[1]))]
     for relaxation in range(NEAR_MISS_RELAXATIONS + 1):
       fill_separation = criteria.separation / 2**relaxation
       taken = set(fill_from(held, near_miss=True, separation=fill_separation).tolist())
