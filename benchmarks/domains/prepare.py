@@ -56,8 +56,14 @@ PIP = {
     "sklearn": "scikit-learn==1.9.1",
     "skimage": "scikit-image==0.26.0",
     "firstgalaxydata": "firstgalaxydata==0.2.1",
+    "matplotlib": "matplotlib==3.11.2",
 }
-DIST = {"sklearn": "scikit-learn", "skimage": "scikit-image", "firstgalaxydata": "firstgalaxydata"}
+DIST = {
+    "sklearn": "scikit-learn",
+    "skimage": "scikit-image",
+    "firstgalaxydata": "firstgalaxydata",
+    "matplotlib": "matplotlib",
+}
 FIRST_LICENCE = (
     "FIRST survey images (Becker, White & Helfand 1995, ApJ 450, 559), as quoted by the "
     '`firstgalaxydata` package (MIT-licensed code): "Provenance: The FIRST project team: R.J. '
@@ -588,6 +594,78 @@ def build_faces(rng: np.random.Generator, num_fewshot: int, num_heldout: int) ->
   )
 
 
+def lattice_domain(rng, img, tile, num_fewshot, num_heldout, key):
+  """Few-shot and held-out tiles of one image from ``lattice_tiles``' two interleaved lattices
+  (every held-out tile the lattice has when it has fewer than asked for); returns (fewshot, heldout, pool)."""
+  f, h = lattice_tiles(img, tile)
+  make = lambda p: (f"{key}_r{p[0]:04d}_c{p[1]:04d}.png", resize(crop(img, p, tile)))
+  few = [make(f[i]) for i in pick(rng, len(f), num_fewshot, f"{key} few-shot lattice")]
+  held = [make(h[i]) for i in pick(rng, len(h), min(num_heldout, len(h)), f"{key} held-out lattice")]
+  return few, held, len(f) + len(h)
+
+
+def build_garage(rng: np.random.Generator, num_fewshot: int, num_heldout: int) -> Domain:
+  """Tiles of the Middlebury motorcycle photograph (a motorcycle in a cluttered garage)."""
+  photo = percentile_stretch(skimage_image("motorcycle_left.png"), 0.5, 99.5)
+  tile = 24
+  few, held, pool = lattice_domain(rng, photo, tile, num_fewshot, num_heldout, "garage")
+  return Domain(
+      name="garage",
+      title="Garage photograph tiles",
+      looks="pieces of a garage photograph: motorcycle engine, wheel spokes and tank, shelves, boxes, floor",
+      module="skimage",
+      source="`skimage/data/motorcycle_left.png` (`skimage.data.stereo_motorcycle()`'s left image, 500x741 RGB: "
+      "the Middlebury 2014 stereo benchmark, Scharstein et al., down-sampled 4x by scikit-image)",
+      processing="RGB -> luma (Pillow 'L'); [0.5, 99.5] percentile stretch; non-overlapping "
+      f"{tile}x{tile} tiles; LANCZOS resize to 32x32",
+      licence="no explicit licence in scikit-image's docstring (the Middlebury stereo datasets are published for "
+      "research use); ships in the BSD-3-Clause wheel",
+      split=f"the {tile}-px tile grid's (even row, even column) tiles are few-shot candidates, its (odd row, "
+      "odd column) tiles held-out candidates: no shared pixels, no shared edge (corners touch)",
+      fewshot=few,
+      heldout=held,
+      pool=pool,
+      caveat="one photograph (added 2026-12-07, after every default was chosen); neighbouring tiles of the two "
+      "sets touch at corners",
+  )
+
+
+def matplotlib_sample(filename: str) -> str:
+  """The path of a file bundled in matplotlib's wheel (``mpl-data/sample_data/``), never downloaded."""
+  path = os.path.join(package_dir("matplotlib"), "mpl-data", "sample_data", filename)
+  if not os.path.exists(path):
+    raise SystemExit(f"{path} is missing: it must ship in the {PIP['matplotlib']} wheel")
+  return path
+
+
+def build_terrain(rng: np.random.Generator, num_fewshot: int, num_heldout: int) -> Domain:
+  """Tiles of a digital elevation model: a physical field, brightness = height."""
+  with np.load(matplotlib_sample("jacksboro_fault_dem.npz"), allow_pickle=False) as z:
+    elevation = np.asarray(z["elevation"], np.float32)
+  field = percentile_stretch(elevation, 0.5, 99.5)  # one scale for the whole map: a tile's brightness is its height
+  tile = 16
+  few, held, pool = lattice_domain(rng, field, tile, num_fewshot, num_heldout, "terrain")
+  return Domain(
+      name="terrain",
+      title="Terrain elevation tiles",
+      looks="smooth grey height fields: ridges, valleys and river channels, bright where the land is high",
+      module="matplotlib",
+      source="`matplotlib/mpl-data/sample_data/jacksboro_fault_dem.npz` (`matplotlib.cbook.get_sample_data`: a "
+      "344x403 int16 digital elevation model around the Jacksboro fault, Tennessee, used by matplotlib's "
+      "hill-shading examples)",
+      processing="elevation -> [0.5, 99.5] percentile stretch over the whole map (one height scale for every tile); "
+      f"non-overlapping {tile}x{tile} tiles; LANCZOS resize to 32x32",
+      licence="no statement in matplotlib's sample_data README; ships under matplotlib's licence (PSF-based)",
+      split=f"the {tile}-px tile grid's (even row, even column) tiles are few-shot candidates, its (odd row, "
+      "odd column) tiles held-out candidates: no shared pixels, no shared edge (corners touch)",
+      fewshot=few,
+      heldout=held,
+      pool=pool,
+      caveat="one map (added 2026-12-07, after every default was chosen), upsampled 2x; neighbouring tiles of the "
+      "two sets touch at corners",
+  )
+
+
 SEEDED = {
     "digits": build_digits,
     "deep_field": build_deep_field,
@@ -608,6 +686,8 @@ SEEDED = {
         looks="pieces of a flower close-up: petals, the flower's centre, blurred leaves behind",
     ),
     "faces": build_faces,
+    "garage": build_garage,
+    "terrain": build_terrain,
 }
 ALL = tuple(SEEDED) + ("first_extended",)
 
