@@ -21,6 +21,7 @@ index); partner_weight and the mode are refused: compare those with ``benchmarks
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import os
@@ -173,11 +174,13 @@ def rule_config(config, overrides: dict):
   bad = sorted(set(overrides) & set(CANDIDATE_KEYS))
   if bad:
     raise SystemExit(f"--rules: {bad} change the candidates themselves; compare them with benchmarks/method.py")
-  c = config.copy_and_resolve_references()
+  c = copy.deepcopy(config)  # overrides go in before the references resolve: a FieldReference of
+  # field_type object (step_spectrum: 'auto' or a number) takes either, its resolved copy only its first type
   for k, v in overrides.items():
     if k not in c.discovery:
       raise SystemExit(f"--rules: config.discovery has no key {k!r}")
     c.discovery[k] = tuple(v) if isinstance(v, list) else v
+  c = c.copy_and_resolve_references()
   try:
     settings.typical_options(c)
   except ValueError as e:

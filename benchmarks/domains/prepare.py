@@ -1,13 +1,14 @@
 r"""Builds offline few-shot target domains (32x32 grayscale PNGs) from data inside PyPI wheels.
 
-  pip install numpy pillow scikit-learn==1.9.1 scikit-image==0.26.0
+  pip install numpy pillow scikit-learn==1.9.1 scikit-image==0.26.0 matplotlib==3.11.2
   pip install --no-deps firstgalaxydata==0.2.1
   python benchmarks/domains/prepare.py --out=benchmarks/domains \
       --domains=digits,deep_field,textures,histology,retina   # the folders benchmarks/method.py uses
 
 Every image comes from a file that ships inside one of those wheels; nothing is downloaded at
 run time (the scikit-image files are read straight from the installed ``skimage/data/`` folder
-with Pillow, never through ``skimage.data``'s pooch fetcher; the FIRST images straight from
+with Pillow, never through ``skimage.data``'s pooch fetcher; matplotlib's from its installed
+``mpl-data/sample_data/``; the FIRST images straight from
 ``firstgalaxydata``'s bundled zip, as ``discovery_jax.demo.prepare`` does).
 
 Domains (``--domains`` picks a subset; all are seeded by ``--seed`` and deterministic):
@@ -25,6 +26,10 @@ Domains (``--domains`` picks a subset; all are seeded by ``--seed`` and determin
   research use), and 32x32 tiles of scikit-learn's two bundled photographs (CC BY 2.0). None of
   them was read to train the evaluation's feature network (the scikit-image photographs it saw,
   e.g. ``coins.png`` and ``text.png``, are therefore not used here).
+* ``garage``, ``terrain`` (added 2026-12-07, after every default of that day was fixed, for the same
+  reason): 24-px tiles of scikit-image's Middlebury motorcycle photograph (a cluttered garage), and
+  16-px tiles of matplotlib's Jacksboro-fault elevation map (one height scale for the whole map:
+  a physical field rather than a photograph).
 * ``first_extended``: the demo's own FIRST target domain (FRI/FRII/Bent), re-selected with the
   demo's exact seeded logic, so it reproduces ``discovery_jax/assets/demo/ood_{fewshot,heldout}``.
 
