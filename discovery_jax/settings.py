@@ -171,6 +171,7 @@ def typical_options(config: Any) -> TypicalOptions:
         strength_sweep=bool(_get(d, "strength_sweep", default.strength_sweep)),
         fill_keeps_bins=bool(_get(d, "fill_keeps_bins", default.fill_keeps_bins)),
         step_spectrum=_step_power(_get(d, "step_spectrum", default.step_spectrum)),
+        spectral_guard=None if _get(d, "spectral_guard") is None else float(d.spectral_guard),
     )
   except (TypeError, ValueError) as e:
     raise ValueError(f"config.discovery: {e}") from None

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from discovery_jax import configlib, discovery, settings
-from discovery_jax.discovery import image_criteria, typical
+from discovery_jax.discovery import image_criteria, spectral_envelope, typical
 from tests import helpers
 
 
@@ -595,6 +595,13 @@ def test_the_config_chooses_how_selection_distances_are_scaled():
   config.discovery.standardized_check = -2.0
   with pytest.raises(ValueError, match=r"^config.discovery: standardized_check must be >= 0 or None, got -2.0$"):
     settings.typical_options(config)
+  config.discovery.standardized_check = None
+  default_guard = settings.typical_options(config).spectral_guard
+  config.discovery.spectral_guard = 0.05
+  assert settings.typical_options(config).spectral_guard == 0.05 and default_guard in (None, 0.1)
+  config.discovery.spectral_guard = 1.0
+  with pytest.raises(ValueError, match=r"^config.discovery: spectral_guard must be a quantile in \[0, 1\) or None"):
+    settings.typical_options(config)
 
 
 def test_the_config_sets_the_balance_and_when_to_fill_in():
@@ -626,3 +633,26 @@ def test_the_config_sets_the_balance_and_when_to_fill_in():
       ValueError, match=r"^config.discovery: balance must be one of \('distance', 'fewshot', 'both'\), got 'sources'$"
   ):
     settings.typical_options(config)
+
+
+def test_the_spectral_guard_turns_away_images_whose_spectra_leave_the_fewshot_ones():
+  bank = _bank()
+
+  def denoise(z):  # about half the candidates come back with a bright half-frame: large-scale structure the bank lacks
+    z = np.asarray(z, np.float32)
+    blob = np.zeros_like(z)
+    blob[:, :4] = 4.0
+    return z + blob * (z[..., 0].sum(axis=(1, 2)) > 4.0)[:, None, None, None]
+
+  options = discovery.TypicalOptions(strength_range=(0.95, 1.0), spectral_guard=0.1)
+  res = _discover_on_bank(bank, 12, options, denoise=denoise)
+  envelope = spectral_envelope.SpectralEnvelope.fit(bank, 0.1)
+  assert res.rejections["off_spectrum"] > 0 and res.rejections["too_far"] >= res.rejections["off_spectrum"]
+  inside = envelope.scores(res.images) <= envelope.threshold
+  assert inside[~res.near_miss].all() and res.num_accepted == 12
+  assert res.criteria["spectral_guard"]["bands"] == [[1, 1], [2, 2], [3, 4]]
+  unguarded = _discover_on_bank(bank, 12, dataclasses.replace(options, spectral_guard=None), denoise=denoise)
+  assert (envelope.scores(unguarded.images) > envelope.threshold).any()  # the guard is what kept them out
+  assert unguarded.rejections["off_spectrum"] == 0 and unguarded.criteria["spectral_guard"] is None
+  with pytest.raises(ValueError, match="spectral_guard must be a quantile"):
+    discovery.TypicalOptions(spectral_guard=1.5)

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from discovery_jax.discovery.spectral_envelope import SpectralEnvelope
+
 if TYPE_CHECKING:
   from discovery_jax.discovery.typical import TypicalOptions
 
@@ -165,6 +167,7 @@ class ImageCriteria:
   live: np.ndarray | None = None  # (F,) bool: the channels kept (those the few-shot images vary in)
   check: CheckView | None = None  # the band measured again in z-scores (``standardized_check``)
   duplicates: int = 0  # few-shot images left out as repeats of an earlier one (``distinct_rows``)
+  spectral: SpectralEnvelope | None = None  # the spectral guard (``spectral_guard``), on the images
 
   def embed(self, features: Any) -> np.ndarray:
     """Selection features -> the space the band and the separation are measured in."""
@@ -178,9 +181,10 @@ class ImageCriteria:
       options: TypicalOptions,
       fewshot_guard_features: Any | None = None,
       own_guard_features: Any | None = None,
+      fewshot_images: Any | None = None,
   ) -> "ImageCriteria":
     """``*_guard_features``: the two sets in the guard's feature space (default: the
-    selection features)."""
+    selection features); ``fewshot_images``: (N, H, W, C), needed by the spectral guard."""
     f = np.asarray(fewshot_features, np.float64)
     distinct = distinct_rows(f)
     if distinct.sum() < MIN_FEWSHOT:
@@ -212,13 +216,22 @@ class ImageCriteria:
       )
     separation = float(np.quantile(loo, options.separation_quantile))
     duplicates = int((~distinct).sum())
-    return cls(f, band, separation, own, loo, discriminant, center, scale, live, check, duplicates)
+    spectral = None
+    if options.spectral_guard is not None:
+      if fewshot_images is None:
+        raise ValueError("the spectral guard (spectral_guard) needs the few-shot images")
+      spectral = SpectralEnvelope.fit(np.asarray(fewshot_images)[distinct], options.spectral_guard)
+    return cls(f, band, separation, own, loo, discriminant, center, scale, live, check, duplicates, spectral)
 
-  def judge(self, features: np.ndarray, guard_features: np.ndarray | None = None) -> dict:
+  def judge(
+      self, features: np.ndarray, guard_features: np.ndarray | None = None, images: np.ndarray | None = None
+  ) -> dict:
     """Per candidate (raw selection ``features``): nearest few-shot distance and index,
     whether it is in the band, and whether it is on the model's own side (the guard, on
     ``guard_features`` when the guard has its own feature space); ``embedded``: the
-    features in the space those distances were measured in."""
+    features in the space those distances were measured in. With the spectral guard the
+    candidates' ``images`` too: one outside the few-shot spectra is too far
+    (``off_spectrum``), and its miss counts toward ``band_miss``."""
     embedded = self.embed(features)
     d = _distances(embedded, self.fewshot)
     nn, idx = d.min(axis=1), d.argmin(axis=1)
@@ -237,6 +250,14 @@ class ImageCriteria:
       out["nn_check"] = nn_check
       far = np.maximum(far, _log_excess(nn_check, self.check.band[1]))
       close = np.minimum(close, _log_excess(self.check.band[0], nn_check))
+    out["off_spectrum"] = np.zeros(len(nn), bool)
+    if self.spectral is not None:
+      if images is None:
+        raise ValueError("the spectral guard judges the candidates' images: pass images=")
+      spectral_miss = self.spectral.miss(images)
+      out["off_spectrum"] = spectral_miss > 0
+      out["too_far"] |= out["off_spectrum"]
+      far = np.maximum(far, spectral_miss)
     # How far outside the band (log ratio to the edge missed; 0 inside): ranks the near misses.
     out["band_miss"] = np.where(out["too_far"], far, 0.0) + np.where(out["too_close"], close, 0.0)
     if self.discriminant is not None:
@@ -259,6 +280,7 @@ class ImageCriteria:
         "check_band": None if self.check is None else list(self.check.band),
         "check_live_channels": None if self.check is None else int(self.check.live.sum()),
         "guard": "discriminant" if self.discriminant is not None else "nearest" if self.own is not None else None,
+        "spectral_guard": None if self.spectral is None else self.spectral.summary(),
         **(
             {
                 "guard_threshold": self.discriminant.threshold,

@@ -114,7 +114,10 @@ class TypicalOptions:
   fine detail the few-shot images vary least in, so the layout stays the source's and the
   model re-draws the detail; 0: white, the prior's isotropic draws; 1: a stationary
   Gaussian fit of the bank; 'auto', the default: the residuals' own spectral slope between
-  -1 and 0, ``step_spectrum.auto_power``); needs image latents unless 0."""
+  -1 and 0, ``step_spectrum.auto_power``); needs image latents unless 0; spectral_guard: a
+  candidate whose image's log power per octave band of spatial frequency lies further from the
+  few-shot images' (largest |z| over the bands) than all but this quantile of the few-shot images
+  do, each left out of the fit, is too far (``spectral_envelope``; None: off)."""
 
   strength_range: tuple[float, float] | None = None
   band: tuple[float, float] = (0.1, 0.7)
@@ -135,6 +138,7 @@ class TypicalOptions:
   strength_sweep: bool = False
   fill_keeps_bins: bool = False
   step_spectrum: float | str = AUTO
+  spectral_guard: float | None = None
   batch: int = 64
 
   def __post_init__(self):
@@ -163,6 +167,8 @@ class TypicalOptions:
     if self.fill_after is not None and not self.fill_after >= 1:
       raise ValueError(f"fill_after must be >= 1 or None, got {self.fill_after}")
     check_power(self.step_spectrum)
+    if self.spectral_guard is not None and not 0.0 <= self.spectral_guard < 1.0:
+      raise ValueError(f"spectral_guard must be a quantile in [0, 1) or None, got {self.spectral_guard}")
     if self.partner_neighbours is not None and self.partner_neighbours < 1:
       raise ValueError(f"partner_neighbours must be >= 1 or None, got {self.partner_neighbours}")
     if self.pool_factor < 1 or self.batch < 1 or self.distance_bins < 1:
@@ -399,11 +405,12 @@ def discover_typical(
       options,
       guard_features(fewshot_images) if separate_guard else None,
       guard_features(own_images) if separate_guard else None,
+      fewshot_images=fewshot_images,
   )
   budget = options.pool_factor * num_samples
   sweep = budget if options.strength_sweep else 0
   lat, imgs, idx, srcs, strengths, nns, nearest, feats, missed = [], [], [], [], [], [], [], [], []
-  rejections = {"too_close": 0, "too_far": 0, "own_side": 0, "duplicate": 0, "bin_full": 0}
+  rejections = {"too_close": 0, "too_far": 0, "own_side": 0, "duplicate": 0, "bin_full": 0, "off_spectrum": 0}
   accepted_feats = np.zeros((0, criteria.fewshot.shape[1]))
   n_cells, n_bins = len(criteria.fewshot), options.distance_bins
   edges = distance_bins(criteria.loo_distances, options.band, n_bins)
@@ -493,7 +500,7 @@ def discover_typical(
     z, src, s = candidates(g)
     x = denoise(z)
     f = np.asarray(features(x), np.float64)
-    verdict = criteria.judge(f, np.asarray(guard_features(x), np.float64) if separate_guard else None)
+    verdict = criteria.judge(f, np.asarray(guard_features(x), np.float64) if separate_guard else None, images=x)
     f = verdict["embedded"]  # separation and the spill are measured where the band is
     keep, spilled = select(
         f, verdict, accepted_feats, criteria.separation, num_samples - n_acc, quota_of(verdict), room
@@ -517,6 +524,7 @@ def discover_typical(
     seen = slice(0, last)
     rejections["too_close"] += int(verdict["too_close"][seen].sum())
     rejections["too_far"] += int(verdict["too_far"][seen].sum())
+    rejections["off_spectrum"] += int(verdict["off_spectrum"][seen].sum())  # counted in too_far as well
     in_band = ~(verdict["too_close"] | verdict["too_far"])
     rejections["own_side"] += int((in_band & verdict["own_side"])[seen].sum())
     eligible = int((in_band & ~verdict["own_side"])[seen].sum())
