@@ -139,9 +139,9 @@ def get_config():
   # discovery/step_spectrum.py). A nonzero number needs image latents (H, W, C)
   config.discovery.step_spectrum = FieldReference("auto", field_type=object)  # a number or 'auto'
   # typical: a candidate whose log power per octave band of spatial frequency lies further from the few-shot
-  # images' than all but this quantile of them (each left out) is too far (discovery/spectral_envelope.py).
-  # None: off
-  config.discovery.spectral_guard = placeholder(float)
+  # images' than all but this quantile of them (each left out) is too far (discovery/spectral_envelope.py;
+  # measured in docs/method.md). None: off
+  config.discovery.spectral_guard = FieldReference(0.1, field_type=object)  # a quantile or None
   config.discovery.num_interior = 20  # slerp points per (OOD latent, prior draw) pair (official: 20)
   config.discovery.num_refs = 10  # reference latents per criterion (official R = 10)
   config.discovery.max_per_path = placeholder(int)  # accepted points kept per slerp path (None: all, official)

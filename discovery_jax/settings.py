@@ -143,6 +143,15 @@ def _step_power(value: Any) -> float | str:
     raise step_spectrum.power_error(value) from None
 
 
+def _quantile_or_none(name: str, value: Any) -> float | None:
+  """A quantile in [0, 1) or None (off); the field is untyped so that the command line can say None."""
+  if value is None:
+    return None
+  if isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value < 1.0:
+    return float(value)
+  raise ValueError(f"{name} must be a quantile in [0, 1) or None, got {value!r}")
+
+
 def typical_options(config: Any) -> TypicalOptions:
   """The 'typical' discovery settings of ``config.discovery``."""
   d = config.discovery
@@ -171,7 +180,8 @@ def typical_options(config: Any) -> TypicalOptions:
         strength_sweep=bool(_get(d, "strength_sweep", default.strength_sweep)),
         fill_keeps_bins=bool(_get(d, "fill_keeps_bins", default.fill_keeps_bins)),
         step_spectrum=_step_power(_get(d, "step_spectrum", default.step_spectrum)),
-        spectral_guard=None if _get(d, "spectral_guard") is None else float(d.spectral_guard),
+        # None is a setting here (off), so only a missing key takes the library's default
+        spectral_guard=_quantile_or_none("spectral_guard", d.get("spectral_guard", default.spectral_guard)),
     )
   except (TypeError, ValueError) as e:
     raise ValueError(f"config.discovery: {e}") from None

@@ -146,6 +146,11 @@ def test_a_strength_sweep_tries_the_smallest_steps_first():
   assert res.num_accepted >= 2 and np.all(np.diff(res.strength[order]) > 0)  # the search walked up the range
 
 
+def _criteria_options(**kwargs):
+  """Options for the feature-space criteria alone (the spectral guard judges images, which these tests have none of)."""
+  return typical.TypicalOptions(spectral_guard=None, **kwargs)
+
+
 def _loo(f):
   d = np.sqrt(((f[:, None] - f[None]) ** 2).sum(-1))
   np.fill_diagonal(d, np.inf)
@@ -156,7 +161,7 @@ def _loo(f):
 def test_band_and_separation_come_from_the_fewshot_set(shrinkage):
   rng = np.random.default_rng(1)
   few = rng.standard_normal((32, 16)) * np.linspace(0.1, 5.0, 16)
-  options = typical.TypicalOptions(selection_shrinkage=shrinkage)
+  options = _criteria_options(selection_shrinkage=shrinkage)
   crit = image_criteria.ImageCriteria.fit(few, None, options)
   if shrinkage is None:
     z = few
@@ -184,8 +189,8 @@ def test_standardized_distances_see_a_departure_in_a_quiet_channel():
   few = np.concatenate([20.0 * rng.standard_normal((32, 4)), rng.standard_normal((32, 60)), np.zeros((32, 1))], 1)
   broken = few[:6].copy()
   broken[:, 4:64] += 3.0  # three standard deviations of every quiet channel, a sixth of a loud one's
-  raw = image_criteria.ImageCriteria.fit(few, None, typical.TypicalOptions(selection_shrinkage=None))
-  std = image_criteria.ImageCriteria.fit(few, None, typical.TypicalOptions(selection_shrinkage=1.0))
+  raw = image_criteria.ImageCriteria.fit(few, None, _criteria_options(selection_shrinkage=None))
+  std = image_criteria.ImageCriteria.fit(few, None, _criteria_options(selection_shrinkage=1.0))
   assert not raw.judge(broken)["too_far"].any()
   assert std.judge(broken)["too_far"].all()
   # Channel 64 never varies among the few-shot images: it has no scale, so it is dropped.
@@ -195,7 +200,7 @@ def test_standardized_distances_see_a_departure_in_a_quiet_channel():
   np.testing.assert_allclose(std.judge(dead)["nn_fewshot"], 0.0, atol=1e-9)
   assert raw.judge(dead)["nn_fewshot"].min() == pytest.approx(5.0)
   # Plain z-scores (shrinkage 0) weigh the quiet channels more still.
-  plain = image_criteria.ImageCriteria.fit(few, None, typical.TypicalOptions(selection_shrinkage=0.0))
+  plain = image_criteria.ImageCriteria.fit(few, None, _criteria_options(selection_shrinkage=0.0))
   np.testing.assert_allclose(plain.embed(few).std(0), 1.0, atol=1e-9)
   assert plain.judge(broken)["too_far"].all()
   with pytest.raises(ValueError, match="selection_shrinkage"):
@@ -203,7 +208,7 @@ def test_standardized_distances_see_a_departure_in_a_quiet_channel():
   with pytest.raises(ValueError, match="none of the 3 channels varies"):
     image_criteria._zscore_params(np.ones((8, 3)), 0.0)
   with pytest.raises(ValueError, match=r"got 8 \(1 distinct\)"):  # eight copies of one image are one image
-    image_criteria.ImageCriteria.fit(np.ones((8, 3)), None, typical.TypicalOptions(selection_shrinkage=0.0))
+    image_criteria.ImageCriteria.fit(np.ones((8, 3)), None, _criteria_options(selection_shrinkage=0.0))
 
 
 def test_the_standardized_check_rejects_what_either_view_calls_far_and_copies_only_in_both():
@@ -212,8 +217,8 @@ def test_the_standardized_check_rejects_what_either_view_calls_far_and_copies_on
   candidate that copies the loud channels but not the quiet ones is no longer a copy."""
   rng = np.random.default_rng(4)
   few = np.concatenate([20.0 * rng.standard_normal((32, 4)), rng.standard_normal((32, 60))], 1)
-  off = image_criteria.ImageCriteria.fit(few, None, typical.TypicalOptions())
-  on = image_criteria.ImageCriteria.fit(few, None, typical.TypicalOptions(standardized_check=0.0))
+  off = image_criteria.ImageCriteria.fit(few, None, _criteria_options())
+  on = image_criteria.ImageCriteria.fit(few, None, _criteria_options(standardized_check=0.0))
   # The primary (raw) view is untouched by the check.
   assert on.band == off.band and on.separation == off.separation
   z = (few - few.mean(0)) / few.std(0)
@@ -261,7 +266,7 @@ def test_discover_typical_accepts_only_what_meets_its_criteria(shrinkage, check)
   np.testing.assert_array_equal(res.latents, res.images)
   crit = res.criteria
   assert crit["standardized"] == (shrinkage is not None)
-  fitted = image_criteria.ImageCriteria.fit(_flat(bank), None, options)
+  fitted = image_criteria.ImageCriteria.fit(_flat(bank), None, options, fewshot_images=bank)
   assert (res.nn_fewshot <= crit["band"][1]).all()
   not_a_copy = res.nn_fewshot >= crit["band"][0]
   if check is not None:  # inside the check's band's far edge too; a copy only if a copy in both views
@@ -337,8 +342,8 @@ def test_a_fewshot_image_given_twice_counts_once():
   pull the copy edge and the separation down to nothing. The criteria are those of the distinct set."""
   few = _flat(_bank(16, seed=2))
   repeated = np.concatenate([few, few[[3, 7]], few[[3]] + 1e-9])
-  base = image_criteria.ImageCriteria.fit(few, None, typical.TypicalOptions())
-  crit = image_criteria.ImageCriteria.fit(repeated, None, typical.TypicalOptions())
+  base = image_criteria.ImageCriteria.fit(few, None, _criteria_options())
+  crit = image_criteria.ImageCriteria.fit(repeated, None, _criteria_options())
   assert crit.band == base.band and crit.separation == base.separation and crit.separation > 0
   np.testing.assert_array_equal(crit.fewshot, few)
   assert crit.summary()["fewshot_duplicates"] == 3 and base.summary()["fewshot_duplicates"] == 0
@@ -346,7 +351,7 @@ def test_a_fewshot_image_given_twice_counts_once():
   assert np.quantile(_loo(repeated), 0.05) == 0.0 and np.quantile(_loo(repeated), 0.1) < base.band[0] / 2
   assert crit.judge(few[:4] + 1e-3)["too_close"].all()
   with pytest.raises(ValueError, match=r"at least 4 few-shot images .*got 6 \(3 distinct\)"):
-    image_criteria.ImageCriteria.fit(np.concatenate([few[:3], few[:3]]), None, typical.TypicalOptions())
+    image_criteria.ImageCriteria.fit(np.concatenate([few[:3], few[:3]]), None, _criteria_options())
 
 
 def test_bad_options_and_tiny_fewshot_sets_are_refused():
@@ -359,7 +364,7 @@ def test_bad_options_and_tiny_fewshot_sets_are_refused():
   with pytest.raises(ValueError, match="partner_neighbours"):
     discovery.TypicalOptions(partner_neighbours=0)
   with pytest.raises(ValueError, match="at least 4 few-shot"):
-    image_criteria.ImageCriteria.fit(np.zeros((3, 4)), None, typical.TypicalOptions())
+    image_criteria.ImageCriteria.fit(np.zeros((3, 4)), None, _criteria_options())
 
 
 def test_the_published_head_prior_is_available_and_differs_as_documented():
@@ -396,13 +401,13 @@ def test_the_guard_runs_in_its_own_feature_space():
   few_sel, few_guard = rng.standard_normal((32, 8)), rng.standard_normal((32, 20)) + 2.0
   own_guard = rng.standard_normal((40, 20))
   crit = image_criteria.ImageCriteria.fit(
-      few_sel, rng.standard_normal((40, 8)), typical.TypicalOptions(), few_guard, own_guard
+      few_sel, rng.standard_normal((40, 8)), _criteria_options(), few_guard, own_guard
   )
   cand_sel = rng.standard_normal((10, 8))
   verdict = crit.judge(cand_sel, np.concatenate([rng.standard_normal((5, 20)) + 2.0, rng.standard_normal((5, 20))]))
   assert verdict["own_side"][5:].all() and verdict["own_side"][:5].sum() <= 1
   assert crit.summary()["guard"] == "discriminant"
-  nearest = image_criteria.ImageCriteria.fit(few_sel, few_sel[:4] + 1e-3, typical.TypicalOptions(guard_kind="nearest"))
+  nearest = image_criteria.ImageCriteria.fit(few_sel, few_sel[:4] + 1e-3, _criteria_options(guard_kind="nearest"))
   assert nearest.discriminant is None and nearest.judge(few_sel[:4] + 2e-3)["own_side"].all()
   with pytest.raises(ValueError, match="guard_kind"):
     typical.TypicalOptions(guard_kind="svm")
@@ -596,12 +601,17 @@ def test_the_config_chooses_how_selection_distances_are_scaled():
   with pytest.raises(ValueError, match=r"^config.discovery: standardized_check must be >= 0 or None, got -2.0$"):
     settings.typical_options(config)
   config.discovery.standardized_check = None
-  default_guard = settings.typical_options(config).spectral_guard
+  assert settings.typical_options(config).spectral_guard == 0.1  # on by default
+  config.discovery.spectral_guard = None
+  assert settings.typical_options(config).spectral_guard is None
   config.discovery.spectral_guard = 0.05
-  assert settings.typical_options(config).spectral_guard == 0.05 and default_guard in (None, 0.1)
-  config.discovery.spectral_guard = 1.0
-  with pytest.raises(ValueError, match=r"^config.discovery: spectral_guard must be a quantile in \[0, 1\) or None"):
-    settings.typical_options(config)
+  assert settings.typical_options(config).spectral_guard == 0.05
+  for bad in (1.0, "abc", True):
+    config.discovery.spectral_guard = bad
+    with pytest.raises(
+        ValueError, match=rf"^config.discovery: spectral_guard must be a quantile in \[0, 1\) or None, got {bad!r}$"
+    ):
+      settings.typical_options(config)
 
 
 def test_the_config_sets_the_balance_and_when_to_fill_in():

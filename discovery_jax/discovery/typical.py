@@ -117,7 +117,7 @@ class TypicalOptions:
   -1 and 0, ``step_spectrum.auto_power``); needs image latents unless 0; spectral_guard: a
   candidate whose image's log power per octave band of spatial frequency lies further from the
   few-shot images' (largest |z| over the bands) than all but this quantile of the few-shot images
-  do, each left out of the fit, is too far (``spectral_envelope``; None: off)."""
+  do, each left out of the fit, is too far (``spectral_envelope``; default 0.1; None: off)."""
 
   strength_range: tuple[float, float] | None = None
   band: tuple[float, float] = (0.1, 0.7)
@@ -138,7 +138,7 @@ class TypicalOptions:
   strength_sweep: bool = False
   fill_keeps_bins: bool = False
   step_spectrum: float | str = AUTO
-  spectral_guard: float | None = None
+  spectral_guard: float | None = 0.1
   batch: int = 64
 
   def __post_init__(self):
