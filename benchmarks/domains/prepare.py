@@ -541,15 +541,30 @@ def lattice_tiles(img: np.ndarray, tile: int) -> tuple[list[tuple[int, int]], li
   return [p for p in grid if parity(p) == (0, 0)], [p for p in grid if parity(p) == (1, 1)]
 
 
+def lattice_split(tile: int) -> str:
+  """What PROVENANCE.md says of a ``lattice_tiles`` split."""
+  return (
+      f"the {tile}-px tile grid's (even row, even column) tiles are few-shot candidates, its (odd row, "
+      "odd column) tiles held-out candidates: no shared pixels, no shared edge (corners touch)"
+  )
+
+
+def lattice_domain(rng, img, tile, num_fewshot, num_heldout, key):
+  """Few-shot and held-out tiles of one image from ``lattice_tiles``' two interleaved lattices
+  (every held-out tile the lattice has when it has fewer than asked for); returns (fewshot, heldout, pool)."""
+  f, h = lattice_tiles(img, tile)
+  make = lambda p: (f"{key}_r{p[0]:04d}_c{p[1]:04d}.png", resize(crop(img, p, tile)))
+  few = [make(f[i]) for i in pick(rng, len(f), num_fewshot, f"{key} few-shot lattice")]
+  held = [make(h[i]) for i in pick(rng, len(h), min(num_heldout, len(h)), f"{key} held-out lattice")]
+  return few, held, len(f) + len(h)
+
+
 def photo_tiles(rng: np.random.Generator, num_fewshot: int, num_heldout: int, *, name: str, title: str, looks: str):
   """Tiles of one of scikit-learn's two bundled CC BY 2.0 photographs. A photograph's top band is
   its sky or background, so the sets come from interleaved lattices, not bands."""
   photo = percentile_stretch(sklearn_image(f"{name}.jpg"), 0.5, 99.5)
   tile = 24
-  f, h = lattice_tiles(photo, tile)
-  make = lambda p: (f"{name}_r{p[0]:04d}_c{p[1]:04d}.png", resize(crop(photo, p, tile)))
-  few = [make(f[i]) for i in pick(rng, len(f), num_fewshot, f"{name} few-shot lattice")]
-  held = [make(h[i]) for i in pick(rng, len(h), min(num_heldout, len(h)), f"{name} held-out lattice")]
+  few, held, pool = lattice_domain(rng, photo, tile, num_fewshot, num_heldout, name)
   author = {"china": "danielbuechele", "flower": "vultilion"}[name]
   return Domain(
       name=name,
@@ -561,11 +576,10 @@ def photo_tiles(rng: np.random.Generator, num_fewshot: int, num_heldout: int, *,
       processing="RGB -> luma (Pillow 'L'); [0.5, 99.5] percentile stretch; non-overlapping "
       f"{tile}x{tile} tiles; LANCZOS resize to 32x32",
       licence=f"CC BY 2.0, flickr user {author} (scikit-learn's `datasets/images/README.txt`); attribution required",
-      split=f"the {tile}-px tile grid's (even row, even column) tiles are few-shot candidates, its (odd row, "
-      "odd column) tiles held-out candidates: no shared pixels, no shared edge (corners touch)",
+      split=lattice_split(tile),
       fewshot=few,
       heldout=held,
-      pool=len(f) + len(h),
+      pool=pool,
       caveat="one photograph: every held-out tile its lattice has (fewer than 256); neighbouring tiles "
       "of the two sets touch at corners",
   )
@@ -599,16 +613,6 @@ def build_faces(rng: np.random.Generator, num_fewshot: int, num_heldout: int) ->
   )
 
 
-def lattice_domain(rng, img, tile, num_fewshot, num_heldout, key):
-  """Few-shot and held-out tiles of one image from ``lattice_tiles``' two interleaved lattices
-  (every held-out tile the lattice has when it has fewer than asked for); returns (fewshot, heldout, pool)."""
-  f, h = lattice_tiles(img, tile)
-  make = lambda p: (f"{key}_r{p[0]:04d}_c{p[1]:04d}.png", resize(crop(img, p, tile)))
-  few = [make(f[i]) for i in pick(rng, len(f), num_fewshot, f"{key} few-shot lattice")]
-  held = [make(h[i]) for i in pick(rng, len(h), min(num_heldout, len(h)), f"{key} held-out lattice")]
-  return few, held, len(f) + len(h)
-
-
 def build_garage(rng: np.random.Generator, num_fewshot: int, num_heldout: int) -> Domain:
   """Tiles of the Middlebury motorcycle photograph (a motorcycle in a cluttered garage)."""
   photo = percentile_stretch(skimage_image("motorcycle_left.png"), 0.5, 99.5)
@@ -625,8 +629,7 @@ def build_garage(rng: np.random.Generator, num_fewshot: int, num_heldout: int) -
       f"{tile}x{tile} tiles; LANCZOS resize to 32x32",
       licence="no explicit licence in scikit-image's docstring (the Middlebury stereo datasets are published for "
       "research use); ships in the BSD-3-Clause wheel",
-      split=f"the {tile}-px tile grid's (even row, even column) tiles are few-shot candidates, its (odd row, "
-      "odd column) tiles held-out candidates: no shared pixels, no shared edge (corners touch)",
+      split=lattice_split(tile),
       fewshot=few,
       heldout=held,
       pool=pool,
@@ -661,8 +664,7 @@ def build_terrain(rng: np.random.Generator, num_fewshot: int, num_heldout: int) 
       processing="elevation -> [0.5, 99.5] percentile stretch over the whole map (one height scale for every tile); "
       f"non-overlapping {tile}x{tile} tiles; LANCZOS resize to 32x32",
       licence="no statement in matplotlib's sample_data README; ships under matplotlib's licence (PSF-based)",
-      split=f"the {tile}-px tile grid's (even row, even column) tiles are few-shot candidates, its (odd row, "
-      "odd column) tiles held-out candidates: no shared pixels, no shared edge (corners touch)",
+      split=lattice_split(tile),
       fewshot=few,
       heldout=held,
       pool=pool,
