@@ -144,10 +144,11 @@ def _step_power(value: Any) -> float | str:
 
 
 def _quantile_or_none(name: str, value: Any) -> float | None:
-  """A quantile in [0, 1) or None (off); the field is untyped so that the command line can say None."""
+  """A number or None (off), as a float; the field is untyped so that the command line can say None.
+  The range is ``TypicalOptions``' check, with the same message."""
   if value is None:
     return None
-  if isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value < 1.0:
+  if isinstance(value, (int, float)) and not isinstance(value, bool):
     return float(value)
   raise ValueError(f"{name} must be a quantile in [0, 1) or None, got {value!r}")
 
