@@ -75,15 +75,16 @@ class _MemoisedRunner:
     return getattr(self._runner, name)
 
 
-def run_domain(name: str, rules: dict, seeds: list[int], num_samples: int, workdir: str) -> dict:
+def domain_setup(name: str, workdir: str) -> dict:
+  """What ``sample`` makes for domain ``name`` with the demo config (banks in ``workdir/name``, seed 0's
+  keys) and the evaluation of the method benchmark: config, runner, banks, evaluator, ood, prior."""
   import jax
-  import numpy as np
 
   from discovery_jax import cli, configlib, discovery, parallel, settings
   from discovery_jax.evaluate import evaluation_options
   from discovery_jax.data.bank import prepare_banks
   from discovery_jax.metrics import evaluator as ev_lib
-  from discovery_jax.sample import KEY_BASELINE, KEY_DISCOVERY, KEY_ID_BANK, typical_judges
+  from discovery_jax.sample import KEY_ID_BANK
 
   fewshot_dir, heldout_dir = DOMAINS[name]
   config = configlib.load_config_file(os.path.join(REPO, "configs", "demo.py"))
@@ -103,7 +104,26 @@ def run_domain(name: str, rules: dict, seeds: list[int], num_samples: int, workd
       evaluation_options(config), ev_lib.load_real_data(fewshot_dir, heldout_dir, config.evaluate.id_dir, inputs)
   )
   ood = banks["ood"].latents()
-  prior = discovery.fit_prior(ood)
+  return {
+      "config": config,
+      "runner": runner,
+      "banks": banks,
+      "evaluator": evaluator,
+      "ood": ood,
+      "prior": discovery.fit_prior(ood),
+  }
+
+
+def run_domain(name: str, rules: dict, seeds: list[int], num_samples: int, workdir: str) -> dict:
+  import jax
+  import numpy as np
+
+  from discovery_jax import discovery
+  from discovery_jax.sample import KEY_BASELINE, KEY_DISCOVERY, typical_judges
+
+  setup = domain_setup(name, workdir)
+  config, runner, banks, evaluator = setup["config"], setup["runner"], setup["banks"], setup["evaluator"]
+  ood, prior = setup["ood"], setup["prior"]
   denoise = _memoised(lambda z: np.clip(runner.generate(z), -1.0, 1.0))
   memo_runner = _MemoisedRunner(runner)
   feature_cache: dict = {}  # extractor description + image bytes -> features, shared by the rules

@@ -35,6 +35,7 @@ from discovery_jax.discovery.typical import (
     TypicalOptions,
     TypicalResult,
     discover_typical,
+    fit_criteria,
     resolve_step,
     step_filter,
     typical_candidates,

@@ -367,6 +367,34 @@ def _fillable_by_bins(keep, spilled, bins, last, n_acc, accepted_bins, spill_bin
   return out
 
 
+def _separate_guard(options: TypicalOptions, own_images: Any, guard_features: Any) -> bool:
+  """Whether the discriminant guard judges in its own feature space (not the selection features)."""
+  return (
+      own_images is not None and options.guard and guard_features is not None and options.guard_kind == "discriminant"
+  )
+
+
+def fit_criteria(
+    options: TypicalOptions,
+    features: Callable[[np.ndarray], np.ndarray],
+    fewshot_images: np.ndarray,
+    own_images: np.ndarray | None = None,
+    guard_features: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> ImageCriteria:
+  """The criteria the search judges its candidates by (``discover_typical``'s arguments of the
+  same names); benchmarks/candidates.py fits the same ones to look at what they pass."""
+  guarded = own_images is not None and options.guard
+  separate_guard = _separate_guard(options, own_images, guard_features)
+  return ImageCriteria.fit(
+      features(fewshot_images),
+      features(own_images) if guarded else None,
+      options,
+      guard_features(fewshot_images) if separate_guard else None,
+      guard_features(own_images) if separate_guard else None,
+      fewshot_images=fewshot_images,
+  )
+
+
 def discover_typical(
     ood_bank: Any,
     *,
@@ -397,16 +425,8 @@ def discover_typical(
   prior = prior or fit_prior(ood_bank)
   options, step_info = resolve_step(options, ood_bank, prior)
   spectrum = step_filter(ood_bank, prior, options)
-  guarded = own_images is not None and options.guard
-  separate_guard = guarded and guard_features is not None and options.guard_kind == "discriminant"
-  criteria = ImageCriteria.fit(
-      features(fewshot_images),
-      features(own_images) if guarded else None,
-      options,
-      guard_features(fewshot_images) if separate_guard else None,
-      guard_features(own_images) if separate_guard else None,
-      fewshot_images=fewshot_images,
-  )
+  criteria = fit_criteria(options, features, fewshot_images, own_images, guard_features)
+  separate_guard = _separate_guard(options, own_images, guard_features)
   budget = options.pool_factor * num_samples
   sweep = budget if options.strength_sweep else 0
   lat, imgs, idx, srcs, strengths, nns, nearest, feats, missed = [], [], [], [], [], [], [], [], []
