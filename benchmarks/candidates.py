@@ -9,7 +9,9 @@ examine under the default options (or ``--rule``'s ``config.discovery`` override
 and judged twice: by the search's own criteria (too close, too far, off the few-shot spectra, on the
 model's side) and by the evaluation's domain judge (the learned features; used here for analysis
 only, the search never sees it). Prints, per strength quintile, the judge's target rate, each
-criterion's rejection rate and the judge's target rate among the candidates the criteria pass; then
+criterion's rejection rate, and among the candidates the criteria pass the judge's target rate and the
+evaluation's novelty (median over the bin of each one's nearest few-shot distance over the held-out
+images' median, in the evaluation's features); then
 how well each score the search has ranks the judge's misses (AUC of "not target": 0.5 is blind, 1
 perfect), over all candidates and over those the criteria pass; and the share of REAL held-out images
 the criteria would pass (not too far, not on the model's side). Ends with one JSON line.
@@ -65,9 +67,10 @@ def _midranks(sorted_values):
   return ranks
 
 
-def strength_quintiles(strength, flags: dict, target, passed, num_bins: int = 5) -> list[dict]:
+def strength_quintiles(strength, flags: dict, target, passed, novelty=None, num_bins: int = 5) -> list[dict]:
   """Per strength bin (equal counts): its range and size, the mean of each boolean in ``flags``,
-  the judge's ``target`` rate, and the target rate among the ``passed`` candidates (None if none)."""
+  the judge's ``target`` rate, and among the ``passed`` candidates the target rate and the median
+  of ``novelty`` (per candidate; None where nothing passed)."""
   import numpy as np
 
   strength = np.asarray(strength, np.float64)
@@ -81,6 +84,8 @@ def strength_quintiles(strength, flags: dict, target, passed, num_bins: int = 5)
     row["target"] = float(np.mean(np.asarray(target, bool)[part]))
     kept = part[np.asarray(passed, bool)[part]]
     row["target_among_passed"] = float(np.mean(np.asarray(target, bool)[kept])) if len(kept) else None
+    if novelty is not None:
+      row["novelty_among_passed"] = float(np.median(np.asarray(novelty)[kept])) if len(kept) else None
     rows.append(row)
   return rows
 
@@ -118,7 +123,10 @@ def run_domain(name: str, overrides: dict, seed: int, num_candidates: int, workd
     return criteria.judge(features(x), guard_features(x) if in_guard_space else None, images=x)
 
   verdict = judged(images)
-  labels = evaluator.judge.verdicts(evaluator.extractor(images), judge_lib.pixel_contrast(images))
+  eval_features = evaluator.extractor(images)
+  labels = evaluator.judge.verdicts(eval_features, judge_lib.pixel_contrast(images))
+  # The evaluation's novelty, per candidate: its nearest few-shot distance over the held-out images' median one.
+  novelty = nearest(eval_features, evaluator.few) / np.median(nearest(evaluator.held, evaluator.few))
   target = labels == judge_lib.TARGET
   passed = ~(verdict["too_close"] | verdict["too_far"] | verdict["own_side"])
   held = judged(evaluator.real.heldout_ood)
@@ -139,10 +147,19 @@ def run_domain(name: str, overrides: dict, seed: int, num_candidates: int, workd
       "criteria_pass_rate": float(passed.mean()),
       "target_among_passed": float(target[passed].mean()) if passed.any() else None,
       "heldout_pass_rate": float(np.mean(~(held["too_far"] | held["own_side"]))),
-      "quintiles": strength_quintiles(strength, {k: verdict[k] for k in REJECTIONS}, target, passed),
+      "quintiles": strength_quintiles(strength, {k: verdict[k] for k in REJECTIONS}, target, passed, novelty),
       "auc_all": {k: auc(v, ~target) for k, v in scores.items()},
       "auc_passed": {k: auc(np.asarray(v)[passed], ~target[passed]) for k, v in scores.items()},
   }
+
+
+def nearest(x, reference):
+  """Each row of ``x``'s Euclidean distance to its nearest row of ``reference``."""
+  import numpy as np
+
+  x, reference = np.asarray(x, np.float64), np.asarray(reference, np.float64)
+  d2 = (x * x).sum(1)[:, None] + (reference * reference).sum(1)[None, :] - 2.0 * x @ reference.T
+  return np.sqrt(np.maximum(d2, 0.0).min(axis=1))
 
 
 def _fmt(v) -> str:
@@ -156,11 +173,11 @@ def print_domain(name: str, r: dict) -> None:
       f" criteria pass {r['criteria_pass_rate']:.2f}, target among passed {_fmt(r['target_among_passed'])},"
       f" real held-out images passed {r['heldout_pass_rate']:.2f}"
   )
-  print("| strength | n | target | " + " | ".join(REJECTIONS) + " | target among passed |")
-  print("|---" * (len(REJECTIONS) + 4) + "|")
+  print("| strength | n | target | " + " | ".join(REJECTIONS) + " | passed: target | passed: novelty |")
+  print("|---" * (len(REJECTIONS) + 5) + "|")
   for q in r["quintiles"]:
     cells = [f"{q['strength'][0]:.2f}-{q['strength'][1]:.2f}", str(q["num"]), _fmt(q["target"])]
-    cells += [_fmt(q[k]) for k in REJECTIONS] + [_fmt(q["target_among_passed"])]
+    cells += [_fmt(q[k]) for k in REJECTIONS] + [_fmt(q["target_among_passed"]), _fmt(q["novelty_among_passed"])]
     print("| " + " | ".join(cells) + " |")
   print(
       "AUC of 'not target' (all / passed): "
