@@ -41,30 +41,14 @@ REJECTIONS = ("too_close", "too_far", "off_spectrum", "own_side")
 def auc(score, miss) -> float | None:
   """P(score of a miss > score of a hit), ties counted half (Mann-Whitney); None without both kinds."""
   import numpy as np
+  from scipy import stats
 
   score, miss = np.asarray(score, np.float64), np.asarray(miss, bool)
-  bad, good = score[miss], score[~miss]
-  if not len(bad) or not len(good):
+  bad, good = int(miss.sum()), int((~miss).sum())
+  if not bad or not good:
     return None
-  order = np.argsort(np.concatenate([bad, good]), kind="stable")
-  values = np.concatenate([bad, good])[order]
-  ranks = np.empty(len(values))
-  ranks[order] = _midranks(values)
-  return float((ranks[: len(bad)].sum() - len(bad) * (len(bad) + 1) / 2) / (len(bad) * len(good)))
-
-
-def _midranks(sorted_values):
-  """1-based ranks of sorted values, tied values sharing their mean rank."""
-  import numpy as np
-
-  n = len(sorted_values)
-  ranks = np.arange(1, n + 1, dtype=np.float64)
-  start = 0
-  for i in range(1, n + 1):
-    if i == n or sorted_values[i] != sorted_values[start]:
-      ranks[start:i] = (start + 1 + i) / 2
-      start = i
-  return ranks
+  ranks = stats.rankdata(score)  # 1-based, tied scores sharing their mean rank
+  return float((ranks[miss].sum() - bad * (bad + 1) / 2) / (bad * good))
 
 
 def strength_quintiles(strength, flags: dict, target, passed, novelty=None, num_bins: int = 5) -> list[dict]:
@@ -96,6 +80,7 @@ def run_domain(name: str, overrides: dict, seed: int, num_candidates: int, workd
 
   from discovery_jax import discovery
   from discovery_jax.metrics import judge as judge_lib
+  from discovery_jax.metrics import scores as metric_scores
   from discovery_jax.sample import KEY_DISCOVERY, typical_judges
 
   setup = domain_setup(name, workdir)
@@ -117,25 +102,28 @@ def run_domain(name: str, overrides: dict, seed: int, num_candidates: int, workd
   images = np.clip(runner.generate(z), -1.0, 1.0)
   features, guard_features = judges["features"], judges["guard_features"]
   criteria = discovery.fit_criteria(options, features, judges["fewshot_images"], judges["own_images"], guard_features)
+  in_guard_space = guard_features is not None and criteria.discriminant is not None
 
   def judged(x):
-    in_guard_space = guard_features is not None and criteria.discriminant is not None
-    return criteria.judge(features(x), guard_features(x) if in_guard_space else None, images=x)
+    """The criteria's verdict on images ``x``, and the features their discriminant guard reads."""
+    selection = features(x)
+    guard_view = guard_features(x) if in_guard_space else None
+    return criteria.judge(selection, guard_view, images=x), selection if guard_view is None else guard_view
 
-  verdict = judged(images)
+  verdict, guard_view = judged(images)
   eval_features = evaluator.extractor(images)
   labels = evaluator.judge.verdicts(eval_features, judge_lib.pixel_contrast(images))
   # The evaluation's novelty, per candidate: its nearest few-shot distance over the held-out images' median one.
-  novelty = nearest(eval_features, evaluator.few) / np.median(nearest(evaluator.held, evaluator.few))
+  nearest = lambda x: metric_scores.nearest_neighbours(x, evaluator.few)[0]
+  novelty = nearest(eval_features) / np.median(nearest(evaluator.held))
   target = labels == judge_lib.TARGET
   passed = ~(verdict["too_close"] | verdict["too_far"] | verdict["own_side"])
-  held = judged(evaluator.real.heldout_ood)
+  held, _ = judged(evaluator.real.heldout_ood)
   scores = {"strength": strength, "nearest_fewshot": verdict["nn_fewshot"]}
   if criteria.spectral is not None:
     scores["spectral"] = criteria.spectral.scores(images)
   if criteria.discriminant is not None:  # low scores are the model's side
-    in_guard_space = guard_features is not None
-    scores["guard"] = -criteria.discriminant.scores(guard_features(images) if in_guard_space else features(images))
+    scores["guard"] = -criteria.discriminant.scores(guard_view)
   return {
       "t_0": int(runner.t_0),
       "step_power": options.step_spectrum,
@@ -151,15 +139,6 @@ def run_domain(name: str, overrides: dict, seed: int, num_candidates: int, workd
       "auc_all": {k: auc(v, ~target) for k, v in scores.items()},
       "auc_passed": {k: auc(np.asarray(v)[passed], ~target[passed]) for k, v in scores.items()},
   }
-
-
-def nearest(x, reference):
-  """Each row of ``x``'s Euclidean distance to its nearest row of ``reference``."""
-  import numpy as np
-
-  x, reference = np.asarray(x, np.float64), np.asarray(reference, np.float64)
-  d2 = (x * x).sum(1)[:, None] + (reference * reference).sum(1)[None, :] - 2.0 * x @ reference.T
-  return np.sqrt(np.maximum(d2, 0.0).min(axis=1))
 
 
 def _fmt(v) -> str:

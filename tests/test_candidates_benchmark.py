@@ -63,10 +63,8 @@ def test_bad_arguments_are_refused_before_any_work(monkeypatch, argv, message):
     candidates.main()
 
 
-def test_the_quintiles_report_the_median_novelty_of_the_passed_candidates_and_nearest_is_exact():
+def test_the_quintiles_report_the_median_novelty_of_the_passed_candidates():
   strength = np.array([0.1, 0.2, 0.3, 0.4])
   passed = np.array([True, False, True, True])
   rows = candidates.strength_quintiles(strength, {}, passed, passed, novelty=[5.0, 99.0, 1.0, 3.0], num_bins=2)
   assert [r["novelty_among_passed"] for r in rows] == [5.0, 2.0]  # 99 did not pass
-  x, ref = np.array([[0.0, 0.0], [3.0, 4.0]]), np.array([[3.0, 0.0], [3.0, 5.0]])
-  np.testing.assert_allclose(candidates.nearest(x, ref), [3.0, 1.0])
