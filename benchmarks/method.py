@@ -7,8 +7,8 @@ For the embedded demo base model (a DDPM trained on Animal-MNIST silhouettes) an
 target domain (the demo's FIRST radio galaxies and the offline domains under
 ``benchmarks/domains``: 32 few-shot images and a disjoint held-out set each, built by
 ``benchmarks/domains/prepare.py``), it runs, with default settings and equal N. The default
-``--domains`` are the six the defaults were chosen on; ``--domains=faces,china,flower,garage,terrain``
-runs the five added afterwards, which nobody tuned anything to:
+``--domains`` are the six the defaults were chosen on; ``--domains=faces,china,flower,garage,terrain,mri,portrait``
+runs the seven added afterwards, which nobody tuned anything to:
 
 * ``python -m discovery_jax.sample`` with methods discovery, gaussian, renoise;
 * renoise again at other strengths and discovery again at other strength ranges (each
@@ -53,7 +53,7 @@ ASSETS = os.path.join(REPO, "discovery_jax", "assets", "demo")
 DOMAINS_DIR = os.path.join(REPO, "benchmarks", "domains")
 DOMAINS = {"first": (os.path.join(ASSETS, "ood_fewshot"), os.path.join(ASSETS, "ood_heldout"))}
 # Domains added after discovery's defaults were chosen, never used to choose them: run with --domains.
-UNTUNED_DOMAINS = ("faces", "china", "flower", "garage", "terrain")
+UNTUNED_DOMAINS = ("faces", "china", "flower", "garage", "terrain", "mri", "portrait")
 for _name in ("digits", "deep_field", "textures", "histology", "retina") + UNTUNED_DOMAINS:
   DOMAINS[_name] = (os.path.join(DOMAINS_DIR, _name, "fewshot"), os.path.join(DOMAINS_DIR, _name, "heldout"))
 DEFAULT_DOMAINS = tuple(d for d in DOMAINS if d not in UNTUNED_DOMAINS)

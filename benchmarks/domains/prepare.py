@@ -30,6 +30,10 @@ Domains (``--domains`` picks a subset; all are seeded by ``--seed`` and determin
   reason): 24-px tiles of scikit-image's Middlebury motorcycle photograph (a cluttered garage), and
   16-px tiles of matplotlib's Jacksboro-fault elevation map (one height scale for the whole map:
   a physical field rather than a photograph).
+* ``mri``, ``portrait`` (added late on 2026-12-07, after the spectral guard was fixed, for the same
+  reason): 10-px tiles of matplotlib's sagittal head MRI slice (tiles at least half tissue), and 24-px
+  tiles of matplotlib's Grace Hopper portrait (many of them nearly flat: the dark uniform, the grey
+  background).
 * ``first_extended``: the demo's own FIRST target domain (FRI/FRII/Bent), re-selected with the
   demo's exact seeded logic, so it reproduces ``discovery_jax/assets/demo/ood_{fewshot,heldout}``.
 
@@ -549,14 +553,22 @@ def lattice_split(tile: int) -> str:
   )
 
 
-def lattice_domain(rng, img, tile, num_fewshot, num_heldout, key):
-  """Few-shot and held-out tiles of one image from ``lattice_tiles``' two interleaved lattices
-  (every held-out tile the lattice has when it has fewer than asked for); returns (fewshot, heldout, pool)."""
+def lattice_domain(rng, img, tile, num_fewshot, num_heldout, *, name, keep=None, **description) -> Domain:
+  """A domain of one image's tiles from ``lattice_tiles``' two interleaved lattices (every held-out tile
+  the lattice has when it has fewer than asked for). ``keep(tile_pixels)``, if given, says which tiles
+  are candidates (e.g. not the empty background); ``description`` holds the Domain's other fields."""
   f, h = lattice_tiles(img, tile)
-  make = lambda p: (f"{key}_r{p[0]:04d}_c{p[1]:04d}.png", resize(crop(img, p, tile)))
-  few = [make(f[i]) for i in pick(rng, len(f), num_fewshot, f"{key} few-shot lattice")]
-  held = [make(h[i]) for i in pick(rng, len(h), min(num_heldout, len(h)), f"{key} held-out lattice")]
-  return few, held, len(f) + len(h)
+  if keep is not None:
+    f, h = ([p for p in ps if keep(crop(img, p, tile))] for ps in (f, h))
+  make = lambda p: (f"{name}_r{p[0]:04d}_c{p[1]:04d}.png", resize(crop(img, p, tile)))
+  return Domain(
+      name=name,
+      split=lattice_split(tile),
+      fewshot=[make(f[i]) for i in pick(rng, len(f), num_fewshot, f"{name} few-shot lattice")],
+      heldout=[make(h[i]) for i in pick(rng, len(h), min(num_heldout, len(h)), f"{name} held-out lattice")],
+      pool=len(f) + len(h),
+      **description,
+  )
 
 
 def photo_tiles(rng: np.random.Generator, num_fewshot: int, num_heldout: int, *, name: str, title: str, looks: str):
@@ -564,9 +576,13 @@ def photo_tiles(rng: np.random.Generator, num_fewshot: int, num_heldout: int, *,
   its sky or background, so the sets come from interleaved lattices, not bands."""
   photo = percentile_stretch(sklearn_image(f"{name}.jpg"), 0.5, 99.5)
   tile = 24
-  few, held, pool = lattice_domain(rng, photo, tile, num_fewshot, num_heldout, name)
   author = {"china": "danielbuechele", "flower": "vultilion"}[name]
-  return Domain(
+  return lattice_domain(
+      rng,
+      photo,
+      tile,
+      num_fewshot,
+      num_heldout,
       name=name,
       title=title,
       looks=looks,
@@ -576,10 +592,6 @@ def photo_tiles(rng: np.random.Generator, num_fewshot: int, num_heldout: int, *,
       processing="RGB -> luma (Pillow 'L'); [0.5, 99.5] percentile stretch; non-overlapping "
       f"{tile}x{tile} tiles; LANCZOS resize to 32x32",
       licence=f"CC BY 2.0, flickr user {author} (scikit-learn's `datasets/images/README.txt`); attribution required",
-      split=lattice_split(tile),
-      fewshot=few,
-      heldout=held,
-      pool=pool,
       caveat="one photograph: every held-out tile its lattice has (fewer than 256); neighbouring tiles "
       "of the two sets touch at corners",
   )
@@ -617,8 +629,12 @@ def build_garage(rng: np.random.Generator, num_fewshot: int, num_heldout: int) -
   """Tiles of the Middlebury motorcycle photograph (a motorcycle in a cluttered garage)."""
   photo = percentile_stretch(skimage_image("motorcycle_left.png"), 0.5, 99.5)
   tile = 24
-  few, held, pool = lattice_domain(rng, photo, tile, num_fewshot, num_heldout, "garage")
-  return Domain(
+  return lattice_domain(
+      rng,
+      photo,
+      tile,
+      num_fewshot,
+      num_heldout,
       name="garage",
       title="Garage photograph tiles",
       looks="pieces of a garage photograph: motorcycle engine, wheel spokes and tank, shelves, boxes, floor",
@@ -629,10 +645,6 @@ def build_garage(rng: np.random.Generator, num_fewshot: int, num_heldout: int) -
       f"{tile}x{tile} tiles; LANCZOS resize to 32x32",
       licence="no explicit licence in scikit-image's docstring (the Middlebury stereo datasets are published for "
       "research use); ships in the BSD-3-Clause wheel",
-      split=lattice_split(tile),
-      fewshot=few,
-      heldout=held,
-      pool=pool,
       caveat="one photograph (added 2026-12-07, after every default was chosen); neighbouring tiles of the two "
       "sets touch at corners",
   )
@@ -652,8 +664,12 @@ def build_terrain(rng: np.random.Generator, num_fewshot: int, num_heldout: int) 
     elevation = np.asarray(z["elevation"], np.float32)
   field = percentile_stretch(elevation, 0.5, 99.5)  # one scale for the whole map: a tile's brightness is its height
   tile = 16
-  few, held, pool = lattice_domain(rng, field, tile, num_fewshot, num_heldout, "terrain")
-  return Domain(
+  return lattice_domain(
+      rng,
+      field,
+      tile,
+      num_fewshot,
+      num_heldout,
       name="terrain",
       title="Terrain elevation tiles",
       looks="smooth grey height fields: ridges, valleys and river channels, bright where the land is high",
@@ -664,11 +680,59 @@ def build_terrain(rng: np.random.Generator, num_fewshot: int, num_heldout: int) 
       processing="elevation -> [0.5, 99.5] percentile stretch over the whole map (one height scale for every tile); "
       f"non-overlapping {tile}x{tile} tiles; LANCZOS resize to 32x32",
       licence="no statement in matplotlib's sample_data README; ships under matplotlib's licence (PSF-based)",
-      split=lattice_split(tile),
-      fewshot=few,
-      heldout=held,
-      pool=pool,
       caveat="one map (added 2026-12-07, after every default was chosen), upsampled 2x; neighbouring tiles of the "
+      "two sets touch at corners",
+  )
+
+
+def build_mri(rng: np.random.Generator, num_fewshot: int, num_heldout: int) -> Domain:
+  """Tiles of one sagittal MRI slice of a head: brain folds, skull, face; the empty background left out."""
+  with gzip.open(matplotlib_sample("s1045.ima.gz")) as f:
+    scan = np.frombuffer(f.read(), "<u2").reshape(256, 256).astype(np.float32)
+  field = percentile_stretch(scan, 0.5, 99.5)
+  tile = 10
+  inside = lambda t: np.mean(t > 25) >= 0.5  # at least half the tile is tissue, not the black outside
+  return lattice_domain(
+      rng,
+      field,
+      tile,
+      num_fewshot,
+      num_heldout,
+      name="mri",
+      keep=inside,
+      title="Head MRI tiles",
+      looks="pieces of a sagittal head MRI: grey brain folds with dark furrows, bright fat and skull rims, jaw tissue",
+      module="matplotlib",
+      source="`matplotlib/mpl-data/sample_data/s1045.ima.gz` (matplotlib's `mri_demo` slice: 256x256 uint16 raw, "
+      "little-endian)",
+      processing="[0.5, 99.5] percentile stretch over the slice; non-overlapping "
+      f"{tile}x{tile} tiles at least half tissue (pixel > 25 of 255); LANCZOS resize to 32x32",
+      licence="no statement in matplotlib's sample_data README; ships under matplotlib's licence (PSF-based)",
+      caveat="one slice, 10-px tiles upsampled 3.2x (added 2026-12-07 late, after every default was chosen); "
+      "neighbouring tiles of the two sets touch at corners",
+  )
+
+
+def build_portrait(rng: np.random.Generator, num_fewshot: int, num_heldout: int) -> Domain:
+  """Tiles of matplotlib's Grace Hopper portrait: uniform, face, flag, background."""
+  photo = percentile_stretch(np.asarray(Image.open(matplotlib_sample("grace_hopper.jpg")).convert("L")), 0.5, 99.5)
+  tile = 24
+  return lattice_domain(
+      rng,
+      photo,
+      tile,
+      num_fewshot,
+      num_heldout,
+      name="portrait",
+      title="Portrait photograph tiles",
+      looks="pieces of a formal portrait: dark uniform and cap, face and glasses, flag stars and stripes behind",
+      module="matplotlib",
+      source="`matplotlib/mpl-data/sample_data/grace_hopper.jpg` (512x600 RGB, the US Navy portrait of Grace Hopper "
+      "matplotlib's image examples use)",
+      processing="RGB -> luma (Pillow 'L'); [0.5, 99.5] percentile stretch; non-overlapping "
+      f"{tile}x{tile} tiles; LANCZOS resize to 32x32",
+      licence="public domain (a work of the US Navy); ships in matplotlib's wheel",
+      caveat="one photograph (added 2026-12-07 late, after every default was chosen); neighbouring tiles of the "
       "two sets touch at corners",
   )
 
@@ -695,6 +759,8 @@ SEEDED = {
     "faces": build_faces,
     "garage": build_garage,
     "terrain": build_terrain,
+    "mri": build_mri,
+    "portrait": build_portrait,
 }
 ALL = tuple(SEEDED) + ("first_extended",)
 
@@ -735,12 +801,12 @@ def write_pngs(folder: str, items: list[tuple[str, np.ndarray]]) -> None:
     Image.fromarray(img).save(os.path.join(folder, name), optimize=True)
 
 
-def provenance(domain: Domain, seed: int) -> str:
+def provenance(domain: Domain, command: str) -> str:
   """The text of a domain's PROVENANCE.md."""
   pkg = f"{DIST[domain.module]}=={package_version(domain.module)}"
   return f"""# {domain.title} (`{domain.name}`)
 
-Built by `benchmarks/domains/prepare.py --out=... --seed={seed}` (see its docstring for the pip commands).
+Built by `{command}` (see its docstring for the pip commands).
 
 | | |
 |---|---|
@@ -758,7 +824,7 @@ source image.
 """
 
 
-def readme(domains: list[Domain], seed: int) -> str:
+def readme(domains: list[Domain], command: str) -> str:
   """The text of the output folder's README.md."""
   rows = "\n".join(
       f"| `{d.name}` | {d.title} | {len(d.fewshot)} | {len(d.heldout)} | "
@@ -768,13 +834,22 @@ def readme(domains: list[Domain], seed: int) -> str:
   return f"""# Offline target domains
 
 32x32 8-bit grayscale PNG target domains for few-shot latent discovery, built by
-`benchmarks/domains/prepare.py --seed={seed}` only from data bundled in PyPI wheels. Each folder has
+`{command}` only from data bundled in PyPI wheels. Each folder has
 `fewshot/` (the few-shot target set), `heldout/` (a disjoint evaluation set: no shared source
 image or overlapping crop) and `PROVENANCE.md` (source, processing, licence, counts).
 
 | domain | what | few-shot | held-out | package | looks like | caveat |
 |---|---|---|---|---|---|---|
 {rows}
+
+The FIRST radio galaxies (the demo's own target, `discovery_jax/assets/demo`) are the first domain of
+`benchmarks/method.py`. None of these domains' source images was used to train the evaluation's feature network
+(`discovery_jax/assets/feature_net/TRAINING.md`). `faces`, `china` and `flower` were added on 2026-11-28, after
+discovery's defaults were chosen, to test them on domains nobody tuned them to; `garage` and `terrain` on 2026-12-07
+for the same reason, after every default of that day (`step_spectrum='auto'` included) was fixed; `mri` and
+`portrait` (matplotlib's MRI slice and Grace Hopper portrait) late on 2026-12-07, after the spectral guard was fixed
+too. `benchmarks/method.py --domains=faces,china,flower,garage,terrain,mri,portrait` runs them (its default is the
+first six).
 """
 
 
@@ -808,6 +883,7 @@ def main() -> None:
   if unknown:
     raise SystemExit(f"unknown domains {unknown}; known: {ALL}")
 
+  command = f"python benchmarks/domains/prepare.py --out={args.out} --domains={','.join(names)} --seed={args.seed}"
   built = []
   for name in names:
     domain = build(name, args.seed, args.num_fewshot, args.num_heldout)
@@ -816,14 +892,14 @@ def main() -> None:
     write_pngs(os.path.join(folder, "fewshot"), domain.fewshot)
     write_pngs(os.path.join(folder, "heldout"), domain.heldout)
     with open(os.path.join(folder, "PROVENANCE.md"), "w") as f:
-      f.write(provenance(domain, args.seed))
+      f.write(provenance(domain, command))
     if args.preview_dir:
       os.makedirs(args.preview_dir, exist_ok=True)
       Image.fromarray(contact_sheet(domain)).save(os.path.join(args.preview_dir, f"preview_{name}.png"))
     built.append(domain)
     print(f"{name}: {len(domain.fewshot)} few-shot + {len(domain.heldout)} held-out " f"(of {domain.pool}) -> {folder}")
   with open(os.path.join(args.out, "README.md"), "w") as f:
-    f.write(readme(built, args.seed))
+    f.write(readme(built, command))
 
 
 if __name__ == "__main__":
