@@ -180,6 +180,7 @@ def typical_options(config: Any) -> TypicalOptions:
         fill_near_misses=bool(_get(d, "fill_near_misses", default.fill_near_misses)),
         strength_sweep=bool(_get(d, "strength_sweep", default.strength_sweep)),
         fill_keeps_bins=bool(_get(d, "fill_keeps_bins", default.fill_keeps_bins)),
+        fill_spreads=bool(_get(d, "fill_spreads", default.fill_spreads)),
         step_spectrum=_step_power(_get(d, "step_spectrum", default.step_spectrum)),
         # None is a setting here (off), so only a missing key takes the library's default
         spectral_guard=_quantile_or_none("spectral_guard", d.get("spectral_guard", default.spectral_guard)),

@@ -553,6 +553,33 @@ def test_fill_keeps_bins_gives_up_the_cells_before_the_distance_bins():
   assert kept[0].summary()["fewshot_cells"]["max_per_cell"] <= 2
 
 
+def test_the_fill_in_goes_to_the_emptiest_fewshot_cells_first():
+  """In order, a tight pool's fill-in piles variations of the few sources that pass most easily
+  together (the evaluation calls them near-duplicates); spread, each round lets every cell hold one
+  more, counting what is accepted, and a candidate too near a taken one is never taken."""
+  feats, cells = np.arange(7.0)[:, None] * 10, np.array([0, 0, 1, 2, 2, 1, 0])
+  accepted_cells = np.array([0, 0, 2])  # cell 0 holds two, cell 2 one, cell 1 none
+  spread = lambda accepted, needed: typical._spread_fill(feats, cells, accepted, accepted_cells, 3, 1.0, needed)
+  assert spread(np.zeros((0, 1)), 3).tolist() == [2, 3, 5]  # cells 1, 2, 1: two each now
+  assert spread(np.zeros((0, 1)), 7).tolist() == [2, 3, 5, 0, 4, 1, 6]
+  assert spread(np.array([[30.5]]), 7).tolist() == [2, 4, 5, 0, 1, 6]  # candidate 3 lies within the separation
+  bank = _bank()
+  options = lambda spreads: discovery.TypicalOptions(
+      strength_range=(0.2, 1.0),
+      band=(0.05, 0.95),
+      pool_factor=8,
+      partner_weight=0.0,
+      fill_after=1,
+      step_spectrum=0.0,
+      fill_spreads=spreads,
+  )
+  spread_out, in_order = (_discover_on_bank(bank, 48, options(s), seed=1) for s in (True, False))
+  assert spread_out.num_accepted == in_order.num_accepted == 48
+  assert spread_out.summary()["fewshot_cells"] == {"used": 32, "of": 32, "max_per_cell": 2}  # ceil(48 / 32)
+  assert in_order.summary()["fewshot_cells"]["max_per_cell"] > 2
+  assert sorted(spread_out.candidate_index) != sorted(in_order.candidate_index)
+
+
 def test_when_the_pool_runs_out_the_set_aside_candidates_fill_in_rebuilt_from_their_index():
   bank = _bank()
   options = discovery.TypicalOptions(
@@ -638,6 +665,9 @@ def test_the_config_sets_the_balance_and_when_to_fill_in():
   assert not settings.typical_options(config).strength_sweep  # off by default
   config.discovery.strength_sweep = True
   assert settings.typical_options(config).strength_sweep
+  assert settings.typical_options(config).fill_spreads  # the fill-in goes to the emptiest cells first
+  config.discovery.fill_spreads = False
+  assert not settings.typical_options(config).fill_spreads
   config.discovery.fill_after, config.discovery.balance = None, "sources"
   with pytest.raises(
       ValueError, match=r"^config.discovery: balance must be one of \('distance', 'fewshot', 'both'\), got 'sources'$"

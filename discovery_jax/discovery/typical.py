@@ -109,6 +109,10 @@ class TypicalOptions:
   few-shot cells before the distance bins: set-aside candidates whose distance bin still has
   room go first, and the search settles only once the bins can be met that way (False: the
   set-aside candidates in order, whatever their bin: first come, they crowd the near bins);
+  fill_spreads: the fill-in (set-aside candidates and near misses) goes to the few-shot cells
+  holding the fewest accepted images first, one more per cell per round, so no source's
+  neighbourhood fills up with variations of it (False: in order, which piled up to seven
+  samples of one source where the pool was tight);
   step_spectrum: the step's power per spatial frequency and channel component follows the
   few-shot residuals' own raised to this power (-1: the inverse, most of the step in the
   fine detail the few-shot images vary least in, so the layout stays the source's and the
@@ -137,6 +141,7 @@ class TypicalOptions:
   fill_near_misses: bool = True
   strength_sweep: bool = False
   fill_keeps_bins: bool = False
+  fill_spreads: bool = True
   step_spectrum: float | str = AUTO
   spectral_guard: float | None = 0.1
   batch: int = 64
@@ -350,6 +355,37 @@ class TypicalResult:
     }
 
 
+def _spread_fill(
+    features: np.ndarray,
+    cells: np.ndarray,
+    accepted: np.ndarray,
+    accepted_cells: np.ndarray,
+    num_cells: int,
+    separation: float,
+    needed: int,
+) -> np.ndarray:
+  """Positions of fill-in candidates to take, the emptiest few-shot cells first: round r lets
+  every cell hold r images (counting those accepted), candidates in order within a round,
+  each at least ``separation`` from everything taken. A candidate too near then stays too near."""
+  counts = np.bincount(accepted_cells, minlength=num_cells).astype(np.int64)
+  taken: list[np.ndarray] = []
+  acc = np.asarray(accepted, np.float64).reshape(-1, features.shape[1])
+  left = np.arange(len(features))
+  level = int(counts.min()) + 1
+  while len(left) and needed > 0:
+    none = {k: np.zeros(len(left), bool) for k in ("too_close", "too_far", "own_side")}
+    room = np.maximum(level - counts, 0)
+    keep, spilled = select(features[left], none, acc, separation, needed, cells[left], room)
+    picked = left[keep]
+    taken.append(picked)
+    counts += np.bincount(cells[picked], minlength=num_cells)
+    acc = np.concatenate([acc, features[picked]])
+    needed -= len(picked)
+    left = left[spilled]
+    level += 1
+  return np.concatenate(taken) if taken else np.zeros(0, np.int64)
+
+
 def _fillable_by_bins(keep, spilled, bins, last, n_acc, accepted_bins, spill_bins, bin_share) -> np.ndarray:
   """For each of the batch's first ``last`` candidates: how many places the accepted images so far
   and the set-aside ones could fill if every distance bin takes at most its share."""
@@ -485,10 +521,21 @@ def discover_typical(
     they keep ``separation`` (default the criteria's) apart from what is accepted (and, with
     ``bin_room``, only into distance bins with room); returns the positions taken."""
     fs = np.stack([c[3] for c in held])
-    none = {k: np.zeros(len(held), bool) for k in ("too_close", "too_far", "own_side")}
-    quota = () if bin_room is None else (bin_of_distance([c[1] for c in held]), bin_room.copy())
     apart = criteria.separation if separation is None else separation
-    keep, _ = select(fs, none, accepted_feats, apart, num_samples - n_acc, *quota)
+    if options.fill_spreads and bin_room is None:
+      keep = _spread_fill(
+          fs,
+          np.asarray([c[2] for c in held]),
+          accepted_feats,
+          np.concatenate(nearest) if nearest else np.zeros(0, np.int64),
+          n_cells,
+          apart,
+          num_samples - n_acc,
+      )
+    else:
+      none = {k: np.zeros(len(held), bool) for k in ("too_close", "too_far", "own_side")}
+      quota = () if bin_room is None else (bin_of_distance([c[1] for c in held]), bin_room.copy())
+      keep, _ = select(fs, none, accepted_feats, apart, num_samples - n_acc, *quota)
     for b0 in range(0, len(keep), options.batch):
       part = keep[b0 : b0 + options.batch]
       g = np.asarray([held[i][0] for i in part])
