@@ -133,9 +133,9 @@ def get_config():
   config.discovery.strength_sweep = False
   # typical, balance "both": the fill-in gives up few-shot cells before distance bins (False: in order)
   config.discovery.fill_keeps_bins = False
-  # typical: the fill-in goes to the few-shot cells holding the fewest accepted images first (False: in order,
-  # which can pile several variations of one source together; docs/method.md)
-  config.discovery.fill_spreads = True
+  # typical: True sends the fill-in to the few-shot cells holding the fewest accepted images first (lower FD,
+  # lower novelty: docs/method.md); False, the default: in order
+  config.discovery.fill_spreads = False
   # typical: the step's power per spatial frequency follows the few-shot residuals' own raised to this
   # (-1: mostly fine detail, the layout stays the source's and the model re-draws the detail; 0: white noise;
   # 'auto', the default: the residuals' spectral slope between -1 and 0, white where no layout dominates;

@@ -665,9 +665,9 @@ def test_the_config_sets_the_balance_and_when_to_fill_in():
   assert not settings.typical_options(config).strength_sweep  # off by default
   config.discovery.strength_sweep = True
   assert settings.typical_options(config).strength_sweep
-  assert settings.typical_options(config).fill_spreads  # the fill-in goes to the emptiest cells first
-  config.discovery.fill_spreads = False
-  assert not settings.typical_options(config).fill_spreads
+  assert not settings.typical_options(config).fill_spreads  # the fill-in in order, by default
+  config.discovery.fill_spreads = True
+  assert settings.typical_options(config).fill_spreads
   config.discovery.fill_after, config.discovery.balance = None, "sources"
   with pytest.raises(
       ValueError, match=r"^config.discovery: balance must be one of \('distance', 'fewshot', 'both'\), got 'sources'$"

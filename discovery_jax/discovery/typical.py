@@ -110,9 +110,9 @@ class TypicalOptions:
   room go first, and the search settles only once the bins can be met that way (False: the
   set-aside candidates in order, whatever their bin: first come, they crowd the near bins);
   fill_spreads: the fill-in (set-aside candidates and near misses) goes to the few-shot cells
-  holding the fewest accepted images first, one more per cell per round, so no source's
-  neighbourhood fills up with variations of it (False: in order, which piled up to seven
-  samples of one source where the pool was tight);
+  holding the fewest accepted images first, one more per cell per round (False, the default: in
+  order, first come, which crowds the neighbourhoods whose candidates pass most easily; spreading
+  lowers FD but also novelty, docs/method.md);
   step_spectrum: the step's power per spatial frequency and channel component follows the
   few-shot residuals' own raised to this power (-1: the inverse, most of the step in the
   fine detail the few-shot images vary least in, so the layout stays the source's and the
@@ -141,7 +141,7 @@ class TypicalOptions:
   fill_near_misses: bool = True
   strength_sweep: bool = False
   fill_keeps_bins: bool = False
-  fill_spreads: bool = True
+  fill_spreads: bool = False
   step_spectrum: float | str = AUTO
   spectral_guard: float | None = 0.1
   batch: int = 64
