@@ -650,6 +650,11 @@ def build_garage(rng: np.random.Generator, num_fewshot: int, num_heldout: int) -
   )
 
 
+MATPLOTLIB_SAMPLE_LICENCE = (
+    "no statement in matplotlib's sample_data README; ships under matplotlib's licence (PSF-based)"
+)
+
+
 def matplotlib_sample(filename: str) -> str:
   """The path of a file bundled in matplotlib's wheel (``mpl-data/sample_data/``), never downloaded."""
   path = os.path.join(package_dir("matplotlib"), "mpl-data", "sample_data", filename)
@@ -679,7 +684,7 @@ def build_terrain(rng: np.random.Generator, num_fewshot: int, num_heldout: int) 
       "hill-shading examples)",
       processing="elevation -> [0.5, 99.5] percentile stretch over the whole map (one height scale for every tile); "
       f"non-overlapping {tile}x{tile} tiles; LANCZOS resize to 32x32",
-      licence="no statement in matplotlib's sample_data README; ships under matplotlib's licence (PSF-based)",
+      licence=MATPLOTLIB_SAMPLE_LICENCE,
       caveat="one map (added 2026-12-07, after every default was chosen), upsampled 2x; neighbouring tiles of the "
       "two sets touch at corners",
   )
@@ -707,7 +712,7 @@ def build_mri(rng: np.random.Generator, num_fewshot: int, num_heldout: int) -> D
       "little-endian)",
       processing="[0.5, 99.5] percentile stretch over the slice; non-overlapping "
       f"{tile}x{tile} tiles at least half tissue (pixel > 25 of 255); LANCZOS resize to 32x32",
-      licence="no statement in matplotlib's sample_data README; ships under matplotlib's licence (PSF-based)",
+      licence=MATPLOTLIB_SAMPLE_LICENCE,
       caveat="one slice, 10-px tiles upsampled 3.2x (added 2026-12-07 late, after every default was chosen); "
       "neighbouring tiles of the two sets touch at corners",
   )
