@@ -355,6 +355,11 @@ class TypicalResult:
     }
 
 
+def _all_pass(n: int) -> dict:
+  """A verdict that rejects none of ``n`` candidates: ``select`` then only separates and fills quotas."""
+  return {k: np.zeros(n, bool) for k in ("too_close", "too_far", "own_side")}
+
+
 def _spread_fill(
     features: np.ndarray,
     cells: np.ndarray,
@@ -373,9 +378,8 @@ def _spread_fill(
   left = np.arange(len(features))
   level = int(counts.min()) + 1
   while len(left) and needed > 0:
-    none = {k: np.zeros(len(left), bool) for k in ("too_close", "too_far", "own_side")}
     room = np.maximum(level - counts, 0)
-    keep, spilled = select(features[left], none, acc, separation, needed, cells[left], room)
+    keep, spilled = select(features[left], _all_pass(len(left)), acc, separation, needed, cells[left], room)
     picked = left[keep]
     taken.append(picked)
     counts += np.bincount(cells[picked], minlength=num_cells)
@@ -533,9 +537,8 @@ def discover_typical(
           num_samples - n_acc,
       )
     else:
-      none = {k: np.zeros(len(held), bool) for k in ("too_close", "too_far", "own_side")}
       quota = () if bin_room is None else (bin_of_distance([c[1] for c in held]), bin_room.copy())
-      keep, _ = select(fs, none, accepted_feats, apart, num_samples - n_acc, *quota)
+      keep, _ = select(fs, _all_pass(len(held)), accepted_feats, apart, num_samples - n_acc, *quota)
     for b0 in range(0, len(keep), options.batch):
       part = keep[b0 : b0 + options.batch]
       g = np.asarray([held[i][0] for i in part])
