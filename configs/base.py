@@ -145,6 +145,10 @@ def get_config():
   # images' than all but this quantile of them (each left out) is too far (discovery/spectral_envelope.py;
   # measured in docs/method.md). None: off
   config.discovery.spectral_guard = FieldReference(0.1, field_type=object)  # a quantile or None
+  # typical: a pool that runs out short searches this many more candidates per requested sample before taking
+  # near misses, their strengths drawn where the first pool's candidates passed (discovery/typical.py
+  # rescue_law; measured in docs/method.md). None or 0: no rescue
+  config.discovery.rescue_factor = placeholder(int)
   config.discovery.num_interior = 20  # slerp points per (OOD latent, prior draw) pair (official: 20)
   config.discovery.num_refs = 10  # reference latents per criterion (official R = 10)
   config.discovery.max_per_path = placeholder(int)  # accepted points kept per slerp path (None: all, official)

@@ -668,6 +668,14 @@ def test_the_config_sets_the_balance_and_when_to_fill_in():
   assert not settings.typical_options(config).fill_spreads  # the fill-in in order, by default
   config.discovery.fill_spreads = True
   assert settings.typical_options(config).fill_spreads
+  config.discovery.rescue_factor = 4
+  assert settings.typical_options(config).rescue_factor == 4
+  config.discovery.rescue_factor = None  # a setting: no rescue
+  assert settings.typical_options(config).rescue_factor is None
+  config.discovery.rescue_factor = -1
+  with pytest.raises(ValueError, match=r"^config.discovery: rescue_factor must be an integer >= 0 or None, got -1$"):
+    settings.typical_options(config)
+  config.discovery.rescue_factor = None
   config.discovery.fill_after, config.discovery.balance = None, "sources"
   with pytest.raises(
       ValueError, match=r"^config.discovery: balance must be one of \('distance', 'fewshot', 'both'\), got 'sources'$"
@@ -696,3 +704,44 @@ def test_the_spectral_guard_turns_away_images_whose_spectra_leave_the_fewshot_on
   assert unguarded.rejections["off_spectrum"] == 0 and unguarded.criteria["spectral_guard"] is None
   with pytest.raises(ValueError, match="spectral_guard must be a quantile"):
     discovery.TypicalOptions(spectral_guard=1.5)
+
+
+def test_the_rescue_law_weights_each_strength_slice_by_its_pass_rate():
+  strengths = np.array([0.05, 0.1, 0.3, 0.35, 0.6, 0.65, 0.9, 0.95])
+  passed = np.array([0, 0, 1, 0, 1, 1, 0, 0], bool)
+  cdf, edges = typical.rescue_law(strengths, passed, (0.0, 1.0), slices=4)
+  np.testing.assert_allclose(edges, [0.0, 0.25, 0.5, 0.75, 1.0])
+  rate = np.array([0.0, 0.5, 1.0, 0.0])
+  weight = rate + typical.RESCUE_FLOOR * rate.mean()
+  np.testing.assert_allclose(np.diff(cdf), weight / weight.sum())
+  assert cdf[0] == 0.0 and cdf[-1] == pytest.approx(1.0)
+  assert typical.rescue_law(strengths, np.zeros(8, bool), (0.0, 1.0)) is None  # nothing to go on
+
+
+def test_a_short_pool_is_rescued_at_the_strengths_where_its_candidates_passed():
+  """Identity 'denoising': gentle steps are copies of their source, so only the strongest pass. A pool
+  that runs out short searches again, drawing strengths where the first pool passed, and finds more;
+  its candidates still depend on their index (and the law read off the first pool) alone."""
+  bank = _bank()
+  options = discovery.TypicalOptions(
+      strength_range=(0.0, 1.0), step_spectrum=0.0, pool_factor=2, batch=8, fill_near_misses=False, spectral_guard=None
+  )
+  plain = _discover_on_bank(bank, 16, options)
+  assert plain.num_accepted < 16 and plain.num_candidates == 32 and plain.rescue is None
+  assert plain.strength.min() > 0.75  # what passes is strong
+  res = _discover_on_bank(bank, 16, dataclasses.replace(options, rescue_factor=4))
+  rescue = res.summary()["rescue"]
+  assert rescue["from"] == plain.num_accepted and rescue["candidates"] == res.num_candidates - 32 <= 64
+  assert res.num_accepted == plain.num_accepted + rescue["accepted"] > plain.num_accepted
+  np.testing.assert_array_equal(res.latents[: plain.num_accepted], plain.latents)  # the first pool's, unchanged
+  law = (np.asarray(rescue["strength_cdf"]), np.asarray(rescue["edges"]))
+  prior = discovery.fit_prior(bank)
+  g = np.arange(32, 96)
+  z, _, s = typical.typical_candidates(bank, prior, jax.random.key(0), g, (0.0, 1.0), strength_law=law)
+  assert np.mean(s >= law[1][-2]) > 0.85  # drawn where the first pool passed, not uniformly
+  later = res.candidate_index >= 32
+  assert later.sum() == rescue["accepted"]
+  np.testing.assert_array_equal(res.latents[later], z[res.candidate_index[later] - 32])
+  # a pool that fills needs no rescue
+  fine = _discover_on_bank(bank, 6, dataclasses.replace(options, strength_range=(0.95, 1.0), rescue_factor=4))
+  assert fine.num_accepted == 6 and fine.rescue is None

@@ -63,6 +63,7 @@ _KEY_SOURCE, _KEY_STRENGTH, _KEY_NOISE, _KEY_PARTNER = 0, 1, 2, 3
 GUARD_KINDS = ("discriminant", "nearest")
 BALANCE_KINDS = ("distance", "fewshot", "both")
 NEAR_MISS_RELAXATIONS = 3  # the near-miss fill may halve the separation this many times
+RESCUE_SLICES, RESCUE_FLOOR = 8, 0.05  # the rescue pool's strength law: slices, and each one's least weight
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +122,12 @@ class TypicalOptions:
   -1 and 0, ``step_spectrum.auto_power``); needs image latents unless 0; spectral_guard: a
   candidate whose image's log power per octave band of spatial frequency lies further from the
   few-shot images' (largest |z| over the bands) than all but this quantile of the few-shot images
-  do, each left out of the fit, is too far (``spectral_envelope``; default 0.1; None: off)."""
+  do, each left out of the fit, is too far (``spectral_envelope``; default 0.1; None: off);
+  rescue_factor: when the pool runs out short (after the set-aside candidates are used), search
+  this many more candidates per requested sample before any near miss is taken, their strengths
+  drawn where the first pool's passed (``rescue_law``: its strength range in slices, each as likely
+  as the share of its candidates that were usable), so a domain whose candidates mostly land too
+  close (or too far) is searched at the strengths that work for it (None or 0: no rescue)."""
 
   strength_range: tuple[float, float] | None = None
   band: tuple[float, float] = (0.1, 0.7)
@@ -144,6 +150,7 @@ class TypicalOptions:
   fill_spreads: bool = False
   step_spectrum: float | str = AUTO
   spectral_guard: float | None = 0.1
+  rescue_factor: int | None = None
   batch: int = 64
 
   def __post_init__(self):
@@ -176,6 +183,8 @@ class TypicalOptions:
       raise ValueError(f"spectral_guard must be a quantile in [0, 1) or None, got {self.spectral_guard}")
     if self.partner_neighbours is not None and self.partner_neighbours < 1:
       raise ValueError(f"partner_neighbours must be >= 1 or None, got {self.partner_neighbours}")
+    if self.rescue_factor is not None and (isinstance(self.rescue_factor, bool) or self.rescue_factor < 0):
+      raise ValueError(f"rescue_factor must be an integer >= 0 or None, got {self.rescue_factor!r}")
     if self.pool_factor < 1 or self.batch < 1 or self.distance_bins < 1:
       raise ValueError(
           f"pool_factor, batch and distance_bins must be >= 1, got {self.pool_factor}, {self.batch}, "
@@ -200,6 +209,7 @@ def _candidates(
     neighbours: jax.Array,
     sweep: jax.Array,
     spectrum: StepSpectrum | None,
+    strength_law: tuple[jax.Array, jax.Array] | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   n = rows.shape[0]
   k_strength, k_noise = jax.random.fold_in(key, _KEY_STRENGTH), jax.random.fold_in(key, _KEY_NOISE)
@@ -210,6 +220,8 @@ def _candidates(
     u = jax.random.uniform(jax.random.fold_in(k_strength, g))
     u = jnp.where(sweep > 0, jnp.minimum((g + u) / jnp.maximum(sweep, 1.0), 1.0), u)
     s = s_lo + (s_hi - s_lo) * u
+    if strength_law is not None:  # the inverse of a piecewise-uniform law: (its CDF at the edges, the edges)
+      s = jnp.interp(u, strength_law[0], strength_law[1])
     eps = standard_normal(jax.random.fold_in(k_noise, g), rows.shape[1])
     if spectrum is not None:
       eps = shape_step(spectrum, eps)
@@ -270,8 +282,11 @@ def typical_candidates(
     partner_neighbours: int | None = None,
     sweep: int = 0,
     spectrum: StepSpectrum | None = None,
+    strength_law: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Candidates g of ``candidate_index``: (latents (n, *shape), source index, strength).
+  ``strength_law``: (CDF at the edges, edges) of a piecewise-uniform law the strengths are
+  drawn from instead of ``strength_range`` (``rescue_law``).
 
   Sources cycle through a key-seeded permutation of the bank, so every few-shot latent
   seeds the same number of candidates; a candidate's partner (``partner_weight`` > 0) is
@@ -300,6 +315,7 @@ def typical_candidates(
       neighbours.astype(jnp.int32),
       jnp.float32(sweep),
       spectrum,
+      None if strength_law is None else tuple(jnp.asarray(a, jnp.float32) for a in strength_law),
   )
   return np.asarray(z).reshape((-1,) + latent_shape(ood_bank)), np.asarray(src), np.asarray(s)
 
@@ -324,6 +340,7 @@ class TypicalResult:
   prior: dict
   seconds: float
   options: dict
+  rescue: dict | None = None  # the rescue pool, where one ran (``rescue_factor``)
 
   @property
   def num_accepted(self) -> int:
@@ -341,6 +358,7 @@ class TypicalResult:
         "prior": self.prior,
         "seconds": self.seconds,
         "config": self.options,
+        "rescue": self.rescue,
         "strength_accepted": {
             "mean": float(np.mean(self.strength)) if len(self.strength) else None,
             "min": float(np.min(self.strength)) if len(self.strength) else None,
@@ -353,6 +371,23 @@ class TypicalResult:
             "max_per_cell": int(np.bincount(self.nearest_fewshot).max()) if len(self.nearest_fewshot) else 0,
         },
     }
+
+
+def rescue_law(
+    strengths: np.ndarray, passed: np.ndarray, strength_range: tuple[float, float], slices: int = RESCUE_SLICES
+) -> tuple[np.ndarray, np.ndarray] | None:
+  """The strengths a rescue pool draws from: ``strength_range`` cut into equal slices, each
+  weighted by the share of its examined candidates that ``passed`` (plus RESCUE_FLOOR x the
+  mean share, so no slice is ruled out on a few draws); (CDF at the edges, edges), or None
+  when no candidate passed."""
+  edges = np.linspace(strength_range[0], strength_range[1], slices + 1)
+  k = np.clip(np.searchsorted(edges, np.asarray(strengths), side="right") - 1, 0, slices - 1)
+  tried = np.bincount(k, minlength=slices)
+  rate = np.bincount(k, weights=np.asarray(passed, np.float64), minlength=slices) / np.maximum(tried, 1)
+  if not rate.any():
+    return None
+  weight = rate + RESCUE_FLOOR * rate.mean()
+  return np.concatenate([[0.0], np.cumsum(weight) / weight.sum()]), edges
 
 
 def _all_pass(n: int) -> dict:
@@ -504,19 +539,31 @@ def discover_typical(
 
   n_acc = examined = 0
 
+  pool_end, law = budget, None  # candidates from pool_end on are the rescue pool's, drawn from ``law``
+
   def candidates(g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Candidates g under these options (a set-aside one is rebuilt from its index alone)."""
-    return typical_candidates(
+    g = np.asarray(g)
+    make = lambda part, strength_law=None: typical_candidates(
         ood_bank,
         prior,
         key,
-        g,
+        part,
         options.strength_range,
         options.partner_weight,
         options.partner_neighbours,
         sweep,
         spectrum,
+        strength_law,
     )
+    rescued = g >= pool_end
+    if not rescued.any():
+      return make(g)
+    if rescued.all():
+      return make(g, law)
+    parts = [make(g[~rescued]), make(g[rescued], law)]
+    where = np.argsort(np.concatenate([np.flatnonzero(~rescued), np.flatnonzero(rescued)]), kind="stable")
+    return tuple(np.concatenate([a, b])[where] for a, b in zip(*parts))
 
   def fill_from(
       held: list[tuple], near_miss: bool = False, bin_room: np.ndarray | None = None, separation: float | None = None
@@ -565,59 +612,78 @@ def discover_typical(
 
   # fill_after past pool_factor is the pool's end, where the search always fills in.
   settle = budget if options.fill_after is None else min(options.fill_after * num_samples, budget)
-  while examined < budget and n_acc < num_samples:
-    g = np.arange(examined, min(budget, examined + options.batch))
-    z, src, s = candidates(g)
-    x = denoise(z)
-    f = np.asarray(features(x), np.float64)
-    verdict = criteria.judge(f, np.asarray(guard_features(x), np.float64) if separate_guard else None, images=x)
-    f = verdict["embedded"]  # separation and the spill are measured where the band is
-    keep, spilled = select(
-        f, verdict, accepted_feats, criteria.separation, num_samples - n_acc, quota_of(verdict), room
-    )
-    last = keep[-1] + 1 if n_acc + len(keep) >= num_samples else len(g)
-    # Past fill_after x N candidates (at the pool's end without it), the search also stops at the first
-    # candidate by which the accepted and set-aside ones make up N, and fills in: found candidate by
-    # candidate, so it never depends on the batch size.
-    if keeps_bins:  # what the set-aside candidates can fill without overfilling a distance bin
-      spill_bins = bin_of_distance([c[1] for c in spill])
-      held = _fillable_by_bins(keep, spilled, bin_of(verdict), last, n_acc, accepted_per_bin(), spill_bins, bin_share)
-    else:
-      pos = np.arange(last)
-      held = n_acc + np.searchsorted(keep, pos, side="right")
-      held += np.minimum(num_samples, len(spill) + np.searchsorted(spilled, pos, side="right"))
-    settled = np.flatnonzero((g[:last] + 1 >= settle) & (held >= num_samples))
-    if len(settled):
-      last = int(settled[0]) + 1
-      keep = keep[keep < last]
-    examined += int(last)
-    seen = slice(0, last)
-    rejections["too_close"] += int(verdict["too_close"][seen].sum())
-    rejections["too_far"] += int(verdict["too_far"][seen].sum())
-    rejections["off_spectrum"] += int(verdict["off_spectrum"][seen].sum())  # counted in too_far as well
-    in_band = ~(verdict["too_close"] | verdict["too_far"])
-    rejections["own_side"] += int((in_band & verdict["own_side"])[seen].sum())
-    eligible = int((in_band & ~verdict["own_side"])[seen].sum())
-    spilled = spilled[spilled < last]
-    if options.fill_near_misses:
-      off = np.flatnonzero(~in_band[seen] & ~verdict["own_side"][seen])
-      misses += [(verdict["band_miss"][i], g[i], verdict["nn_fewshot"][i], verdict["nn_index"][i], f[i]) for i in off]
-    rejections["duplicate"] += eligible - len(keep) - len(spilled)
-    n_spill += len(spilled)
-    spill_cap = budget if keeps_bins else num_samples  # keeping the bins, any set-aside one may fill a far bin
-    if len(spilled) and len(spill) < spill_cap:
-      sp = spilled[: spill_cap - len(spill)]
-      spill += list(zip(g[sp], verdict["nn_fewshot"][sp], verdict["nn_index"][sp], f[sp]))
-    if len(keep):
-      nn, near = verdict["nn_fewshot"][keep], verdict["nn_index"][keep]
-      accept((z[keep], x[keep], g[keep], src[keep], s[keep], nn, near, f[keep]))
-    if log:
-      log(f"typical discovery: {n_acc}/{num_samples} accepted after {examined} candidates")
-    if len(settled) and n_acc < num_samples:
-      fill_in(final=False)
-      settle = budget  # set-aside ones too near each other to make up N: search on, and fill in again at the end
-  if n_acc < num_samples and spill:  # the pool ran out before every bin filled
-    fill_in()
+  tried_strength, tried_passed = [], []  # every examined candidate's strength, and whether it was usable
+  rescue = None
+  for rescuing in (False, True):
+    if rescuing:  # short at the pool's end: a second pool, its strengths where the first one's passed
+      if n_acc >= num_samples or not options.rescue_factor:
+        break
+      law = rescue_law(np.concatenate(tried_strength), np.concatenate(tried_passed), options.strength_range)
+      if law is None:
+        break
+      rescue = {"from": n_acc, "strength_cdf": law[0].tolist(), "edges": law[1].tolist()}
+      budget = settle = pool_end + options.rescue_factor * num_samples
+      if log:
+        log(f"typical discovery: the pool ran out at {n_acc}/{num_samples}; a rescue pool of {budget - pool_end}")
+    while examined < budget and n_acc < num_samples:
+      g = np.arange(examined, min(budget, examined + options.batch))
+      z, src, s = candidates(g)
+      x = denoise(z)
+      f = np.asarray(features(x), np.float64)
+      verdict = criteria.judge(f, np.asarray(guard_features(x), np.float64) if separate_guard else None, images=x)
+      f = verdict["embedded"]  # separation and the spill are measured where the band is
+      keep, spilled = select(
+          f, verdict, accepted_feats, criteria.separation, num_samples - n_acc, quota_of(verdict), room
+      )
+      last = keep[-1] + 1 if n_acc + len(keep) >= num_samples else len(g)
+      # Past fill_after x N candidates (at the pool's end without it), the search also stops at the first
+      # candidate by which the accepted and set-aside ones make up N, and fills in: found candidate by
+      # candidate, so it never depends on the batch size.
+      if keeps_bins:  # what the set-aside candidates can fill without overfilling a distance bin
+        spill_bins = bin_of_distance([c[1] for c in spill])
+        held = _fillable_by_bins(keep, spilled, bin_of(verdict), last, n_acc, accepted_per_bin(), spill_bins, bin_share)
+      else:
+        pos = np.arange(last)
+        held = n_acc + np.searchsorted(keep, pos, side="right")
+        held += np.minimum(num_samples, len(spill) + np.searchsorted(spilled, pos, side="right"))
+      settled = np.flatnonzero((g[:last] + 1 >= settle) & (held >= num_samples))
+      if len(settled):
+        last = int(settled[0]) + 1
+        keep = keep[keep < last]
+      examined += int(last)
+      seen = slice(0, last)
+      if not rescuing:
+        usable = np.zeros(len(g), bool)
+        usable[np.concatenate([keep, spilled[spilled < last]])] = True
+        tried_strength.append(s[:last]), tried_passed.append(usable[:last])
+      rejections["too_close"] += int(verdict["too_close"][seen].sum())
+      rejections["too_far"] += int(verdict["too_far"][seen].sum())
+      rejections["off_spectrum"] += int(verdict["off_spectrum"][seen].sum())  # counted in too_far as well
+      in_band = ~(verdict["too_close"] | verdict["too_far"])
+      rejections["own_side"] += int((in_band & verdict["own_side"])[seen].sum())
+      eligible = int((in_band & ~verdict["own_side"])[seen].sum())
+      spilled = spilled[spilled < last]
+      if options.fill_near_misses:
+        off = np.flatnonzero(~in_band[seen] & ~verdict["own_side"][seen])
+        misses += [(verdict["band_miss"][i], g[i], verdict["nn_fewshot"][i], verdict["nn_index"][i], f[i]) for i in off]
+      rejections["duplicate"] += eligible - len(keep) - len(spilled)
+      n_spill += len(spilled)
+      spill_cap = budget if keeps_bins else num_samples  # keeping the bins, any set-aside one may fill a far bin
+      if len(spilled) and len(spill) < spill_cap:
+        sp = spilled[: spill_cap - len(spill)]
+        spill += list(zip(g[sp], verdict["nn_fewshot"][sp], verdict["nn_index"][sp], f[sp]))
+      if len(keep):
+        nn, near = verdict["nn_fewshot"][keep], verdict["nn_index"][keep]
+        accept((z[keep], x[keep], g[keep], src[keep], s[keep], nn, near, f[keep]))
+      if log:
+        log(f"typical discovery: {n_acc}/{num_samples} accepted after {examined} candidates")
+      if len(settled) and n_acc < num_samples:
+        fill_in(final=False)
+        settle = budget  # set-aside ones too near each other to make up N: search on, and fill in again at the end
+    if n_acc < num_samples and spill:  # the pool ran out before every bin filled
+      fill_in()
+  if rescue is not None:
+    rescue.update(candidates=examined - pool_end, accepted=n_acc - rescue["from"])
   num_near_misses, fill_separation = 0, criteria.separation
   if n_acc < num_samples and misses:  # still short: the near misses, nearest the band first
     # Where even they lie too near each other (a few-shot set of a few, mutually distant images sets
@@ -656,4 +722,5 @@ def discover_typical(
       | {"step_spectrum": (spectrum.summary() if spectrum is not None else {"power": 0.0}) | step_info},
       seconds=time.perf_counter() - start,
       options=dataclasses.asdict(options),
+      rescue=rescue,
   )
