@@ -14,7 +14,7 @@ import numpy as np
 from discovery_jax.discovery.spectral_envelope import SpectralEnvelope
 
 if TYPE_CHECKING:
-  from discovery_jax.discovery.typical import TypicalOptions
+  from discovery_jax.discovery.typical_options import TypicalOptions
 
 MIN_FEWSHOT = 4  # leave-one-out quantiles of fewer images say nothing
 LIVE_CHANNEL = 1e-6  # a selection channel whose few-shot spread is below this x the median one's is dead
