@@ -153,15 +153,6 @@ def _quantile_or_none(name: str, value: Any) -> float | None:
   raise ValueError(f"{name} must be a quantile in [0, 1) or None, got {value!r}")
 
 
-def _count_or_none(name: str, value: Any) -> int | None:
-  """An integer >= 0, or None (a setting, not a missing value)."""
-  if value is None:
-    return None
-  if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-    raise ValueError(f"{name} must be an integer >= 0 or None, got {value!r}")
-  return value
-
-
 def typical_options(config: Any) -> TypicalOptions:
   """The 'typical' discovery settings of ``config.discovery``."""
   d = config.discovery
@@ -193,7 +184,7 @@ def typical_options(config: Any) -> TypicalOptions:
         step_spectrum=_step_power(_get(d, "step_spectrum", default.step_spectrum)),
         # None is a setting here (off), so only a missing key takes the library's default
         spectral_guard=_quantile_or_none("spectral_guard", d.get("spectral_guard", default.spectral_guard)),
-        rescue_factor=_count_or_none("rescue_factor", d.get("rescue_factor", default.rescue_factor)),
+        rescue_factor=d.get("rescue_factor", default.rescue_factor),  # checked by TypicalOptions
     )
   except (TypeError, ValueError) as e:
     raise ValueError(f"config.discovery: {e}") from None

@@ -429,13 +429,14 @@ def discover_typical(
         strength_law,
     )
     rescued = g >= pool_end
-    if not rescued.any():
-      return make(g)
-    if rescued.all():
-      return make(g, law)
-    parts = [make(g[~rescued]), make(g[rescued], law)]
-    where = np.argsort(np.concatenate([np.flatnonzero(~rescued), np.flatnonzero(rescued)]), kind="stable")
-    return tuple(np.concatenate([a, b])[where] for a, b in zip(*parts))
+    out = None
+    for rows, strength_law in ((~rescued, None), (rescued, law)):
+      if rows.any():
+        part = make(g[rows], strength_law)
+        out = out or tuple(np.empty((len(g),) + a.shape[1:], a.dtype) for a in part)
+        for whole, a in zip(out, part):
+          whole[rows] = a
+    return out
 
   def fill_from(
       held: list[tuple], near_miss: bool = False, bin_room: np.ndarray | None = None, separation: float | None = None
@@ -524,10 +525,6 @@ def discover_typical(
         keep = keep[keep < last]
       examined += int(last)
       seen = slice(0, last)
-      if not rescuing:
-        usable = np.zeros(len(g), bool)
-        usable[np.concatenate([keep, spilled[spilled < last]])] = True
-        tried_strength.append(s[:last]), tried_passed.append(usable[:last])
       rejections["too_close"] += int(verdict["too_close"][seen].sum())
       rejections["too_far"] += int(verdict["too_far"][seen].sum())
       rejections["off_spectrum"] += int(verdict["off_spectrum"][seen].sum())  # counted in too_far as well
@@ -535,6 +532,10 @@ def discover_typical(
       rejections["own_side"] += int((in_band & verdict["own_side"])[seen].sum())
       eligible = int((in_band & ~verdict["own_side"])[seen].sum())
       spilled = spilled[spilled < last]
+      if not rescuing:
+        usable = np.zeros(last, bool)
+        usable[np.concatenate([keep, spilled])] = True
+        tried_strength.append(s[:last]), tried_passed.append(usable)
       if options.fill_near_misses:
         off = np.flatnonzero(~in_band[seen] & ~verdict["own_side"][seen])
         misses += [(verdict["band_miss"][i], g[i], verdict["nn_fewshot"][i], verdict["nn_index"][i], f[i]) for i in off]

@@ -128,7 +128,8 @@ class TypicalOptions:
       raise ValueError(f"spectral_guard must be a quantile in [0, 1) or None, got {self.spectral_guard}")
     if self.partner_neighbours is not None and self.partner_neighbours < 1:
       raise ValueError(f"partner_neighbours must be >= 1 or None, got {self.partner_neighbours}")
-    if self.rescue_factor is not None and (isinstance(self.rescue_factor, bool) or self.rescue_factor < 0):
+    rescue = self.rescue_factor
+    if rescue is not None and (isinstance(rescue, bool) or not isinstance(rescue, int) or rescue < 0):
       raise ValueError(f"rescue_factor must be an integer >= 0 or None, got {self.rescue_factor!r}")
     if self.pool_factor < 1 or self.batch < 1 or self.distance_bins < 1:
       raise ValueError(
