@@ -63,6 +63,42 @@ def test_near_duplicates_counted_among_samples():
   assert judge.near_duplicate_rate(fresh, heldout)["near_duplicate_rate"] <= 0.15
 
 
+@pytest.mark.parametrize("num_heldout, num_samples", [(100, 400), (400, 50)])
+def test_near_duplicates_judged_at_the_samples_count(num_heldout, num_samples):
+  """Real images must score about the quantile whether there are more or fewer samples than
+  held-out images: nearest-neighbour distances shrink as a set grows, and a threshold taken
+  from all held-out images flags real sets larger than it and spares smaller ones."""
+  fair, unmatched = [], []
+  for seed in range(5):
+    x = np.random.default_rng(seed).normal(size=(num_heldout + num_samples, 4))
+    out = judge.near_duplicate_rate(x[num_heldout:], x[:num_heldout])
+    fair.append(out["near_duplicate_rate"])
+    unmatched.append(out["all_heldout_rate"])
+  assert 0.01 <= np.mean(fair) <= 0.1, fair
+  assert abs(np.mean(unmatched) - 0.05) > abs(np.mean(fair) - 0.05), (fair, unmatched)
+
+
+def test_twins_stay_near_duplicates_however_many_samples():
+  _, target, _ = _clouds(5)
+  heldout, fresh = target[:32], target[32:232]
+  twins = np.concatenate([fresh, fresh + 1e-3])
+  out = judge.near_duplicate_rate(twins, heldout)
+  assert out["near_duplicate_rate"] == 1.0 and out["threshold"] > 1e-2, out
+
+
+def test_heldout_quantile_at_a_smaller_size_is_the_subsets_quantile():
+  """The exact subset threshold agrees with drawing the subsets."""
+  rng = np.random.default_rng(6)
+  heldout = rng.normal(size=(60, 3))
+  exact = judge.nn_distance_quantile(heldout, 0.2, size=15)
+  drawn = [
+      np.quantile(np.sort(judge.pairwise_distances(s, s) + np.diag(np.full(15, np.inf)), axis=1)[:, 0], 0.2)
+      for s in (heldout[rng.permutation(60)[:15]] for _ in range(400))
+  ]
+  assert abs(exact / np.mean(drawn) - 1) < 0.15, (exact, np.mean(drawn))
+  assert judge.nn_distance_quantile(heldout, 0.2, size=60) == judge.nn_distance_quantile(heldout, 0.2)
+
+
 def test_coverage_and_density_see_collapse():
   rng, target, _ = _clouds(4)
   real, fake = target[:200], target[200:400]

@@ -159,29 +159,90 @@ class DomainJudge:
     return out
 
 
-def nn_distance_quantile(heldout: np.ndarray, q: float) -> float:
-  """The q-quantile of nearest-neighbour distances among held-out real images."""
+def _within(d: np.ndarray, threshold: float, *, inclusive: bool) -> np.ndarray:
+  """How many other members lie within ``threshold`` of each member (d: pairwise, infinite diagonal)."""
+  return ((d <= threshold) if inclusive else (d < threshold)).sum(axis=1)
+
+
+def expected_near_share(d: np.ndarray, threshold: float, size: int, *, inclusive: bool = False) -> float:
+  """The expected share of a random ``size``-member subset whose nearest other member of the
+  subset lies within ``threshold``: nearest-neighbour distances shrink as a set grows, so two
+  sets are only comparable at one size. ``d``: pairwise distances, infinite diagonal."""
+  from scipy.special import gammaln
+
+  n = len(d)
+  near = _within(d, threshold, inclusive=inclusive)
+  if size >= n:
+    return float(np.mean(near > 0))
+  others, picks = n - 1, size - 1
+  free = others - near  # members not within the threshold: all picks must come from these
+  safe = np.maximum(free, picks)
+  log_none = gammaln(safe + 1) - gammaln(safe - picks + 1) - gammaln(others + 1) + gammaln(others - picks + 1)
+  none = np.where(free >= picks, np.exp(log_none), 0.0)
+  return float(np.mean(1.0 - none))
+
+
+def nn_distance_quantile(heldout: np.ndarray, q: float, *, size: int | None = None) -> float:
+  """The q-quantile of nearest-neighbour distances among held-out real images, or, with
+  ``size`` below their number, among random ``size``-image subsets of them (the smallest
+  distance at which the expected share of such a subset's images with a neighbour that
+  close reaches q)."""
   d = pairwise_distances(heldout, heldout)
   np.fill_diagonal(d, np.inf)
-  return float(np.quantile(d.min(axis=1), q))
+  if size is None or size >= len(d):
+    return float(np.quantile(d.min(axis=1), q))
+  candidates = np.unique(d[np.triu_indices(len(d), 1)])
+  lo, hi = 0, len(candidates) - 1
+  while lo < hi:  # the share grows with the distance: the first candidate whose share reaches q.
+    mid = (lo + hi) // 2
+    if expected_near_share(d, candidates[mid], size, inclusive=True) >= q:
+      hi = mid
+    else:
+      lo = mid + 1
+  return float(candidates[lo])
+
+
+def nn_distance_quantile_at(heldout: np.ndarray, q: float, size: int) -> tuple[float, float]:
+  """(threshold, slope): the q-quantile of nearest-neighbour distances a set of ``size`` real
+  images would have. Up to the held-out count it is exact (subsets); above it, the quantile at
+  a quarter, half and all of the held-out images is fitted as a power of the set size (the
+  exponent is -1 / the intrinsic dimension) and extended to ``size``."""
+  m = len(heldout)
+  if size <= m:
+    return nn_distance_quantile(heldout, q, size=size), 0.0
+  sizes = np.array([max(2, m // 4), max(2, m // 2), m])
+  found = np.array([nn_distance_quantile(heldout, q, size=int(s)) for s in sizes])
+  if np.any(found <= 0) or len(np.unique(sizes)) < 3:
+    return float(found[-1]), 0.0
+  slope = float(np.clip(np.polyfit(np.log(sizes), np.log(found), 1)[0], -1.0, 0.0))
+  return float(found[-1] * (size / m) ** slope), slope
 
 
 def near_duplicate_rate(samples: Any, heldout: Any, *, quantile: float = 0.05) -> dict:
   """Fraction of samples whose nearest OTHER sample is closer than the ``quantile`` of
-  nearest-neighbour distances among held-out real images (two real images are rarely
-  that close: neighbouring points of one path that denoise alike are)."""
+  nearest-neighbour distances among as many held-out real images (two real images are rarely
+  that close: neighbouring points of one path that denoise alike are).
+
+  Nearest-neighbour distances shrink as a set grows, so the threshold is taken at the
+  samples' count: from subsets of the held-out images when there are fewer samples, extended
+  by the distances' power law when there are more (a threshold from a smaller real set flags
+  twice as many real images in a set twice its size). ``all_heldout_rate`` is the share
+  against the plain quantile over all held-out images."""
   x, h = as_features(samples, "samples"), as_features(heldout, "heldout")
   if len(x) < 2:
     raise ValueError("near_duplicate_rate needs at least 2 samples")
-  threshold = nn_distance_quantile(h, quantile)
+  threshold, slope = nn_distance_quantile_at(h, quantile, len(x))
   d = pairwise_distances(x, x)
   np.fill_diagonal(d, np.inf)
   nn = d.min(axis=1)
+  rate = float(np.mean(nn < threshold))
   return {
-      "near_duplicate_rate": float(np.mean(nn < threshold)),
+      "near_duplicate_rate": rate,
       "threshold": threshold,
+      "threshold_slope": slope,
       "quantile": float(quantile),
-      "distinct_rate": float(np.mean(nn >= threshold)),
+      "distinct_rate": 1.0 - rate,
+      "all_heldout_rate": float(np.mean(nn < nn_distance_quantile(h, quantile))),
   }
 
 
