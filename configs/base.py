@@ -103,6 +103,9 @@ def get_config():
   config.discovery.partner_weight = 0.0
   config.discovery.partner_neighbours = placeholder(int)  # None: any other few-shot latent
   config.discovery.separation_quantile = 0.05  # typical: closer than this few-shot quantile = the same image
+  # typical: two images from ONE few-shot source must lie further apart, this quantile of the few-shot images'
+  # leave-one-out distances (None: the separation above for every pair)
+  config.discovery.sibling_separation_quantile = FieldReference(None, field_type=object)
   config.discovery.pool_factor = 8  # typical: at most this many candidates per sample
   config.discovery.image_guard = True  # typical: drop images on the model's own side (mode interference)
   # typical guard: 'discriminant' (few-shot vs the model's own images, a shrinkage linear discriminant whose

@@ -165,6 +165,9 @@ def typical_options(config: Any) -> TypicalOptions:
         strength_range=None if _get(d, "strength_range") is None else tuple(float(v) for v in d.strength_range),
         band=tuple(float(v) for v in _get(d, "band", default.band)),
         separation_quantile=float(_get(d, "separation_quantile", default.separation_quantile)),
+        sibling_separation_quantile=_quantile_or_none(
+            "sibling_separation_quantile", d.get("sibling_separation_quantile", default.sibling_separation_quantile)
+        ),
         pool_factor=int(_get(d, "pool_factor", default.pool_factor)),
         guard=bool(_get(d, "image_guard", default.guard)),
         guard_kind=str(_get(d, "guard_kind", default.guard_kind)),

@@ -252,6 +252,41 @@ def test_select_never_keeps_two_from_the_same_place():
   assert image_criteria.select(feats, verdict, np.zeros((0, 2)), separation=1.0, needed=2)[0].tolist() == [0, 3]
 
 
+def test_two_from_one_source_must_lie_further_apart():
+  feats = np.array([[0.0, 0.0], [2.0, 0.0], [4.0, 0.0], [4.0, 1.5]])
+  verdict = {k: np.zeros(4, bool) for k in ("too_close", "too_far", "own_side")}
+  siblings = image_criteria.Siblings(separation=3.0, sources=np.array([0, 0, 1, 1]), accepted=np.zeros(0, np.int64))
+  kept, _ = image_criteria.select(feats, verdict, np.zeros((0, 2)), 1.0, 10, siblings=siblings)
+  assert kept.tolist() == [0, 2]  # 1 and 3 lie within 3.0 of a sibling; 2 is 2.0 from another source's image
+  accepted = image_criteria.Siblings(3.0, np.array([0, 0, 1, 1]), accepted=np.array([1]))
+  assert image_criteria.select(feats, verdict, np.array([[4.0, 3.5]]), 1.0, 10, siblings=accepted)[0].tolist() == [0, 2]
+
+
+def test_the_sibling_separation_holds_among_the_accepted_and_the_near_misses():
+  bank = _bank(8)  # 24 samples from 8 sources: each source seeds several
+
+  def closest_siblings(options):
+    res = _discover_on_bank(bank, 24, options)
+    fitted = image_criteria.ImageCriteria.fit(_flat(bank), None, options, fewshot_images=bank)
+    f = fitted.embed(_flat(res.images))
+    d = np.sqrt(((f[:, None] - f[None]) ** 2).sum(-1))
+    same = res.source_index[:, None] == res.source_index[None, :]
+    np.fill_diagonal(same, False)
+    return res, d[same].min(), float(np.quantile(fitted.loo_distances, 0.5))
+
+  for pool_factor in (8, 2):  # a full pool, and one that runs out and fills in with near misses
+    kwargs = dict(pool_factor=pool_factor, batch=8, strength_range=(0.6, 1.0))
+    res, closest, median = closest_siblings(discovery.TypicalOptions(sibling_separation_quantile=0.5, **kwargs))
+    crit = res.criteria
+    assert res.num_accepted == 24 and crit["sibling_separation"] == pytest.approx(median)
+    halved = 1.0 if crit["near_miss_separation"] is None else crit["near_miss_separation"] / crit["separation"]
+    assert closest >= crit["sibling_separation"] * halved, (pool_factor, closest)
+  _, closest, median = closest_siblings(discovery.TypicalOptions(strength_range=(0.6, 1.0), batch=8))
+  assert closest < median  # without the rule, two siblings lie nearer than that
+  with pytest.raises(ValueError, match="sibling_separation_quantile must lie in"):
+    discovery.TypicalOptions(sibling_separation_quantile=1.5)
+
+
 @pytest.mark.parametrize("shrinkage,check", [(None, None), (1.0, None), (None, 0.0)])
 def test_discover_typical_accepts_only_what_meets_its_criteria(shrinkage, check):
   bank = _bank()
@@ -609,6 +644,19 @@ def test_the_config_sets_the_partner_share_and_refuses_a_bad_one_in_one_line():
   assert settings.typical_options(config).partner_neighbours == 3
   config.discovery.partner_weight = 2.0
   with pytest.raises(ValueError, match=r"^config.discovery: partner_weight must lie in \[0, 1\], got 2.0$"):
+    settings.typical_options(config)
+
+
+def test_the_config_sets_the_sibling_separation_and_refuses_a_bad_one_in_one_line():
+  config = configlib.load_config_file(f"{helpers.REPO}/configs/demo.py")
+  default = settings.typical_options(config).sibling_separation_quantile
+  assert default == discovery.TypicalOptions().sibling_separation_quantile
+  config.discovery.sibling_separation_quantile = None
+  assert settings.typical_options(config).sibling_separation_quantile is None
+  config.discovery.sibling_separation_quantile = 0.3
+  assert settings.typical_options(config).sibling_separation_quantile == 0.3
+  config.discovery.sibling_separation_quantile = "wide"
+  with pytest.raises(ValueError, match=r"sibling_separation_quantile must be a quantile in \[0, 1\) or None, got 'wide'$"):
     settings.typical_options(config)
 
 

@@ -300,6 +300,7 @@ def select(
     needed: int,
     bins: np.ndarray | None = None,
     room: np.ndarray | None = None,
+    siblings: "Siblings | None" = None,
 ) -> tuple[np.ndarray, np.ndarray]:
   """Greedy, in candidate order: the positions of candidates in the band, off the
   model's side, and at least ``separation`` from every accepted image (including
@@ -308,17 +309,24 @@ def select(
   candidate whose bin is full is not kept but returned second ("spilled"), for later;
   ``room`` is updated in place. A row of ``bins`` holding several bins (quotas on
   several partitions at once, their bins numbered into one ``room``) needs room in each.
-  Returns (kept positions, spilled positions)."""
+  With ``siblings``, a candidate must lie ``siblings.separation`` from accepted images of
+  its own few-shot source. Returns (kept positions, spilled positions)."""
   ok = ~(verdict["too_close"] | verdict["too_far"] | verdict["own_side"])
   kept: list[int] = []
   spilled: list[int] = []
   kept_feats = [np.asarray(accepted, np.float64)] if len(accepted) else []
+  kept_src = [np.asarray(siblings.accepted, np.int64)] if siblings is not None and len(accepted) else []
   for i in np.flatnonzero(ok):
     if len(kept) >= needed:
       break
     x = features[i : i + 1]
-    if kept_feats and _distances(x, np.concatenate(kept_feats)).min() < separation:
-      continue
+    if kept_feats:
+      d = _distances(x, np.concatenate(kept_feats))[0]
+      limit = separation
+      if siblings is not None:
+        limit = np.where(np.concatenate(kept_src) == siblings.sources[i], siblings.separation, separation)
+      if np.any(d < limit):
+        continue
     if room is not None:
       if np.any(room[bins[i]] <= 0):
         spilled.append(int(i))
@@ -326,7 +334,20 @@ def select(
       room[bins[i]] -= 1
     kept.append(int(i))
     kept_feats.append(np.asarray(x, np.float64))
+    if siblings is not None:
+      kept_src.append(np.asarray(siblings.sources[i : i + 1], np.int64))
   return np.asarray(kept, np.int64), np.asarray(spilled, np.int64)
+
+
+@dataclasses.dataclass(frozen=True)
+class Siblings:
+  """Candidates from one few-shot source share its residual, so two of them can look alike
+  where the selection features see them apart: they must lie ``separation`` apart (larger than
+  the criteria's). ``sources``: each candidate's; ``accepted``: each accepted image's."""
+
+  separation: float
+  sources: np.ndarray
+  accepted: np.ndarray
 
 
 def distance_bins(loo: np.ndarray, band: tuple[float, float], num_bins: int) -> np.ndarray:

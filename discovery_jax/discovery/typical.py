@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from discovery_jax.discovery.image_criteria import ImageCriteria, distance_bins, select
+from discovery_jax.discovery.image_criteria import ImageCriteria, Siblings, distance_bins, select
 from discovery_jax.discovery.linalg import as_rows, latent_shape
 from discovery_jax.discovery.prior import GaussianPrior, fit_prior, standard_normal
 from discovery_jax.discovery.step_spectrum import (
@@ -275,10 +275,12 @@ def _spread_fill(
     num_cells: int,
     separation: float,
     needed: int,
+    siblings: Siblings | None = None,
 ) -> np.ndarray:
   """Positions of fill-in candidates to take, the emptiest few-shot cells first: round r lets
   every cell hold r images (counting those accepted), candidates in order within a round,
-  each at least ``separation`` from everything taken. A candidate too near then stays too near."""
+  each at least ``separation`` from everything taken (``siblings``: and that far from its
+  own source's). A candidate too near then stays too near."""
   counts = np.bincount(accepted_cells, minlength=num_cells).astype(np.int64)
   taken: list[np.ndarray] = []
   acc = np.asarray(accepted, np.float64).reshape(-1, features.shape[1])
@@ -286,8 +288,11 @@ def _spread_fill(
   level = int(counts.min()) + 1
   while len(left) and needed > 0:
     room = np.maximum(level - counts, 0)
-    keep, spilled = select(features[left], _all_pass(len(left)), acc, separation, needed, cells[left], room)
+    sib = None if siblings is None else dataclasses.replace(siblings, sources=siblings.sources[left])
+    keep, spilled = select(features[left], _all_pass(len(left)), acc, separation, needed, cells[left], room, sib)
     picked = left[keep]
+    if siblings is not None:
+      siblings = dataclasses.replace(siblings, accepted=np.concatenate([siblings.accepted, siblings.sources[picked]]))
     taken.append(picked)
     counts += np.bincount(cells[picked], minlength=num_cells)
     acc = np.concatenate([acc, features[picked]])
@@ -374,6 +379,11 @@ def discover_typical(
   spectrum = step_filter(ood_bank, prior, options)
   criteria = fit_criteria(options, features, fewshot_images, own_images, guard_features)
   separate_guard = _separate_guard(options, own_images, guard_features)
+  sibling_separation = None
+  if options.sibling_separation_quantile is not None:
+    sibling_separation = max(
+        criteria.separation, float(np.quantile(criteria.loo_distances, options.sibling_separation_quantile))
+    )
   budget = options.pool_factor * num_samples
   sweep = budget if options.strength_sweep else 0
   lat, imgs, idx, srcs, strengths, nns, nearest, feats, missed = [], [], [], [], [], [], [], [], []
@@ -411,6 +421,13 @@ def discover_typical(
 
   n_acc = examined = 0
 
+  def siblings_of(sources: np.ndarray, scale: float = 1.0) -> Siblings | None:
+    """The sibling rule for candidates of ``sources`` (None when off); ``scale`` shrinks it with the separation."""
+    if sibling_separation is None:
+      return None
+    accepted = np.concatenate(srcs).astype(np.int64) if srcs else np.zeros(0, np.int64)
+    return Siblings(sibling_separation * scale, np.asarray(sources, np.int64), accepted)
+
   pool_end, law = budget, None  # candidates from pool_end on are the rescue pool's, drawn from ``law``
 
   def candidates(g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -446,6 +463,7 @@ def discover_typical(
     ``bin_room``, only into distance bins with room); returns the positions taken."""
     fs = np.stack([c[3] for c in held])
     apart = criteria.separation if separation is None else separation
+    sib = siblings_of([c[4] for c in held], apart / criteria.separation)
     if options.fill_spreads and bin_room is None:
       keep = _spread_fill(
           fs,
@@ -455,10 +473,12 @@ def discover_typical(
           n_cells,
           apart,
           num_samples - n_acc,
+          sib,
       )
     else:
       quota = () if bin_room is None else (bin_of_distance([c[1] for c in held]), bin_room.copy())
-      keep, _ = select(fs, _all_pass(len(held)), accepted_feats, apart, num_samples - n_acc, *quota)
+      quota = quota or (None, None)
+      keep, _ = select(fs, _all_pass(len(held)), accepted_feats, apart, num_samples - n_acc, *quota, sib)
     for b0 in range(0, len(keep), options.batch):
       part = keep[b0 : b0 + options.batch]
       g = np.asarray([held[i][0] for i in part])
@@ -506,7 +526,14 @@ def discover_typical(
       verdict = criteria.judge(f, np.asarray(guard_features(x), np.float64) if separate_guard else None, images=x)
       f = verdict["embedded"]  # separation and the spill are measured where the band is
       keep, spilled = select(
-          f, verdict, accepted_feats, criteria.separation, num_samples - n_acc, quota_of(verdict), room
+          f,
+          verdict,
+          accepted_feats,
+          criteria.separation,
+          num_samples - n_acc,
+          quota_of(verdict),
+          room,
+          siblings_of(src),
       )
       last = keep[-1] + 1 if n_acc + len(keep) >= num_samples else len(g)
       # Past fill_after x N candidates (at the pool's end without it), the search also stops at the first
@@ -538,13 +565,15 @@ def discover_typical(
         tried_strength.append(s[:last]), tried_passed.append(usable)
       if options.fill_near_misses:
         off = np.flatnonzero(~in_band[seen] & ~verdict["own_side"][seen])
-        misses += [(verdict["band_miss"][i], g[i], verdict["nn_fewshot"][i], verdict["nn_index"][i], f[i]) for i in off]
+        misses += [
+            (verdict["band_miss"][i], g[i], verdict["nn_fewshot"][i], verdict["nn_index"][i], f[i], src[i]) for i in off
+        ]
       rejections["duplicate"] += eligible - len(keep) - len(spilled)
       n_spill += len(spilled)
       spill_cap = budget if keeps_bins else num_samples  # keeping the bins, any set-aside one may fill a far bin
       if len(spilled) and len(spill) < spill_cap:
         sp = spilled[: spill_cap - len(spill)]
-        spill += list(zip(g[sp], verdict["nn_fewshot"][sp], verdict["nn_index"][sp], f[sp]))
+        spill += list(zip(g[sp], verdict["nn_fewshot"][sp], verdict["nn_index"][sp], f[sp], src[sp]))
       if len(keep):
         nn, near = verdict["nn_fewshot"][keep], verdict["nn_index"][keep]
         accept((z[keep], x[keep], g[keep], src[keep], s[keep], nn, near, f[keep]))
@@ -590,7 +619,11 @@ def discover_typical(
       near_miss=cat(missed, (), bool),
       num_candidates=examined,
       rejections=rejections,
-      criteria=criteria.summary() | {"near_miss_separation": fill_separation if num_near_misses else None},
+      criteria=criteria.summary()
+      | {
+          "near_miss_separation": fill_separation if num_near_misses else None,
+          "sibling_separation": sibling_separation,
+      },
       prior=prior.summary()
       | {"step_spectrum": (spectrum.summary() if spectrum is not None else {"power": 0.0}) | step_info},
       seconds=time.perf_counter() - start,

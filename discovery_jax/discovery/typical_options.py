@@ -77,6 +77,7 @@ class TypicalOptions:
   strength_range: tuple[float, float] | None = None
   band: tuple[float, float] = (0.1, 0.7)
   separation_quantile: float = 0.05
+  sibling_separation_quantile: float | None = None
   pool_factor: int = 8
   guard: bool = True
   guard_kind: str = "discriminant"
@@ -106,6 +107,9 @@ class TypicalOptions:
       raise ValueError(f"band must be two quantiles 0 <= low < high <= 1, got {self.band}")
     if not 0.0 <= self.separation_quantile < 1.0:
       raise ValueError(f"separation_quantile must lie in [0, 1), got {self.separation_quantile}")
+    sibling = self.sibling_separation_quantile
+    if sibling is not None and not 0.0 <= sibling < 1.0:
+      raise ValueError(f"sibling_separation_quantile must lie in [0, 1) or be None, got {sibling}")
     if self.guard_kind not in GUARD_KINDS:
       raise ValueError(f"guard_kind must be one of {GUARD_KINDS}, got {self.guard_kind!r}")
     if self.balance not in BALANCE_KINDS:
