@@ -16,7 +16,10 @@ class TypicalOptions:
   """strength_range: the candidates' step toward the prior, drawn uniformly per
   candidate (None: from the step's power, ``strengths_for_power``); band: leave-one-out quantiles of few-shot nearest-neighbour distances
   that bound an accepted image's nearest few-shot distance; separation_quantile: the
-  few-shot quantile below which two accepted images count as the same; pool_factor:
+  few-shot quantile below which two accepted images count as the same;
+  sibling_separation_quantile: two accepted images from ONE few-shot source must lie at least
+  this few-shot quantile apart (they share the source's residual, so they can look alike where
+  the selection features see them apart; None: the separation for every pair); pool_factor:
   at most this many candidates per requested sample; guard: drop candidates closer to
   the model's own images (mode interference); guard_kind: 'discriminant' (a shrinkage
   linear discriminant between the few-shot and the model's own images, threshold at
