@@ -477,8 +477,7 @@ def discover_typical(
       )
     else:
       quota = () if bin_room is None else (bin_of_distance([c[1] for c in held]), bin_room.copy())
-      quota = quota or (None, None)
-      keep, _ = select(fs, _all_pass(len(held)), accepted_feats, apart, num_samples - n_acc, *quota, sib)
+      keep, _ = select(fs, _all_pass(len(held)), accepted_feats, apart, num_samples - n_acc, *quota, siblings=sib)
     for b0 in range(0, len(keep), options.batch):
       part = keep[b0 : b0 + options.batch]
       g = np.asarray([held[i][0] for i in part])

@@ -159,22 +159,21 @@ class DomainJudge:
     return out
 
 
-def _within(d: np.ndarray, threshold: float, *, inclusive: bool) -> np.ndarray:
-  """How many other members lie within ``threshold`` of each member (d: pairwise, infinite diagonal)."""
-  return ((d <= threshold) if inclusive else (d < threshold)).sum(axis=1)
+def _nn_distances(x: np.ndarray) -> np.ndarray:
+  """Pairwise distances within ``x`` with an infinite diagonal (no member is its own neighbour)."""
+  d = pairwise_distances(x, x)
+  np.fill_diagonal(d, np.inf)
+  return d
 
 
-def expected_near_share(d: np.ndarray, threshold: float, size: int, *, inclusive: bool = False) -> float:
+def _expected_near_share(d: np.ndarray, threshold: float, size: int) -> float:
   """The expected share of a random ``size``-member subset whose nearest other member of the
   subset lies within ``threshold``: nearest-neighbour distances shrink as a set grows, so two
-  sets are only comparable at one size. ``d``: pairwise distances, infinite diagonal."""
+  sets are only comparable at one size. ``d``: ``_nn_distances`` of the whole set."""
   from scipy.special import gammaln
 
-  n = len(d)
-  near = _within(d, threshold, inclusive=inclusive)
-  if size >= n:
-    return float(np.mean(near > 0))
-  others, picks = n - 1, size - 1
+  near = (d <= threshold).sum(axis=1)
+  others, picks = len(d) - 1, size - 1
   free = others - near  # members not within the threshold: all picks must come from these
   safe = np.maximum(free, picks)
   log_none = gammaln(safe + 1) - gammaln(safe - picks + 1) - gammaln(others + 1) + gammaln(others - picks + 1)
@@ -182,36 +181,39 @@ def expected_near_share(d: np.ndarray, threshold: float, size: int, *, inclusive
   return float(np.mean(1.0 - none))
 
 
-def nn_distance_quantile(heldout: np.ndarray, q: float, *, size: int | None = None) -> float:
-  """The q-quantile of nearest-neighbour distances among held-out real images, or, with
-  ``size`` below their number, among random ``size``-image subsets of them (the smallest
-  distance at which the expected share of such a subset's images with a neighbour that
-  close reaches q)."""
-  d = pairwise_distances(heldout, heldout)
-  np.fill_diagonal(d, np.inf)
+def _nn_quantile(d: np.ndarray, q: float, size: int | None = None) -> float:
+  """``nn_distance_quantile`` from ``_nn_distances`` of the held-out images."""
   if size is None or size >= len(d):
     return float(np.quantile(d.min(axis=1), q))
   candidates = np.unique(d[np.triu_indices(len(d), 1)])
   lo, hi = 0, len(candidates) - 1
   while lo < hi:  # the share grows with the distance: the first candidate whose share reaches q.
     mid = (lo + hi) // 2
-    if expected_near_share(d, candidates[mid], size, inclusive=True) >= q:
+    if _expected_near_share(d, candidates[mid], size) >= q:
       hi = mid
     else:
       lo = mid + 1
   return float(candidates[lo])
 
 
-def nn_distance_quantile_at(heldout: np.ndarray, q: float, size: int) -> tuple[float, float]:
+def nn_distance_quantile(heldout: np.ndarray, q: float, *, size: int | None = None) -> float:
+  """The q-quantile of nearest-neighbour distances among held-out real images, or, with
+  ``size`` below their number, among random ``size``-image subsets of them (the smallest
+  distance at which the expected share of such a subset's images with a neighbour that
+  close reaches q)."""
+  return _nn_quantile(_nn_distances(heldout), q, size)
+
+
+def _nn_quantile_at(d: np.ndarray, q: float, size: int) -> tuple[float, float]:
   """(threshold, slope): the q-quantile of nearest-neighbour distances a set of ``size`` real
-  images would have. Up to the held-out count it is exact (subsets); above it, the quantile at
-  a quarter, half and all of the held-out images is fitted as a power of the set size (the
-  exponent is -1 / the intrinsic dimension) and extended to ``size``."""
-  m = len(heldout)
+  images would have (``d``: ``_nn_distances`` of the held-out images). Up to their count it is
+  exact (subsets); above it, the quantile at a quarter, half and all of them is fitted as a
+  power of the set size (the exponent is -1 / the intrinsic dimension) and extended to ``size``."""
+  m = len(d)
   if size <= m:
-    return nn_distance_quantile(heldout, q, size=size), 0.0
+    return _nn_quantile(d, q, size), 0.0
   sizes = np.array([max(2, m // 4), max(2, m // 2), m])
-  found = np.array([nn_distance_quantile(heldout, q, size=int(s)) for s in sizes])
+  found = np.array([_nn_quantile(d, q, int(s)) for s in sizes])
   if np.any(found <= 0) or len(np.unique(sizes)) < 3:
     return float(found[-1]), 0.0
   slope = float(np.clip(np.polyfit(np.log(sizes), np.log(found), 1)[0], -1.0, 0.0))
@@ -231,10 +233,9 @@ def near_duplicate_rate(samples: Any, heldout: Any, *, quantile: float = 0.05) -
   x, h = as_features(samples, "samples"), as_features(heldout, "heldout")
   if len(x) < 2:
     raise ValueError("near_duplicate_rate needs at least 2 samples")
-  threshold, slope = nn_distance_quantile_at(h, quantile, len(x))
-  d = pairwise_distances(x, x)
-  np.fill_diagonal(d, np.inf)
-  nn = d.min(axis=1)
+  held = _nn_distances(h)  # once: the threshold at the samples' count and the plain one both read it
+  threshold, slope = _nn_quantile_at(held, quantile, len(x))
+  nn = _nn_distances(x).min(axis=1)
   rate = float(np.mean(nn < threshold))
   return {
       "near_duplicate_rate": rate,
@@ -242,7 +243,7 @@ def near_duplicate_rate(samples: Any, heldout: Any, *, quantile: float = 0.05) -
       "threshold_slope": slope,
       "quantile": float(quantile),
       "distinct_rate": 1.0 - rate,
-      "all_heldout_rate": float(np.mean(nn < nn_distance_quantile(h, quantile))),
+      "all_heldout_rate": float(np.mean(nn < _nn_quantile(held, quantile))),
   }
 
 
